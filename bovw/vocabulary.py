@@ -1,0 +1,184 @@
+"""Visual vocabulary: a hierarchical k-means tree (Nister & Stewenius 2006).
+
+A tree of branching factor ``b`` and depth ``L`` has ``b**L`` words (its leaves).
+Depth 1 is a flat k-means vocabulary of ``b`` words, searched exactly.
+Level ``l`` (0-based) holds ``b**(l+1)`` centres; child ``j`` of node ``i`` at
+that level is centre ``i * b + j``. Nodes trained on fewer than ``b`` points
+repeat a centre, leaving some words empty; that is harmless.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bovw.kmeans import kmeans, nearest
+
+#: Version of the layout returned by ``VocabularyTree.state_dict``.
+STATE_VERSION = 1
+
+#: Upper bound on the temporary (chunk, candidates, dim) float32 gather, in bytes.
+_GATHER_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class VocabularyConfig:
+    """How a vocabulary is trained.
+
+    Attributes:
+        branching: children per node (b).
+        depth: levels (L); the vocabulary has ``branching ** depth`` words.
+        niter: Lloyd iterations per k-means.
+        seed: random seed; training is deterministic given the seed and data.
+        max_descriptors: training descriptors sampled (without replacement)
+            from the input; 0 uses all.
+    """
+
+    branching: int = 10
+    depth: int = 5
+    niter: int = 20
+    seed: int = 0
+    max_descriptors: int = 0
+
+    @property
+    def n_words(self) -> int:
+        return self.branching ** self.depth
+
+
+class VocabularyTree:
+    """Hierarchical k-means vocabulary; quantizes descriptors to word ids.
+
+    Args:
+        centers: per level l, a (b**(l+1), d) float32 array of centres.
+    """
+
+    def __init__(self, centers: list[np.ndarray]):
+        if not centers:
+            raise ValueError("a vocabulary needs at least one level")
+        self.branching = len(centers[0])
+        self.depth = len(centers)
+        self.dim = centers[0].shape[1]
+        for level, level_centers in enumerate(centers):
+            expected = (self.branching ** (level + 1), self.dim)
+            if level_centers.shape != expected:
+                raise ValueError(f"level {level} centres have shape {level_centers.shape}, "
+                                 f"expected {expected}")
+        self.centers = [np.ascontiguousarray(c, dtype=np.float32) for c in centers]
+        self._sq_norms = [np.einsum("ij,ij->i", c, c) for c in self.centers]
+
+    @property
+    def n_words(self) -> int:
+        return self.branching ** self.depth
+
+    @classmethod
+    def train(cls, descriptors: np.ndarray, config: VocabularyConfig = VocabularyConfig(),
+              verbose: bool = True) -> "VocabularyTree":
+        """Train level by level: each node's points are split by k-means into b children.
+
+        Args:
+            descriptors: (n, d) float32 training descriptors.
+            config: tree shape and training settings.
+            verbose: progress bar over the nodes of each level.
+        """
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if len(descriptors) == 0:
+            raise ValueError("no training descriptors")
+        rng = np.random.default_rng(config.seed)
+        if 0 < config.max_descriptors < len(descriptors):
+            keep = np.sort(rng.choice(len(descriptors), config.max_descriptors, replace=False))
+            descriptors = descriptors[keep]
+        b = config.branching
+        node_of_point = np.zeros(len(descriptors), dtype=np.int64)
+        centers = []
+        for level in range(config.depth):
+            n_nodes = b ** level
+            level_centers = np.zeros((n_nodes * b, descriptors.shape[1]), np.float32)
+            order = np.argsort(node_of_point, kind="stable")
+            bounds = np.searchsorted(node_of_point[order], np.arange(n_nodes + 1))
+            child_of_point = np.zeros(len(descriptors), dtype=np.int64)
+            for node in tqdm(range(n_nodes), desc=f"vocabulary level {level + 1}/{config.depth}",
+                             disable=not verbose, leave=False, mininterval=1.0):
+                members = order[bounds[node]:bounds[node + 1]]
+                if len(members) == 0:
+                    parent = centers[-1][node] if centers else descriptors.mean(axis=0)
+                    level_centers[node * b:(node + 1) * b] = parent
+                    continue
+                seed = config.seed * 1_000_003 + level * 7919 + node
+                node_centers = kmeans(descriptors[members], b, seed=seed % (2 ** 31), niter=config.niter)
+                level_centers[node * b:(node + 1) * b] = node_centers
+                child_of_point[members] = node * b + nearest(descriptors[members], node_centers)[1][:, 0]
+            centers.append(level_centers)
+            node_of_point = child_of_point
+        return cls(centers)
+
+    def quantize(self, descriptors: np.ndarray, k: int = 1, beam: int = 0) -> np.ndarray:
+        """Assign each descriptor to its ``k`` nearest words by descending the tree.
+
+        At each level the ``max(k, beam)`` best nodes are kept (beam search);
+        ``k=1, beam=0`` is the classic greedy descent. A depth-1 vocabulary is
+        searched exactly.
+
+        Args:
+            descriptors: (n, d) float32.
+            k: words per descriptor (multiple assignment when > 1).
+            beam: nodes kept per level; wider beams agree more often with
+                exact nearest-word assignment, at a proportional cost.
+
+        Returns:
+            (n, k) int64 word ids, nearest first (or (n,) when k == 1).
+        """
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
+            raise ValueError(f"descriptors of shape {descriptors.shape} do not fit a "
+                             f"{self.dim}-d vocabulary")
+        if not 1 <= k <= self.n_words:
+            raise ValueError(f"k={k} must be between 1 and {self.n_words}")
+        width = max(k, beam)
+        words = np.empty((len(descriptors), k), dtype=np.int64)
+        if len(descriptors):
+            chunk = max(1, _GATHER_BYTES // (4 * self.dim * self.branching * width))
+            for start in range(0, len(descriptors), chunk):
+                part = descriptors[start:start + chunk]
+                words[start:start + chunk] = self._descend(part, width)[:, :k]
+        return words[:, 0] if k == 1 else words
+
+    def _descend(self, x: np.ndarray, width: int) -> np.ndarray:
+        """(n, d) -> (n, width') word ids of the best leaves found, best first."""
+        b = self.branching
+        distances, nodes = nearest(x, self.centers[0], min(width, b))
+        for level in range(1, self.depth):
+            candidates = (nodes[:, :, None] * b + np.arange(b)).reshape(len(x), -1)
+            gathered = self.centers[level][candidates]
+            sq = self._sq_norms[level][candidates] - 2.0 * np.einsum("nd,ncd->nc", x, gathered)
+            keep = min(width, candidates.shape[1])
+            best = np.argpartition(sq, keep - 1, axis=1)[:, :keep] if keep < sq.shape[1] else \
+                np.broadcast_to(np.arange(keep), (len(x), keep))
+            best_sq = np.take_along_axis(sq, best, axis=1)
+            order = np.argsort(best_sq, axis=1, kind="stable")
+            nodes = np.take_along_axis(candidates, np.take_along_axis(best, order, axis=1), axis=1)
+        return nodes
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(metadata, arrays) describing the tree; see ``from_state_dict``."""
+        meta = {"kind": "vocabulary-tree", "version": STATE_VERSION,
+                "branching": self.branching, "depth": self.depth, "dim": self.dim}
+        arrays = {f"centers_{level}": c for level, c in enumerate(self.centers)}
+        return meta, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict) -> "VocabularyTree":
+        """Rebuild a tree from ``state_dict()`` output, checking its consistency."""
+        if meta.get("kind") != "vocabulary-tree":
+            raise ValueError(f"not a vocabulary tree (kind={meta.get('kind')!r})")
+        if meta.get("version") != STATE_VERSION:
+            raise ValueError(f"vocabulary version {meta.get('version')} is not supported "
+                             f"(this engine reads version {STATE_VERSION})")
+        try:
+            centers = [arrays[f"centers_{level}"] for level in range(int(meta["depth"]))]
+        except KeyError as exc:
+            raise ValueError(f"vocabulary is missing array {exc}") from exc
+        tree = cls(centers)
+        if tree.branching != meta["branching"] or tree.dim != meta["dim"]:
+            raise ValueError("vocabulary metadata does not match its arrays")
+        return tree

@@ -1,0 +1,207 @@
+"""``cbir``: train vocabularies, build and query indexes, evaluate on benchmarks.
+
+Every subcommand has ``--help``. Image arguments may be files, folders (searched
+recursively for image files) or ``@list.txt`` files with one path per line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from bovw.extraction import ExtractionReport
+from bovw.images import ImageReadError
+from bovw.vocabulary import VocabularyConfig
+from cbir.evaluate import index_dataset, run_queries
+from cbir.pipelines import PIPELINES, get_pipeline
+from cbir.retrieval_index import RetrievalIndex, load_vocabulary, save_vocabulary, train_vocabulary
+from index.datasets import load_dataset
+from index.persistence import IndexFormatError, MANIFEST
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def default_cache_dir() -> str:
+    """``$CBIR_CACHE`` or ``$XDG_CACHE_HOME/cbir/features`` (``~/.cache/cbir/features``)."""
+    base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.environ.get("CBIR_CACHE", os.path.join(base, "cbir", "features"))
+
+
+def expand_images(arguments: list[str]) -> list[str]:
+    """Files, folders (recursive, image extensions only) and @list files -> image paths.
+
+    Paths that do not exist are kept, so that they are reported as skipped.
+    """
+    paths = []
+    for argument in arguments:
+        if argument.startswith("@"):
+            with open(argument[1:], encoding="utf-8") as handle:
+                paths += [line.strip() for line in handle if line.strip()]
+        elif os.path.isdir(argument):
+            for folder, _, files in sorted(os.walk(argument)):
+                paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            paths.append(argument)
+    return paths
+
+
+def _refuse_overwrite(directory: str, force: bool) -> None:
+    if os.path.exists(os.path.join(directory, MANIFEST)) and not force:
+        raise SystemExit(f"cbir: {directory}: already holds a saved index or vocabulary; "
+                         f"use --force to overwrite it")
+
+
+def _print_report(report: ExtractionReport) -> None:
+    print(report.summary(), file=sys.stderr)
+
+
+def cmd_vocab(args) -> None:
+    pipeline = get_pipeline(args.method)
+    _refuse_overwrite(args.output, args.force)
+    config = VocabularyConfig(branching=args.branching, depth=args.depth, niter=args.niter,
+                              seed=args.seed, max_descriptors=args.max_descriptors)
+    vocabulary, report = train_vocabulary(expand_images(args.images), pipeline, config, args.cache, args.jobs)
+    _print_report(report)
+    save_vocabulary(vocabulary, args.output)
+    print(f"saved a {vocabulary.n_words}-word vocabulary ({config.branching}^{config.depth}) to {args.output}")
+
+
+def cmd_index(args) -> None:
+    exists = os.path.exists(os.path.join(args.output, MANIFEST))
+    if exists and not (args.add or args.force):
+        raise SystemExit(f"cbir: {args.output}: an index is already there; use --add to extend it "
+                         f"or --force to replace it")
+    if exists and args.add:
+        index = RetrievalIndex.load(args.output, cache_dir=args.cache)
+    else:
+        if not args.vocab:
+            raise SystemExit("cbir: --vocab is required to build a new index")
+        index = RetrievalIndex(load_vocabulary(args.vocab), args.method, cache_dir=args.cache)
+    paths = expand_images(args.images)
+    report = index.add_images(paths, n_jobs=args.jobs)
+    index.save(args.output)
+    _print_report(report)
+    print(f"index {args.output}: {len(index)} images, {index.inverted_file.n_postings} postings")
+
+
+def cmd_query(args) -> None:
+    index = RetrievalIndex.load(args.index, cache_dir=args.cache)
+    bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
+    try:
+        results = index.search(args.image, top_k=args.top_k, bbox=bbox)
+    except ImageReadError as exc:
+        raise SystemExit(f"cbir: {exc}") from None
+    if args.json:
+        print(json.dumps([{"name": r.name, "score": r.score} for r in results]))
+        return
+    for rank, result in enumerate(results, 1):
+        print(f"{rank:4d}  {result.score:.4f}  {result.name}")
+
+
+def cmd_eval(args) -> None:
+    dataset = load_dataset(args.dataset, args.root)
+    pipeline = get_pipeline(args.method)
+    if args.index and os.path.exists(os.path.join(args.index, MANIFEST)):
+        index = RetrievalIndex.load(args.index, cache_dir=args.cache)
+    else:
+        if args.vocab:
+            vocabulary = load_vocabulary(args.vocab)
+        else:
+            config = VocabularyConfig(branching=args.branching or pipeline.vocabulary.branching,
+                                      depth=args.depth or pipeline.vocabulary.depth,
+                                      seed=args.seed)
+            train_paths = expand_images(args.train_root or [args.root])
+            print(f"training a {config.n_words}-word vocabulary on {len(train_paths)} images of "
+                  f"{' '.join(args.train_root or [args.root])}", file=sys.stderr)
+            vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs)
+        index = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache)
+    report = index_dataset(index, dataset, n_jobs=args.jobs)
+    if report.skipped:
+        _print_report(report)
+    if args.index:
+        index.save(args.index)
+    result = run_queries(index, dataset)
+    if args.rankings:
+        result.write_rankings(dataset, args.rankings)
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
+    print(f"{dataset.name} ({len(dataset.database)} images, {len(dataset.queries)} queries)  "
+          f"{pipeline.name}  {scores}  query ms median {np.median(result.query_ms):.2f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbir", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    methods = ", ".join(f"{p.name} ({p.description})" for p in PIPELINES.values())
+
+    def common(p, method=True):
+        if method:
+            p.add_argument("--method", default="sift-bow", help=f"pipeline name: {methods}")
+        p.add_argument("--cache", default=default_cache_dir(),
+                       help="feature cache folder (default: %(default)s); '' disables it")
+        p.add_argument("--jobs", type=int, default=1, help="extraction threads (-1: all cores)")
+
+    p = sub.add_parser("vocab", help="train a vocabulary tree from images")
+    p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
+    p.add_argument("-o", "--output", required=True, help="vocabulary directory to write")
+    p.add_argument("--branching", type=int, default=10, help="children per node, b (default 10)")
+    p.add_argument("--depth", type=int, default=5, help="levels, L; words = b^L (default 5)")
+    p.add_argument("--niter", type=int, default=20, help="k-means iterations per node")
+    p.add_argument("--max-descriptors", type=int, default=0,
+                   help="sample at most this many training descriptors (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--force", action="store_true", help="overwrite an existing vocabulary")
+    common(p)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("index", help="build an index, or extend one with --add")
+    p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
+    p.add_argument("-o", "--output", required=True, help="index directory")
+    p.add_argument("--vocab", help="vocabulary directory (for a new index)")
+    p.add_argument("--add", action="store_true", help="add the images to the existing index")
+    p.add_argument("--force", action="store_true", help="replace an existing index")
+    common(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("query", help="search an index with an image")
+    p.add_argument("image", help="query image file")
+    p.add_argument("--index", required=True, help="index directory")
+    p.add_argument("--top-k", type=int, default=10, help="results to print (default 10)")
+    p.add_argument("--bbox", help="query region x0,y0,x1,y1 in pixels")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common(p, method=False)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("eval", help="score a method on a benchmark")
+    p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--vocab", help="vocabulary directory; without it one is trained")
+    p.add_argument("--train-root", nargs="+",
+                   help="images/folders to train the vocabulary on (default: --root)")
+    p.add_argument("--branching", type=int, help="vocabulary branching when training")
+    p.add_argument("--depth", type=int, help="vocabulary depth when training")
+    p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
+    p.add_argument("--index", help="index directory to reuse, or to save the built index in")
+    p.add_argument("--rankings", help="write one JSON line per query with its full ranking")
+    common(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None) == "":
+        args.cache = None
+    try:
+        args.func(args)
+    except (IndexFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"cbir: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The searchable index: vocabulary + inverted file + per-image store, saved as one directory."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from bovw.extraction import ExtractionReport, iter_features
+from bovw.features import LocalFeatures, sift_from_array
+from bovw.images import load_image, resize_to_max_side
+from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.pipelines import Pipeline, get_pipeline
+from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
+from index.persistence import IndexFormatError, load_arrays, save_arrays
+
+INDEX_FORMAT = "cbir-index"
+INDEX_VERSION = 1
+VOCABULARY_FORMAT = "cbir-vocabulary"
+VOCABULARY_VERSION = 1
+
+
+@dataclass
+class SearchResult:
+    """One ranked database image."""
+
+    name: str
+    score: float
+    slot: int
+
+
+def save_vocabulary(vocabulary: VocabularyTree, directory: str) -> None:
+    """Atomically save a vocabulary as a directory (no pickle)."""
+    meta, arrays = vocabulary.state_dict()
+    save_arrays(directory, VOCABULARY_FORMAT, VOCABULARY_VERSION, meta, arrays)
+
+
+def load_vocabulary(directory: str) -> VocabularyTree:
+    """Load a vocabulary saved by ``save_vocabulary`` (IndexFormatError if unusable)."""
+    meta, arrays = load_arrays(directory, VOCABULARY_FORMAT, VOCABULARY_VERSION)
+    try:
+        return VocabularyTree.from_state_dict(meta, arrays)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{directory}: invalid vocabulary ({exc})") from exc
+
+
+def _prefixed(prefix: str, arrays: dict) -> dict:
+    return {f"{prefix}.{name}": value for name, value in arrays.items()}
+
+
+def _unprefixed(prefix: str, arrays: dict) -> dict:
+    return {name[len(prefix) + 1:]: value for name, value in arrays.items() if name.startswith(prefix + ".")}
+
+
+def train_vocabulary(paths: Sequence[str], pipeline: Pipeline, config: VocabularyConfig | None = None,
+                     cache_dir: str | None = None, n_jobs: int = 1,
+                     verbose: bool = True) -> tuple[VocabularyTree, ExtractionReport]:
+    """Extract the pipeline's features from ``paths`` and train a vocabulary tree on them.
+
+    Args:
+        paths: training images (unusable ones are skipped and reported).
+        pipeline: gives the feature extractor, and the tree shape when ``config`` is None.
+        config: tree shape and training settings.
+        cache_dir: feature cache folder.
+        n_jobs: extraction threads.
+        verbose: progress bars.
+    """
+    report = ExtractionReport()
+    descriptors = [f.descriptors for _, f in iter_features(
+        list(map(str, paths)), pipeline.read_features, pipeline.feature_cache(cache_dir), report,
+        n_jobs=n_jobs, verbose=verbose)]
+    if sum(len(d) for d in descriptors) == 0:
+        raise ValueError("no descriptors could be extracted from the training images")
+    vocabulary = VocabularyTree.train(np.concatenate(descriptors), config or pipeline.vocabulary, verbose)
+    return vocabulary, report
+
+
+class RetrievalIndex:
+    """A collection of images searchable by example.
+
+    Args:
+        vocabulary: trained vocabulary.
+        pipeline: the method (features and query options); a name or a Pipeline.
+        cache_dir: optional feature cache folder used when reading images.
+    """
+
+    def __init__(self, vocabulary: VocabularyTree, pipeline: Pipeline | str = "sift-bow",
+                 cache_dir: str | None = None):
+        self.pipeline = get_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+        self.vocabulary = vocabulary
+        self.inverted_file = InvertedFile(vocabulary.n_words)
+        self.images = ImageStore()
+        self.cache_dir = cache_dir
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the indexed images, by slot."""
+        return self.images.names
+
+    def extract(self, path: str) -> LocalFeatures:
+        """Features of an image file with this index's extractor (cached when a cache is set)."""
+        cache = self.pipeline.feature_cache(self.cache_dir)
+        found = cache.get(path) if cache else None
+        if found is None:
+            found = self.pipeline.read_features(path)
+            if cache:
+                cache.put(path, found)
+        return found
+
+    def add_images(self, paths: Sequence[str], names: Sequence[str] | None = None, n_jobs: int = 1,
+                   verbose: bool = True) -> ExtractionReport:
+        """Extract, quantize and index image files; unusable files are skipped and reported.
+
+        Args:
+            paths: image files.
+            names: how each image is called in results (default: its path).
+            n_jobs: extraction threads.
+            verbose: progress bars.
+
+        Returns:
+            what was extracted, taken from the cache, and skipped (with reasons).
+        """
+        names = list(names) if names is not None else [str(p) for p in paths]
+        if len(names) != len(paths):
+            raise ValueError("one name per path is needed")
+        name_of = dict(zip(map(str, paths), names))
+        report = ExtractionReport()
+        batch_names, batch_features = [], []
+        for path, features in iter_features(list(map(str, paths)), self.pipeline.read_features,
+                                            self.pipeline.feature_cache(self.cache_dir), report,
+                                            n_jobs=n_jobs, verbose=verbose):
+            if name_of[path] in self.images or name_of[path] in batch_names:
+                report.skipped.append((path, f"an image named {name_of[path]!r} is already indexed"))
+                continue
+            batch_names.append(name_of[path])
+            batch_features.append(features)
+            if len(batch_names) >= 1000:
+                self.add_features(batch_names, batch_features)
+                batch_names, batch_features = [], []
+        if batch_names:
+            self.add_features(batch_names, batch_features)
+        return report
+
+    def add_features(self, names: Sequence[str], features: Sequence[LocalFeatures]) -> None:
+        """Index images given by their local features (from any source: SIFT, CNN)."""
+        words = [self.vocabulary.quantize(f.descriptors, beam=self.pipeline.beam).astype(np.int32)
+                 if len(f) else np.zeros(0, np.int32) for f in features]
+        self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
+        self.inverted_file.add(words)
+
+    def remove(self, names: Sequence[str]) -> None:
+        """Remove images by name (KeyError naming the first unknown one)."""
+        slots = []
+        for name in names:
+            try:
+                slots.append(self.images.slot(name))
+            except KeyError:
+                raise KeyError(f"no image named {name!r} in the index") from None
+        self.inverted_file.remove(slots)
+        self.images.remove(slots)
+
+    def query_features(self, query, bbox: tuple | None = None) -> LocalFeatures:
+        """Features of a query given as a path, an image array or LocalFeatures.
+
+        ``bbox`` (x0, y0, x1, y1), in pixels of the original image, crops the image
+        before extraction (revisitop queries); with LocalFeatures it keeps the
+        features whose keypoints fall inside it.
+        """
+        if isinstance(query, LocalFeatures):
+            if bbox is None:
+                return query
+            x, y = query.keypoints[:, 0], query.keypoints[:, 1]
+            inside = (x >= bbox[0]) & (x <= bbox[2]) & (y >= bbox[1]) & (y <= bbox[3])
+            return LocalFeatures(query.keypoints[inside], query.descriptors[inside], query.image_size)
+        options = self.pipeline.features
+        if isinstance(query, np.ndarray):
+            image = query if query.ndim == 2 else np.asarray(query.mean(axis=2), np.uint8)
+        elif bbox is None:
+            return self.extract(os.fspath(query))
+        else:
+            image = load_image(os.fspath(query), replace(options.image, max_side=0))
+        if bbox is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in bbox)
+            image = image[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+        return sift_from_array(resize_to_max_side(image, options.image.max_side), options)
+
+    def scores(self, features: LocalFeatures) -> np.ndarray:
+        """(n_images,) float32 tf-idf cosine similarity of the query with every image."""
+        if len(features) == 0:
+            return np.zeros(len(self), np.float32)
+        words = self.vocabulary.quantize(features.descriptors, k=self.pipeline.query_assignments,
+                                         beam=self.pipeline.beam)
+        return self.inverted_file.scores(words)
+
+    def search(self, query, top_k: int | None = None, bbox: tuple | None = None) -> list[SearchResult]:
+        """Rank the collection by similarity to ``query``.
+
+        Args:
+            query: image path, (h, w[, 3]) uint8 array, or LocalFeatures.
+            top_k: return only the best ``top_k`` (default: the whole collection).
+            bbox: optional (x0, y0, x1, y1) query region.
+
+        Returns:
+            results, best first; empty (with a warning) when the query has no features.
+        """
+        features = self.query_features(query, bbox)
+        if len(features) == 0:
+            warnings.warn(f"query {query if isinstance(query, (str, os.PathLike)) else ''} has no "
+                          f"local features; returning no results", stacklevel=2)
+            return []
+        scores = self.scores(features)
+        order = _top(scores, top_k)
+        return [SearchResult(self.images.names[i], float(scores[i]), int(i)) for i in order]
+
+    def save(self, directory: str) -> None:
+        """Atomically save the whole index (vocabulary included) as a directory."""
+        vocab_meta, vocab_arrays = self.vocabulary.state_dict()
+        ivf_meta, ivf_arrays = self.inverted_file.state_dict()
+        store_meta, store_arrays = self.images.state_dict()
+        meta = {"pipeline": self.pipeline.to_dict(), "vocabulary": vocab_meta,
+                "inverted_file": ivf_meta, "images": store_meta}
+        arrays = {**_prefixed("vocabulary", vocab_arrays), **_prefixed("inverted_file", ivf_arrays),
+                  **_prefixed("images", store_arrays)}
+        save_arrays(directory, INDEX_FORMAT, INDEX_VERSION, meta, arrays)
+
+    @classmethod
+    def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
+             mmap: bool = False) -> "RetrievalIndex":
+        """Load an index saved by ``save`` (IndexFormatError naming the problem if unusable)."""
+        meta, arrays = load_arrays(directory, INDEX_FORMAT, INDEX_VERSION, verify=verify, mmap=mmap)
+        try:
+            pipeline = Pipeline.from_dict(meta["pipeline"])
+            vocabulary = VocabularyTree.from_state_dict(meta["vocabulary"], _unprefixed("vocabulary", arrays))
+            inverted = InvertedFile.from_state_dict(meta["inverted_file"], _unprefixed("inverted_file", arrays))
+            images = ImageStore.from_state_dict(meta["images"], _unprefixed("images", arrays))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
+        if inverted.n_images != len(images) or inverted.n_words != vocabulary.n_words:
+            raise IndexFormatError(f"{directory}: inverted file, image store and vocabulary disagree")
+        index = cls(vocabulary, pipeline, cache_dir)
+        index.inverted_file, index.images = inverted, images
+        return index
+
+
+def _top(scores: np.ndarray, top_k: int | None) -> np.ndarray:
+    """Indices of the ``top_k`` highest scores, best first (ties by slot)."""
+    if top_k is None or top_k >= len(scores):
+        return np.lexsort((np.arange(len(scores)), -scores))
+    part = np.argpartition(-scores, top_k - 1)[:top_k] if top_k > 0 else np.zeros(0, np.int64)
+    return part[np.lexsort((part, -scores[part]))]

@@ -1,0 +1,215 @@
+"""Sparse inverted file: visual word -> postings, scored by tf-idf cosine similarity.
+
+There is one posting per *feature*: ``image_slots[offsets[w]:offsets[w+1]]`` are
+the image slots of the features quantized to word ``w``, in increasing slot
+order (an image with tf occurrences of ``w`` appears tf times). Optional
+per-feature payload arrays run parallel to ``image_slots`` (e.g. a Hamming
+embedding signature per posting); they are kept aligned through add and remove.
+
+Scores are exact cosine similarities of L2-normalised tf-idf vectors:
+``score(q, i) = sum_w q_w * idf_w * tf_{w,i} / ||d_i||`` with ``d_i`` the
+unnormalised tf-idf vector of image i. idf and the image norms follow every
+add and remove.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from index.weighting import bow_vector, idf
+
+STATE_VERSION = 1
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    shift = np.repeat(starts - (ends - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+class InvertedFile:
+    """Postings of a collection of images over ``n_words`` visual words.
+
+    Images are addressed by *slot*, 0..n_images-1 in order of addition;
+    removing images renumbers the slots that follow (see ``remove``).
+
+    Args:
+        n_words: vocabulary size.
+        payload_dtypes: name -> dtype of per-feature payload arrays (optional).
+    """
+
+    def __init__(self, n_words: int, payload_dtypes: dict | None = None):
+        self.n_words = int(n_words)
+        self.n_images = 0
+        self.offsets = np.zeros(self.n_words + 1, dtype=np.int64)
+        self.image_slots = np.zeros(0, dtype=np.int32)
+        self.payload = {name: np.zeros((0,), dtype) for name, dtype in (payload_dtypes or {}).items()}
+        self._stats = None
+
+    @property
+    def n_postings(self) -> int:
+        return len(self.image_slots)
+
+    @property
+    def document_frequency(self) -> np.ndarray:
+        """(n_words,) int64: images containing each word."""
+        return self._statistics()[0]
+
+    @property
+    def idf(self) -> np.ndarray:
+        """(n_words,) float32 idf of the current collection."""
+        return self._statistics()[1]
+
+    @property
+    def image_norms(self) -> np.ndarray:
+        """(n_images,) float64 L2 norm of each image's tf-idf vector."""
+        return self._statistics()[2]
+
+    @property
+    def imbalance_factor(self) -> float:
+        """Vocabulary imbalance ``n_words * sum(p_w^2)``, p_w the share of postings (1 is perfect)."""
+        counts = np.diff(self.offsets).astype(np.float64)
+        total = counts.sum()
+        return float(self.n_words * np.square(counts / total).sum()) if total else 0.0
+
+    def _statistics(self):
+        if self._stats is None:
+            words = np.repeat(np.arange(self.n_words, dtype=np.int64), np.diff(self.offsets))
+            # Postings are sorted by (word, slot): runs of one pair are one image's tf.
+            pair = words * max(self.n_images, 1) + self.image_slots
+            starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, np.int64)
+            tf = np.diff(np.r_[starts, len(pair)])
+            df = np.bincount(words[starts], minlength=self.n_words)
+            idf_values = idf(df, self.n_images)
+            weight = tf * idf_values[words[starts]].astype(np.float64)
+            norms = np.sqrt(np.bincount(self.image_slots[starts], weights=weight * weight,
+                                        minlength=self.n_images))
+            self._stats = (df, idf_values, norms)
+        return self._stats
+
+    def add(self, words_per_image: list[np.ndarray], payload_per_image: dict | None = None) -> np.ndarray:
+        """Append images; returns their slots.
+
+        Args:
+            words_per_image: per image, (n_i,) int word ids of its features.
+            payload_per_image: name -> list of per-image (n_i,) payload arrays,
+                for every payload this inverted file carries.
+
+        Returns:
+            (m,) int64 slots of the new images.
+        """
+        counts = np.array([len(w) for w in words_per_image], dtype=np.int64)
+        slots = np.arange(self.n_images, self.n_images + len(words_per_image), dtype=np.int64)
+        words = np.concatenate([np.asarray(w, np.int64).ravel() for w in words_per_image]) \
+            if len(words_per_image) else np.zeros(0, np.int64)
+        if len(words) and (words.min() < 0 or words.max() >= self.n_words):
+            raise ValueError(f"word ids must lie in [0, {self.n_words})")
+        new_slots = np.repeat(slots, counts).astype(np.int32)
+        payload_per_image = payload_per_image or {}
+        if set(payload_per_image) != set(self.payload):
+            raise ValueError(f"payload {sorted(payload_per_image)} given, {sorted(self.payload)} expected")
+        order = np.argsort(words, kind="stable")
+        new_words = words[order]
+        new_counts = np.bincount(new_words, minlength=self.n_words)
+        old_counts = np.diff(self.offsets)
+        # Merge by word, old postings of a word before the new ones (slots increase).
+        old_words = np.repeat(np.arange(self.n_words), old_counts)
+        new_before = np.r_[0, np.cumsum(new_counts)][:-1]
+        old_through = np.cumsum(old_counts)
+        old_position = np.arange(len(old_words)) + new_before[old_words]
+        new_position = np.arange(len(new_words)) + old_through[new_words]
+        total = len(old_words) + len(new_words)
+
+        def merged(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+            out = np.empty(total, dtype=old.dtype)
+            out[old_position] = old
+            out[new_position] = new[order]
+            return out
+
+        self.image_slots = merged(self.image_slots, new_slots)
+        for name in self.payload:
+            new = np.concatenate(payload_per_image[name]).astype(self.payload[name].dtype) \
+                if len(words_per_image) else self.payload[name][:0]
+            self.payload[name] = merged(self.payload[name], new)
+        self.offsets = np.r_[0, np.cumsum(old_counts + new_counts)].astype(np.int64)
+        self.n_images += len(words_per_image)
+        self._stats = None
+        return slots
+
+    def remove(self, slots) -> np.ndarray:
+        """Remove images; the remaining ones keep their order and are renumbered.
+
+        Returns:
+            (n_images_before,) int64 map old slot -> new slot (-1 if removed).
+        """
+        removed = np.zeros(self.n_images, dtype=bool)
+        removed[np.asarray(slots, dtype=np.int64)] = True
+        new_slot = np.cumsum(~removed) - 1
+        new_slot[removed] = -1
+        keep = ~removed[self.image_slots]
+        words = np.repeat(np.arange(self.n_words), np.diff(self.offsets))[keep]
+        self.image_slots = new_slot[self.image_slots[keep]].astype(np.int32)
+        self.payload = {name: values[keep] for name, values in self.payload.items()}
+        self.offsets = np.r_[0, np.cumsum(np.bincount(words, minlength=self.n_words))].astype(np.int64)
+        self.n_images = int((~removed).sum())
+        self._stats = None
+        return new_slot
+
+    def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
+        """L2-normalised tf-idf vector of a query: (unique words, values)."""
+        words = np.asarray(words, dtype=np.int64).ravel()
+        weights = np.ones(len(words), np.float64) if weights is None else np.asarray(weights).ravel()
+        return bow_vector(words, weights, self.idf)
+
+    def scores(self, words: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarity of the query's tf-idf vector with every image.
+
+        Args:
+            words: (m,) or (m, k) int word ids of the query features (k words
+                per feature under multiple assignment).
+            weights: same shape, weight of each assignment (default 1).
+
+        Returns:
+            (n_images,) float32 scores in [0, 1].
+        """
+        unique, values = self.query_vector(words, weights)
+        starts, ends = self.offsets[unique], self.offsets[unique + 1]
+        postings = _ranges(starts, ends - starts)
+        contribution = np.repeat(values * self.idf[unique], ends - starts)
+        scores = np.bincount(self.image_slots[postings], weights=contribution,
+                             minlength=self.n_images).astype(np.float64)
+        norms = self.image_norms
+        return np.divide(scores, norms, out=np.zeros(self.n_images), where=norms > 0).astype(np.float32)
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(metadata, arrays) for persistence; see ``from_state_dict``."""
+        meta = {"kind": "inverted-file", "version": STATE_VERSION, "n_words": self.n_words,
+                "n_images": self.n_images, "payload": sorted(self.payload)}
+        arrays = {"offsets": self.offsets, "image_slots": self.image_slots}
+        arrays.update({f"payload_{name}": values for name, values in self.payload.items()})
+        return meta, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict) -> "InvertedFile":
+        """Rebuild from ``state_dict()`` output, checking consistency (raises ValueError)."""
+        if meta.get("kind") != "inverted-file" or meta.get("version") != STATE_VERSION:
+            raise ValueError(f"not a version-{STATE_VERSION} inverted file")
+        inverted = cls(int(meta["n_words"]))
+        inverted.n_images = int(meta["n_images"])
+        offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        slots = np.asarray(arrays["image_slots"])
+        if offsets.shape != (inverted.n_words + 1,) or offsets[0] != 0 or offsets[-1] != len(slots) \
+                or np.any(np.diff(offsets) < 0):
+            raise ValueError("inverted file offsets are inconsistent with its postings")
+        if slots.dtype != np.int32 or (len(slots) and (slots.min() < 0 or slots.max() >= inverted.n_images)):
+            raise ValueError("inverted file postings refer to images that do not exist")
+        inverted.offsets, inverted.image_slots = offsets, slots
+        for name in meta.get("payload", []):
+            values = arrays[f"payload_{name}"]
+            if len(values) != len(slots):
+                raise ValueError(f"payload {name!r} does not match the postings")
+            inverted.payload[name] = values
+        return inverted

@@ -1,0 +1,52 @@
+import json
+import os
+import shutil
+
+import pytest
+
+from cbir.cli import main
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(16):
+        shutil.copy(os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg"), folder)
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+def test_vocab_index_query_eval(image_folder, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    vocab, index = str(tmp_path / "vocab"), str(tmp_path / "index")
+    assert main(["vocab", str(image_folder), "-o", vocab, "--branching", "8", "--depth", "2",
+                 "--cache", cache]) == 0
+    assert main(["index", str(image_folder), "-o", index, "--vocab", vocab, "--cache", cache]) == 0
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "skipped" in err
+    assert main(["query", str(image_folder / "ukbench00005.jpg"), "--index", index, "--json",
+                 "--top-k", "3", "--cache", cache]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["name"].endswith("ukbench00005.jpg") and len(results) == 3
+
+    rankings = str(tmp_path / "rankings.jsonl")
+    assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--vocab", vocab,
+                 "--rankings", rankings, "--cache", cache]) == 0
+    assert "N-S" in capsys.readouterr().out
+    lines = [json.loads(line) for line in open(rankings)]
+    assert len(lines) == 16 and len(lines[0]["ranking"]) == 16 and lines[0]["query"] == "ukbench00000.jpg"
+
+
+def test_refuses_to_overwrite_without_force(image_folder, tmp_path, capsys):
+    vocab = str(tmp_path / "vocab")
+    args = ["vocab", str(image_folder / "ukbench00000.jpg"), "-o", vocab, "--branching", "4", "--depth", "1",
+            "--cache", ""]
+    assert main(args) == 0
+    with pytest.raises(SystemExit, match="--force"):
+        main(args)
+    assert main(args + ["--force"]) == 0
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    assert main(["query", "x.jpg", "--index", str(tmp_path)]) == 1
+    assert str(tmp_path) in capsys.readouterr().err
