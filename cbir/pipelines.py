@@ -65,8 +65,8 @@ class Pipeline:
 
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline for pipeline in [
-        Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^5 words), tf-idf inverted file",
-                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5)),
+        Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^5 words, beam 3), tf-idf inverted file",
+                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3),
     ]
 }
 

@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts: data paths, machine description, result files."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data")
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
+
+
+def machine() -> str:
+    """One line: CPU count, platform, Python, date."""
+    return (f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+
+
+def write_result(name: str, body: str) -> str:
+    """Write ``benchmarks/results/<name>.md`` with the command line and machine; returns its path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.md")
+    command = "python -m benchmarks." + os.path.splitext(os.path.basename(sys.argv[0]))[0] + \
+        (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"Command: `{command}`\n\nMachine: {machine()}\n\n{body}\n")
+    return path
