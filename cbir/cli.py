@@ -91,14 +91,36 @@ def cmd_query(args) -> None:
     index = RetrievalIndex.load(args.index, cache_dir=args.cache)
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
     try:
-        results = index.search(args.image, top_k=args.top_k, bbox=bbox)
+        results = index.search(args.image, top_k=args.top_k, bbox=bbox, n_jobs=args.n_jobs)
     except ImageReadError as exc:
         raise SystemExit(f"cbir: {exc}") from None
+    if args.draw:
+        _draw(index, args, results, bbox)
     if args.json:
-        print(json.dumps([{"name": r.name, "score": r.score} for r in results]))
+        print(json.dumps([{"name": r.name, "score": r.score, "inliers": r.inliers,
+                           "homography": None if r.homography is None else r.homography.tolist()}
+                          for r in results]))
         return
     for rank, result in enumerate(results, 1):
-        print(f"{rank:4d}  {result.score:.4f}  {result.name}")
+        verified = f"  {result.inliers} inliers" if result.inliers is not None else ""
+        print(f"{rank:4d}  {result.score:.4f}  {result.name}{verified}")
+
+
+def _draw(index: RetrievalIndex, args, results, bbox) -> None:
+    """Write the query beside its top results, inlier matches drawn, as a PNG."""
+    import cv2
+    from cbir.visualize import draw_results
+    features = index.query_features(args.image, bbox)
+    query_image = index.query_image(args.image, bbox, color=True)
+    shown = results[:args.draw_top]
+    paths = []
+    for result in shown:
+        candidate = os.path.join(args.image_root, result.name) if args.image_root else result.name
+        paths.append(candidate if os.path.isfile(candidate) else None)
+    picture = draw_results(query_image, features, shown, paths,
+                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.features.image)
+    cv2.imwrite(args.draw, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    print(f"wrote {args.draw}", file=sys.stderr)
 
 
 def cmd_eval(args) -> None:
@@ -172,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, help="results to print (default 10)")
     p.add_argument("--bbox", help="query region x0,y0,x1,y1 in pixels")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--draw", metavar="PNG", help="write a picture of the query beside its top results, "
+                                                  "inlier matches drawn")
+    p.add_argument("--draw-top", type=int, default=5, help="results in the picture (default 5)")
+    p.add_argument("--image-root", help="folder the indexed image names are relative to (for --draw)")
+    p.add_argument("--n-jobs", type=int, default=1, help="threads for spatial verification")
     common(p, method=False)
     p.set_defaults(func=cmd_query)
 

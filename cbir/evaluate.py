@@ -46,8 +46,7 @@ def run_queries(index: RetrievalIndex, dataset: Dataset, verbose: bool = True) -
     """Search every query of ``dataset`` in ``index`` and score the rankings."""
     rankings, times = [], []
     for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=not verbose):
-        features = index.query_features(index.extract(query.path), query.bbox) if query.bbox \
-            else index.extract(query.path)
+        features = index.query_features(query.path, query.bbox)
         start = time.perf_counter()
         results = index.search(features) if len(features) else []
         times.append((time.perf_counter() - start) * 1e3)

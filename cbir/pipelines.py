@@ -7,12 +7,28 @@ reproducible from its name.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 from bovw.feature_cache import FeatureCache
 from bovw.features import LocalFeatures, SiftOptions, sift_from_array
 from bovw.images import ImageOptions, load_image
 from bovw.vocabulary import VocabularyConfig
+from index.spatial_verification import ESTIMATORS, VerificationConfig
+
+
+@dataclass(frozen=True)
+class ExpansionConfig:
+    """Query expansion with spatially verified results.
+
+    Attributes:
+        max_results: verified results (best first) added to the query.
+        alpha: 0 for average query expansion (Chum et al. 2007); > 0 weights each
+            result by its similarity to the query to the power alpha (alpha-QE).
+    """
+
+    max_results: int = 50
+    alpha: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,8 @@ class Pipeline:
         vocabulary: shape and training of the vocabulary used when none is given.
         query_assignments: words per query descriptor (multiple assignment, 1 = hard).
         beam: nodes kept per tree level while quantizing (0 = greedy descent).
+        verification: spatial re-ranking of the top results, or None.
+        expansion: query expansion with the verified results, or None (needs verification).
     """
 
     name: str
@@ -34,6 +52,14 @@ class Pipeline:
     vocabulary: VocabularyConfig = VocabularyConfig()
     query_assignments: int = 1
     beam: int = 0
+    verification: VerificationConfig | None = None
+    expansion: ExpansionConfig | None = None
+
+    def __post_init__(self):
+        if self.expansion is not None and self.verification is None:
+            raise ValueError(f"pipeline {self.name!r}: query expansion needs spatial verification")
+        if self.verification is not None and self.verification.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.verification.estimator!r}; known: {', '.join(ESTIMATORS)}")
 
     def read_features(self, path: str) -> LocalFeatures:
         """Decode an image file and extract this pipeline's local features (no cache).
@@ -55,18 +81,35 @@ class Pipeline:
     def from_dict(cls, data: dict) -> "Pipeline":
         """Inverse of ``to_dict`` (raises ValueError on unknown or missing fields)."""
         try:
-            features = dict(data["features"])
-            features["image"] = ImageOptions(**features["image"])
-            return cls(**{**data, "features": SiftOptions(**features),
-                          "vocabulary": VocabularyConfig(**data["vocabulary"])})
-        except (KeyError, TypeError) as exc:
+            return _dataclass_from_dict(cls, data)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid pipeline description: {exc}") from exc
+
+
+def _dataclass_from_dict(cls, data):
+    """Rebuild a (nested) frozen dataclass from ``dataclasses.asdict`` output."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise TypeError(f"unknown field {name!r} of {cls.__name__}")
+        kinds = [t for t in typing.get_args(hints[name]) or (hints[name],) if dataclasses.is_dataclass(t)]
+        values[name] = _dataclass_from_dict(kinds[0], value) if kinds and value is not None else value
+    return cls(**values)
 
 
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline for pipeline in [
         Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^5 words, beam 3), tf-idf inverted file",
                  SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3),
+        Pipeline("sift-sv", "sift-bow + RANSAC homography re-ranking of the top 100",
+                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3,
+                 verification=VerificationConfig()),
+        Pipeline("sift-sv-qe", "sift-sv + average query expansion with the verified results",
+                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3,
+                 verification=VerificationConfig(), expansion=ExpansionConfig()),
     ]
 }
 

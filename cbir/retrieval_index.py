@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from bovw.extraction import ExtractionReport, iter_features
@@ -15,6 +16,7 @@ from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import Pipeline, get_pipeline
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
+from index.reranking import RankedImage, expand_and_requery, spatial_rerank
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 
 INDEX_FORMAT = "cbir-index"
@@ -25,11 +27,23 @@ VOCABULARY_VERSION = 1
 
 @dataclass
 class SearchResult:
-    """One ranked database image."""
+    """One ranked database image.
+
+    Attributes:
+        name: the image's name in the index.
+        score: similarity of the (possibly expanded) query to the image.
+        slot: the image's slot in the index.
+        inliers: spatially verified inliers, None when the image was not verified.
+        homography: (3, 3) map from query pixels to the image's pixels (verified images).
+        matches: (m, 2) inlier (query feature, image feature) indices (verified images).
+    """
 
     name: str
     score: float
     slot: int
+    inliers: int | None = None
+    homography: np.ndarray | None = None
+    matches: np.ndarray | None = None
 
 
 def save_vocabulary(vocabulary: VocabularyTree, directory: str) -> None:
@@ -165,58 +179,101 @@ class RetrievalIndex:
         self.inverted_file.remove(slots)
         self.images.remove(slots)
 
+    def query_image(self, query, bbox: tuple | None = None, color: bool = False) -> np.ndarray:
+        """The query image exactly as features are extracted from it.
+
+        Args:
+            query: image path or (h, w[, 3]) uint8 array (RGB).
+            bbox: optional (x0, y0, x1, y1) region, in pixels of the original image.
+            color: RGB (h, w, 3) instead of grayscale (h, w).
+
+        Returns:
+            uint8 image, cropped to ``bbox``, then down-scaled to the pipeline's max side.
+        """
+        options = self.pipeline.features.image
+        if isinstance(query, np.ndarray):
+            image = np.asarray(query, np.uint8)
+            if image.ndim == 3 and not color:
+                image = cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)
+            elif image.ndim == 2 and color:
+                image = np.repeat(image[..., None], 3, axis=2)
+        else:
+            image = load_image(os.fspath(query), replace(options, max_side=0) if bbox else options, color)
+        if bbox is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in bbox)
+            image = image[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+        return resize_to_max_side(image, options.max_side)
+
     def query_features(self, query, bbox: tuple | None = None) -> LocalFeatures:
         """Features of a query given as a path, an image array or LocalFeatures.
 
         ``bbox`` (x0, y0, x1, y1), in pixels of the original image, crops the image
-        before extraction (revisitop queries); with LocalFeatures it keeps the
-        features whose keypoints fall inside it.
+        before extraction, as revisitop queries are cropped.
         """
         if isinstance(query, LocalFeatures):
-            if bbox is None:
-                return query
-            x, y = query.keypoints[:, 0], query.keypoints[:, 1]
-            inside = (x >= bbox[0]) & (x <= bbox[2]) & (y >= bbox[1]) & (y <= bbox[3])
-            return LocalFeatures(query.keypoints[inside], query.descriptors[inside], query.image_size)
-        options = self.pipeline.features
-        if isinstance(query, np.ndarray):
-            image = query if query.ndim == 2 else np.asarray(query.mean(axis=2), np.uint8)
-        elif bbox is None:
+            if bbox is not None:
+                raise ValueError("give the image, not its features, to crop a query to a bounding box")
+            return query
+        if bbox is None and not isinstance(query, np.ndarray):
             return self.extract(os.fspath(query))
-        else:
-            image = load_image(os.fspath(query), replace(options.image, max_side=0))
-        if bbox is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in bbox)
-            image = image[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
-        return sift_from_array(resize_to_max_side(image, options.image.max_side), options)
+        return sift_from_array(self.query_image(query, bbox), self.pipeline.features)
+
+    def _query_words(self, features: LocalFeatures) -> np.ndarray:
+        """(n, k) word ids of the query features, k = the pipeline's query assignments."""
+        words = self.vocabulary.quantize(features.descriptors, k=self.pipeline.query_assignments,
+                                         beam=self.pipeline.beam)
+        return words.reshape(len(features), -1)
 
     def scores(self, features: LocalFeatures) -> np.ndarray:
         """(n_images,) float32 tf-idf cosine similarity of the query with every image."""
         if len(features) == 0:
             return np.zeros(len(self), np.float32)
-        words = self.vocabulary.quantize(features.descriptors, k=self.pipeline.query_assignments,
-                                         beam=self.pipeline.beam)
-        return self.inverted_file.scores(words)
+        return self.inverted_file.scores(self._query_words(features))
 
-    def search(self, query, top_k: int | None = None, bbox: tuple | None = None) -> list[SearchResult]:
+    def rank(self, features: LocalFeatures, top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
+        """The best ``top_k`` images (None: all) for a query's features, through every pipeline stage.
+
+        Initial tf-idf ranking, then (per the pipeline) spatial re-ranking of the
+        top candidates and query expansion with the verified ones.
+        """
+        pipeline = self.pipeline
+        words = self._query_words(features)
+        query_vector = self.inverted_file.query_vector(words)
+        scores = self.inverted_file.vector_scores(*query_vector)
+        wanted = len(self) if top_k is None else min(top_k, len(self))
+        head = max(wanted, pipeline.verification.top_k if pipeline.verification else 0)
+        ranking = [RankedImage(int(i), float(scores[i])) for i in _top(scores, head)]
+        if pipeline.verification is not None:
+            ranking = spatial_rerank(features.keypoints, words[:, 0], ranking, self.images,
+                                     pipeline.verification, n_jobs=n_jobs)
+        if pipeline.expansion is not None:
+            ranking = expand_and_requery(
+                ranking, query_vector, lambda slot: self.inverted_file.query_vector(self.images.features(slot)[1]),
+                lambda vector: self.inverted_file.vector_scores(*vector), self.vocabulary.n_words,
+                pipeline.expansion.max_results, pipeline.expansion.alpha)
+        return ranking[:wanted]
+
+    def search(self, query, top_k: int | None = None, bbox: tuple | None = None,
+               n_jobs: int = 1) -> list[SearchResult]:
         """Rank the collection by similarity to ``query``.
 
         Args:
             query: image path, (h, w[, 3]) uint8 array, or LocalFeatures.
             top_k: return only the best ``top_k`` (default: the whole collection).
             bbox: optional (x0, y0, x1, y1) query region.
+            n_jobs: threads for spatial verification.
 
         Returns:
-            results, best first; empty (with a warning) when the query has no features.
+            results, best first (verified ones carry inliers and homography);
+            empty, with a warning, when the query has no features.
         """
         features = self.query_features(query, bbox)
-        if len(features) == 0:
+        if len(features) == 0 or len(self) == 0:
             warnings.warn(f"query {query if isinstance(query, (str, os.PathLike)) else ''} has no "
-                          f"local features; returning no results", stacklevel=2)
+                          f"local features or the index is empty; returning no results", stacklevel=2)
             return []
-        scores = self.scores(features)
-        order = _top(scores, top_k)
-        return [SearchResult(self.images.names[i], float(scores[i]), int(i)) for i in order]
+        return [SearchResult(self.images.names[e.slot], e.score, e.slot, e.inliers, e.homography, e.matches)
+                for e in self.rank(features, top_k, n_jobs=n_jobs)]
 
     def save(self, directory: str) -> None:
         """Atomically save the whole index (vocabulary included) as a directory."""

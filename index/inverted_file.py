@@ -175,10 +175,22 @@ class InvertedFile:
         Returns:
             (n_images,) float32 scores in [0, 1].
         """
-        unique, values = self.query_vector(words, weights)
-        starts, ends = self.offsets[unique], self.offsets[unique + 1]
+        return self.vector_scores(*self.query_vector(words, weights))
+
+    def vector_scores(self, words: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Scores of a query given as a sparse L2-normalised tf-idf vector.
+
+        Args:
+            words: (u,) unique int word ids.
+            values: (u,) float tf-idf weights (unit L2 norm).
+
+        Returns:
+            (n_images,) float32 cosine similarities.
+        """
+        words = np.asarray(words, dtype=np.int64)
+        starts, ends = self.offsets[words], self.offsets[words + 1]
         postings = _ranges(starts, ends - starts)
-        contribution = np.repeat(values * self.idf[unique], ends - starts)
+        contribution = np.repeat(np.asarray(values, np.float64) * self.idf[words], ends - starts)
         scores = np.bincount(self.image_slots[postings], weights=contribution,
                              minlength=self.n_images).astype(np.float64)
         norms = self.image_norms

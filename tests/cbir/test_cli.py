@@ -50,3 +50,18 @@ def test_refuses_to_overwrite_without_force(image_folder, tmp_path, capsys):
 def test_errors_name_the_file(tmp_path, capsys):
     assert main(["query", "x.jpg", "--index", str(tmp_path)]) == 1
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_query_draws_matches(image_folder, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    vocab, index = str(tmp_path / "vocab"), str(tmp_path / "index")
+    assert main(["vocab", str(image_folder), "-o", vocab, "--branching", "10", "--depth", "2", "--cache", cache]) == 0
+    assert main(["index", str(image_folder), "-o", index, "--vocab", vocab, "--method", "sift-sv",
+                 "--cache", cache]) == 0
+    picture = tmp_path / "matches.png"
+    assert main(["query", str(image_folder / "ukbench00001.jpg"), "--index", index, "--top-k", "3",
+                 "--draw", str(picture), "--draw-top", "2", "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "inliers" in out
+    from PIL import Image
+    assert Image.open(picture).size[1] == 2 * 240

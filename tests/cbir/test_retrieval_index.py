@@ -100,3 +100,28 @@ def test_manifest_is_plain_json(built_index, tmp_path):
     import json
     manifest = json.load(open(tmp_path / "idx" / MANIFEST))
     assert manifest["format"] == "cbir-index" and manifest["meta"]["pipeline"]["name"] == "sift-bow"
+
+
+def test_spatial_reranking_lifts_true_matches_on_real_queries(built_index, ukbench_subset):
+    from cbir.pipelines import get_pipeline
+    reranked = RetrievalIndex(built_index.vocabulary, get_pipeline("sift-sv"))
+    reranked.inverted_file, reranked.images = built_index.inverted_file, built_index.images
+    lifted = 0
+    for query, group in zip(ukbench_subset.queries, ukbench_subset._positives):
+        features = built_index.extract(query.path)
+        before = [r.name for r in built_index.search(features)]
+        after = reranked.search(features)
+        for result in after:
+            if result.inliers is None:
+                break
+            assert result.inliers >= reranked.pipeline.verification.min_inliers
+        # a true match that was below some non-match and is now above all non-matches of the top 4
+        for name in group - {query.name}:
+            first_wrong_before = next(i for i, n in enumerate(before) if n not in group)
+            position_after = [r.name for r in after].index(name)
+            first_wrong_after = next(i for i, r in enumerate(after) if r.name not in group)
+            if before.index(name) > first_wrong_before and position_after < first_wrong_after:
+                lifted += 1
+    assert lifted >= 3
+    bow = run_queries(built_index, ukbench_subset, verbose=False).scores["N-S"]
+    assert run_queries(reranked, ukbench_subset, verbose=False).scores["N-S"] >= bow

@@ -1,0 +1,136 @@
+"""Re-ranking of an initial ranked list: spatial verification, then query expansion.
+
+Independent of how the initial list was scored (tf-idf, Hamming embedding, ...):
+it needs only the candidates' slots and scores, their stored keypoints and
+words, and a function that scores an expanded query.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from index.image_store import ImageStore
+from index.spatial_verification import Verification, VerificationConfig, verify_pair
+
+
+@dataclass
+class RankedImage:
+    """One entry of a ranked list.
+
+    Attributes:
+        slot: image slot in the index.
+        score: the initial (or expanded-query) similarity.
+        inliers: spatially verified inliers, or None if not verified.
+        homography: (3, 3) query -> database image, for verified images.
+        matches: (m, 2) inlier (query feature, database feature) indices.
+    """
+
+    slot: int
+    score: float
+    inliers: int | None = None
+    homography: np.ndarray | None = None
+    matches: np.ndarray | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.inliers is not None
+
+
+def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking: list[RankedImage],
+                   images: ImageStore, config: VerificationConfig = VerificationConfig(),
+                   n_jobs: int = 1) -> list[RankedImage]:
+    """Verify the top ``config.top_k`` candidates and move the verified ones first.
+
+    Verified images (at least ``config.min_inliers`` inliers) come first, by
+    decreasing inlier count (ties keep the initial order); the other candidates
+    and the rest of the ranking keep their initial order.
+
+    Args:
+        query_keypoints: (n, 4) float32.
+        query_words: (n,) int (one word per query feature).
+        ranking: the initial ranked list, best first.
+        images: the store holding the candidates' keypoints and words.
+        config: verification settings.
+        n_jobs: threads verifying candidates in parallel (OpenCV releases the GIL).
+    """
+    head, tail = ranking[:config.top_k], ranking[config.top_k:]
+
+    def verify(entry: RankedImage) -> Verification:
+        keypoints, words = images.features(entry.slot)
+        return verify_pair(query_keypoints, query_words, keypoints, words, config)
+
+    if n_jobs == 1:
+        outcomes = [verify(entry) for entry in head]
+    else:
+        outcomes = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(verify)(entry) for entry in head)
+    verified, unverified = [], []
+    for entry, outcome in zip(head, outcomes):
+        if outcome.inliers >= config.min_inliers:
+            verified.append(RankedImage(entry.slot, entry.score, outcome.inliers, outcome.homography,
+                                        outcome.matches))
+        else:
+            unverified.append(entry)
+    verified.sort(key=lambda e: -e.inliers)
+    return verified + unverified + tail
+
+
+def average_query_expansion(query_vector: tuple[np.ndarray, np.ndarray],
+                            result_vectors: list[tuple[np.ndarray, np.ndarray]], n_words: int,
+                            alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Average (alpha = 0) or alpha-weighted query expansion of sparse unit vectors.
+
+    ``alpha = 0`` is Chum et al.'s AQE: the mean of the query's and the results'
+    vectors. ``alpha > 0`` weights result i by ``similarity_i ** alpha`` (alpha-QE,
+    Radenovic et al.), the query keeping weight 1.
+
+    Args:
+        query_vector: (words (u,), values (u,)) L2-normalised.
+        result_vectors: the same for each verified result, best first.
+        n_words: vocabulary size.
+        alpha: weighting exponent.
+
+    Returns:
+        (words, values) of the expanded vector, L2-normalised.
+    """
+    dense = np.zeros(n_words, np.float64)
+    q_words, q_values = query_vector
+    dense[q_words] += q_values
+    q_dense = dense.copy()
+    for words, values in result_vectors:
+        weight = 1.0
+        if alpha > 0:
+            weight = max(float(q_dense[words] @ values), 0.0) ** alpha
+        dense[words] += weight * values
+    words = np.flatnonzero(dense)
+    values = dense[words]
+    norm = np.linalg.norm(values)
+    return words, (values / norm if norm > 0 else values).astype(np.float32)
+
+
+def expand_and_requery(ranking: list[RankedImage], query_vector, image_vector: Callable[[int], tuple],
+                       score_vector: Callable[[tuple], np.ndarray], n_words: int, max_results: int = 50,
+                       alpha: float = 0.0) -> list[RankedImage]:
+    """Expand the query with the verified results, search again; verified results stay on top.
+
+    Args:
+        ranking: spatially re-ranked list (verified entries first).
+        query_vector: (words, values) of the query.
+        image_vector: slot -> (words, values) of a database image.
+        score_vector: (words, values) -> (n_images,) scores of the expanded query.
+        n_words: vocabulary size.
+        max_results: at most this many verified results expand the query.
+        alpha: 0 for AQE, > 0 for alpha-QE.
+    """
+    verified = [e for e in ranking if e.verified][:max_results]
+    if not verified:
+        return ranking
+    expanded = average_query_expansion(query_vector, [image_vector(e.slot) for e in verified], n_words, alpha)
+    scores = score_vector(expanded)
+    on_top = [e for e in ranking if e.verified]
+    seen = {e.slot for e in on_top}
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    rest = [RankedImage(int(i), float(scores[i])) for i in order if int(i) not in seen]
+    return on_top + rest

@@ -1,0 +1,205 @@
+"""Geometric verification of a candidate image against the query (Philbin et al. 2007).
+
+Tentative correspondences come from the stored keypoints and visual words: two
+features correspond when they share a word, so database descriptors are never
+needed. A homography is fitted to them with RANSAC (OpenCV ``findHomography``,
+RANSAC or a USAC variant such as MAGSAC++); degenerate models (too few
+correspondences, inliers on a line, a mirror or collapsed map) are rejected.
+
+The default estimator, ``similarity-lo``, is Philbin et al.'s: every tentative
+correspondence, with the keypoints' scales and orientations, is a one-point
+similarity hypothesis; the one with most inliers is refined by least-squares
+homography fits on its inliers (local optimisation). It is deterministic and,
+unlike plain RANSAC, insensitive to a low inlier ratio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: ``VerificationConfig.estimator`` name -> OpenCV ``findHomography`` method.
+ESTIMATORS = {"similarity-lo": None, "ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC, "usac-default": cv2.USAC_DEFAULT,
+              "usac-accurate": cv2.USAC_ACCURATE}
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    """Spatial verification settings.
+
+    Attributes:
+        estimator: a key of ``ESTIMATORS``.
+        reprojection_error: inlier threshold in pixels (of the database image).
+        max_iterations: RANSAC iterations (OpenCV estimators).
+        max_hypotheses: one-point hypotheses tried (``similarity-lo``); beyond
+            this, an evenly spaced subset of the correspondences.
+        refinements: least-squares homography re-fits (``similarity-lo``).
+        confidence: RANSAC confidence.
+        max_pairs_per_word: cap on the pairs one shared word contributes
+            (bursty words otherwise flood the correspondences).
+        min_inliers: fewer inliers than this leaves an image unverified.
+        top_k: candidates re-ranked (from the top of the initial ranking).
+        refine: re-fit the homography to all inliers by least squares.
+    """
+
+    estimator: str = "similarity-lo"
+    reprojection_error: float = 6.0
+    max_iterations: int = 2000
+    max_hypotheses: int = 400
+    refinements: int = 4
+    confidence: float = 0.995
+    max_pairs_per_word: int = 4
+    min_inliers: int = 10
+    top_k: int = 100
+    refine: bool = True
+
+
+@dataclass
+class Verification:
+    """Outcome of verifying one pair.
+
+    Attributes:
+        inliers: number of one-to-one inlier correspondences (0 if rejected).
+        homography: (3, 3) float64 mapping query points to database points, or None.
+        matches: (m, 2) int64 inlier (query feature, database feature) indices.
+    """
+
+    inliers: int
+    homography: np.ndarray | None
+    matches: np.ndarray
+
+
+def word_correspondences(query_words: np.ndarray, database_words: np.ndarray,
+                         max_pairs_per_word: int = 4) -> np.ndarray:
+    """Pairs of features that share a visual word.
+
+    Args:
+        query_words: (n,) int word id per query feature.
+        database_words: (m,) int word id per database feature.
+        max_pairs_per_word: keep at most this many pairs per shared word.
+
+    Returns:
+        (p, 2) int64 (query index, database index) pairs.
+    """
+    q_order = np.argsort(query_words, kind="stable")
+    d_order = np.argsort(database_words, kind="stable")
+    q_sorted, d_sorted = np.asarray(query_words)[q_order], np.asarray(database_words)[d_order]
+    shared = np.intersect1d(q_sorted, d_sorted)
+    if len(shared) == 0:
+        return np.zeros((0, 2), np.int64)
+    q_start, q_end = np.searchsorted(q_sorted, shared), np.searchsorted(q_sorted, shared, "right")
+    d_start, d_end = np.searchsorted(d_sorted, shared), np.searchsorted(d_sorted, shared, "right")
+    nq, nd = q_end - q_start, d_end - d_start
+    n_pairs = np.minimum(nq * nd, max_pairs_per_word)
+    word = np.repeat(np.arange(len(shared)), n_pairs)
+    k = np.arange(len(word)) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    qi = q_order[q_start[word] + k % nq[word]]
+    di = d_order[d_start[word] + (k // nq[word]) % nd[word]]
+    return np.stack([qi, di], axis=1).astype(np.int64)
+
+
+def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> bool:
+    """Mirror, collapse or explosion of the map, or inliers (nearly) on a line."""
+    if homography is None or not np.all(np.isfinite(homography)) or len(src) < 4:
+        return True
+    h = homography / homography[2, 2] if abs(homography[2, 2]) > 1e-12 else homography
+    det = np.linalg.det(h[:2, :2])
+    if det <= 0 or not 1e-3 < det < 1e3:
+        return True
+    for points in (src, dst):
+        spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+        if spread[0] == 0 or spread[1] / spread[0] < 0.02:
+            return True
+    return False
+
+
+def _transfer_error(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(n,) distance in pixels between ``homography(src)`` and ``dst``."""
+    projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), homography).reshape(-1, 2)
+    return np.linalg.norm(projected - dst, axis=1)
+
+
+def similarity_lo(src: np.ndarray, dst: np.ndarray, src_shape: np.ndarray, dst_shape: np.ndarray,
+                  config: VerificationConfig) -> tuple[np.ndarray | None, np.ndarray]:
+    """One-point similarity hypotheses, then least-squares homography refinement.
+
+    Args:
+        src, dst: (n, 2) float64 corresponding points (query, database).
+        src_shape, dst_shape: (n, 2) scale and angle (radians) of each point's keypoint.
+        config: thresholds and counts.
+
+    Returns:
+        (homography (3, 3) or None, inlier mask (n,) bool).
+    """
+    n = len(src)
+    hypotheses = np.unique(np.linspace(0, n - 1, min(n, config.max_hypotheses)).round().astype(np.int64))
+    scale = dst_shape[hypotheses, 0] / np.maximum(src_shape[hypotheses, 0], 1e-6)
+    angle = dst_shape[hypotheses, 1] - src_shape[hypotheses, 1]
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    offset = src[None, :, :] - src[hypotheses, None, :]
+    predicted_x = cos[:, None] * offset[..., 0] - sin[:, None] * offset[..., 1] + dst[hypotheses, None, 0]
+    predicted_y = sin[:, None] * offset[..., 0] + cos[:, None] * offset[..., 1] + dst[hypotheses, None, 1]
+    error = np.hypot(predicted_x - dst[None, :, 0], predicted_y - dst[None, :, 1])
+    # A similarity only approximates a homography: accept twice the final threshold here.
+    votes = error < 2.0 * config.reprojection_error
+    inliers = votes[int(np.argmax(votes.sum(axis=1)))]
+    homography = None
+    # Local optimisation: re-fit on the inliers while the threshold shrinks to its final value.
+    for threshold in np.linspace(2.0, 1.0, max(config.refinements, 1)) * config.reprojection_error:
+        if inliers.sum() < 4:
+            break
+        fitted, _ = cv2.findHomography(src[inliers], dst[inliers], 0)
+        if fitted is None:
+            break
+        refined = _transfer_error(fitted, src, dst) < threshold
+        if refined.sum() < 4:
+            break
+        homography, inliers = fitted, refined
+    if homography is not None:
+        inliers = _transfer_error(homography, src, dst) < config.reprojection_error
+    return homography, inliers
+
+
+def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_keypoints: np.ndarray,
+                database_words: np.ndarray, config: VerificationConfig = VerificationConfig()) -> Verification:
+    """Fit a homography query -> database image on word correspondences.
+
+    Args:
+        query_keypoints: (n, 4) float32 x, y, scale, angle.
+        query_words: (n,) int.
+        database_keypoints: (m, 4) float32.
+        database_words: (m,) int.
+        config: estimator settings.
+
+    Returns:
+        the verification; ``inliers`` counts distinct query features and distinct
+        database features among the inliers (the smaller), so a repeated word
+        cannot count twice.
+    """
+    pairs = word_correspondences(query_words, database_words, config.max_pairs_per_word)
+    rejected = Verification(0, None, np.zeros((0, 2), np.int64))
+    if len(pairs) < 4:
+        return rejected
+    src = np.ascontiguousarray(query_keypoints[pairs[:, 0], :2], dtype=np.float64)
+    dst = np.ascontiguousarray(database_keypoints[pairs[:, 1], :2], dtype=np.float64)
+    if config.estimator == "similarity-lo":
+        homography, inliers = similarity_lo(src, dst, query_keypoints[pairs[:, 0], 2:].astype(np.float64),
+                                            database_keypoints[pairs[:, 1], 2:].astype(np.float64), config)
+    else:
+        try:
+            homography, mask = cv2.findHomography(src, dst, ESTIMATORS[config.estimator],
+                                                  config.reprojection_error, maxIters=config.max_iterations,
+                                                  confidence=config.confidence)
+        except cv2.error:
+            return rejected
+        inliers = mask.ravel().astype(bool) if mask is not None else np.zeros(len(pairs), bool)
+    if homography is None or _is_degenerate(homography, src[inliers], dst[inliers]):
+        return rejected
+    if config.refine:
+        refined, _ = cv2.findHomography(src[inliers], dst[inliers], 0)
+        if refined is not None and not _is_degenerate(refined, src[inliers], dst[inliers]):
+            homography = refined
+    inlier_pairs = pairs[inliers]
+    count = min(len(np.unique(inlier_pairs[:, 0])), len(np.unique(inlier_pairs[:, 1])))
+    return Verification(int(count), homography, inlier_pairs)
