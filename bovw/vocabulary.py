@@ -8,8 +8,11 @@ repeat a centre, leaving some words empty; that is harmless.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -18,7 +21,7 @@ from bovw.kmeans import kmeans, nearest
 #: Version of the layout returned by ``VocabularyTree.state_dict``.
 STATE_VERSION = 1
 
-#: Upper bound on the temporary (chunk, candidates, dim) float32 gather, in bytes.
+#: Upper bound on the temporary float32 arrays of one quantization chunk, in bytes.
 _GATHER_BYTES = 64 << 20
 
 
@@ -73,13 +76,19 @@ class VocabularyTree:
 
     @classmethod
     def train(cls, descriptors: np.ndarray, config: VocabularyConfig = VocabularyConfig(),
-              verbose: bool = True) -> "VocabularyTree":
+              verbose: bool = True, n_jobs: int = -1) -> "VocabularyTree":
         """Train level by level: each node's points are split by k-means into b children.
+
+        Nodes of a level are trained in parallel threads, each running faiss
+        single-threaded: per-node problems are small, and faiss's own OpenMP
+        threads on a busy 2-core machine cost up to 20x (benchmarks/RESULTS.md).
+        The result does not depend on ``n_jobs``.
 
         Args:
             descriptors: (n, d) float32 training descriptors.
             config: tree shape and training settings.
             verbose: progress bar over the nodes of each level.
+            n_jobs: worker threads (-1: one per core).
         """
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if len(descriptors) == 0:
@@ -89,6 +98,7 @@ class VocabularyTree:
             keep = np.sort(rng.choice(len(descriptors), config.max_descriptors, replace=False))
             descriptors = descriptors[keep]
         b = config.branching
+        n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
         node_of_point = np.zeros(len(descriptors), dtype=np.int64)
         centers = []
         for level in range(config.depth):
@@ -97,17 +107,22 @@ class VocabularyTree:
             order = np.argsort(node_of_point, kind="stable")
             bounds = np.searchsorted(node_of_point[order], np.arange(n_nodes + 1))
             child_of_point = np.zeros(len(descriptors), dtype=np.int64)
-            for node in tqdm(range(n_nodes), desc=f"vocabulary level {level + 1}/{config.depth}",
-                             disable=not verbose, leave=False, mininterval=1.0):
+            parents = centers[-1] if centers else descriptors.mean(axis=0, keepdims=True)
+
+            def split(node: int) -> None:
+                faiss.omp_set_num_threads(1)
                 members = order[bounds[node]:bounds[node + 1]]
                 if len(members) == 0:
-                    parent = centers[-1][node] if centers else descriptors.mean(axis=0)
-                    level_centers[node * b:(node + 1) * b] = parent
-                    continue
-                seed = config.seed * 1_000_003 + level * 7919 + node
-                node_centers = kmeans(descriptors[members], b, seed=seed % (2 ** 31), niter=config.niter)
+                    level_centers[node * b:(node + 1) * b] = parents[node]
+                    return
+                seed = (config.seed * 1_000_003 + level * 7919 + node) % (2 ** 31)
+                node_centers = kmeans(descriptors[members], b, seed=seed, niter=config.niter)
                 level_centers[node * b:(node + 1) * b] = node_centers
                 child_of_point[members] = node * b + nearest(descriptors[members], node_centers)[1][:, 0]
+
+            with ThreadPoolExecutor(n_jobs) as pool:
+                list(tqdm(pool.map(split, range(n_nodes)), total=n_nodes, disable=not verbose, leave=False,
+                          desc=f"vocabulary level {level + 1}/{config.depth}", mininterval=1.0))
             centers.append(level_centers)
             node_of_point = child_of_point
         return cls(centers)
@@ -137,7 +152,8 @@ class VocabularyTree:
         width = max(k, beam)
         words = np.empty((len(descriptors), k), dtype=np.int64)
         if len(descriptors):
-            chunk = max(1, _GATHER_BYTES // (4 * self.dim * self.branching * width))
+            per_row = self.branching * (width * self.dim if self.depth > 1 else 1)
+            chunk = max(1, _GATHER_BYTES // (4 * per_row))
             for start in range(0, len(descriptors), chunk):
                 part = descriptors[start:start + chunk]
                 words[start:start + chunk] = self._descend(part, width)[:, :k]
@@ -146,16 +162,18 @@ class VocabularyTree:
     def _descend(self, x: np.ndarray, width: int) -> np.ndarray:
         """(n, d) -> (n, width') word ids of the best leaves found, best first."""
         b = self.branching
-        distances, nodes = nearest(x, self.centers[0], min(width, b))
-        for level in range(1, self.depth):
+        nodes = np.zeros((len(x), 1), dtype=np.int64)
+        for level in range(self.depth):
             candidates = (nodes[:, :, None] * b + np.arange(b)).reshape(len(x), -1)
-            gathered = self.centers[level][candidates]
-            sq = self._sq_norms[level][candidates] - 2.0 * np.einsum("nd,ncd->nc", x, gathered)
+            if level == 0:
+                sq = self._sq_norms[0][None, :] - 2.0 * (x @ self.centers[0].T)
+            else:
+                sq = self._sq_norms[level][candidates] - 2.0 * np.einsum(
+                    "nd,ncd->nc", x, self.centers[level][candidates])
             keep = min(width, candidates.shape[1])
             best = np.argpartition(sq, keep - 1, axis=1)[:, :keep] if keep < sq.shape[1] else \
                 np.broadcast_to(np.arange(keep), (len(x), keep))
-            best_sq = np.take_along_axis(sq, best, axis=1)
-            order = np.argsort(best_sq, axis=1, kind="stable")
+            order = np.argsort(np.take_along_axis(sq, best, axis=1), axis=1, kind="stable")
             nodes = np.take_along_axis(candidates, np.take_along_axis(best, order, axis=1), axis=1)
         return nodes
 

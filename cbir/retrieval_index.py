@@ -218,7 +218,7 @@ class RetrievalIndex:
             return self.extract(os.fspath(query))
         return sift_from_array(self.query_image(query, bbox), self.pipeline.features)
 
-    def _query_words(self, features: LocalFeatures) -> np.ndarray:
+    def query_words(self, features: LocalFeatures) -> np.ndarray:
         """(n, k) word ids of the query features, k = the pipeline's query assignments."""
         words = self.vocabulary.quantize(features.descriptors, k=self.pipeline.query_assignments,
                                          beam=self.pipeline.beam)
@@ -228,7 +228,7 @@ class RetrievalIndex:
         """(n_images,) float32 tf-idf cosine similarity of the query with every image."""
         if len(features) == 0:
             return np.zeros(len(self), np.float32)
-        return self.inverted_file.scores(self._query_words(features))
+        return self.inverted_file.scores(self.query_words(features))
 
     def rank(self, features: LocalFeatures, top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
         """The best ``top_k`` images (None: all) for a query's features, through every pipeline stage.
@@ -237,7 +237,7 @@ class RetrievalIndex:
         top candidates and query expansion with the verified ones.
         """
         pipeline = self.pipeline
-        words = self._query_words(features)
+        words = self.query_words(features)
         query_vector = self.inverted_file.query_vector(words)
         scores = self.inverted_file.vector_scores(*query_vector)
         wanted = len(self) if top_k is None else min(top_k, len(self))
