@@ -1,4 +1,4 @@
-"""On-disk cache of extracted local features, so a re-run does not re-extract.
+"""On-disk cache of extracted features (local features, conv maps), so a re-run does not re-extract.
 
 One ``.npz`` file per (image file, extractor settings), named by a hash of the
 image's absolute path, size, modification time and the extractor key. Files are
@@ -34,26 +34,38 @@ class FeatureCache:
         digest = hashlib.sha1(token.encode("utf-8", "surrogateescape")).hexdigest()
         return os.path.join(self.directory, digest[:2], digest + ".npz")
 
-    def get(self, image_path: str) -> LocalFeatures | None:
-        """Cached features of ``image_path``, or None when absent or unreadable."""
+    def get_arrays(self, image_path: str) -> dict[str, np.ndarray] | None:
+        """Cached arrays of ``image_path``, or None when absent or unreadable."""
         try:
-            file = self._file(image_path)
-            with np.load(file, allow_pickle=False) as data:
-                return LocalFeatures(data["keypoints"], data["descriptors"], tuple(data["image_size"]))
+            with np.load(self._file(image_path), allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
         except (OSError, KeyError, ValueError, EOFError):
             return None
 
-    def put(self, image_path: str, features: LocalFeatures) -> None:
-        """Store ``features`` of ``image_path`` (atomic: a crash leaves no partial file)."""
+    def put_arrays(self, image_path: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store named arrays for ``image_path`` (atomic: a crash leaves no partial file)."""
         file = self._file(image_path)
         os.makedirs(os.path.dirname(file), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, keypoints=features.keypoints, descriptors=features.descriptors,
-                         image_size=np.asarray(features.image_size, np.int64))
+                np.savez(handle, **arrays)
             os.replace(tmp, file)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def get(self, image_path: str) -> LocalFeatures | None:
+        """Cached local features of ``image_path``, or None when absent or unreadable."""
+        data = self.get_arrays(image_path)
+        try:
+            return None if data is None else \
+                LocalFeatures(data["keypoints"], data["descriptors"], tuple(data["image_size"]))
+        except (KeyError, ValueError):
+            return None
+
+    def put(self, image_path: str, features: LocalFeatures) -> None:
+        """Store the local features of ``image_path``."""
+        self.put_arrays(image_path, {"keypoints": features.keypoints, "descriptors": features.descriptors,
+                                     "image_size": np.asarray(features.image_size, np.int64)})

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from bovw.extraction import ExtractionReport
-from cbir.retrieval_index import RetrievalIndex
 from index.datasets import Dataset
 
 
@@ -36,19 +36,21 @@ class EvaluationResult:
                 handle.write(json.dumps({"query": query.name, "ranking": ranking}) + "\n")
 
 
-def index_dataset(index: RetrievalIndex, dataset: Dataset, n_jobs: int = 1, verbose: bool = True) -> ExtractionReport:
-    """Add the dataset's database images (named by their dataset names) that are not yet indexed."""
+def index_dataset(index, dataset: Dataset, n_jobs: int = 1, verbose: bool = True) -> ExtractionReport:
+    """Add the dataset's database images to a RetrievalIndex or GlobalIndex (named by their dataset names) that are not yet indexed."""
     todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index.images]
     return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, verbose=verbose)
 
 
-def run_queries(index: RetrievalIndex, dataset: Dataset, verbose: bool = True) -> EvaluationResult:
+def run_queries(index, dataset: Dataset, verbose: bool = True) -> EvaluationResult:
     """Search every query of ``dataset`` in ``index`` and score the rankings."""
     rankings, times = [], []
     for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=not verbose):
         features = index.query_features(query.path, query.bbox)
         start = time.perf_counter()
-        results = index.search(features) if len(features) else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a query without features simply ranks nothing
+            results = index.search(features)
         times.append((time.perf_counter() - start) * 1e3)
         rankings.append([r.name for r in results])
     return EvaluationResult(dataset.score(rankings), rankings, np.asarray(times))

@@ -7,13 +7,13 @@ reproducible from its name.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 
 from bovw.feature_cache import FeatureCache
 from bovw.features import LocalFeatures, SiftOptions, sift_from_array
 from bovw.images import ImageOptions, load_image
 from bovw.vocabulary import VocabularyConfig
+from index.persistence import dataclass_from_dict
 from index.spatial_verification import ESTIMATORS, VerificationConfig
 
 
@@ -81,23 +81,9 @@ class Pipeline:
     def from_dict(cls, data: dict) -> "Pipeline":
         """Inverse of ``to_dict`` (raises ValueError on unknown or missing fields)."""
         try:
-            return _dataclass_from_dict(cls, data)
+            return dataclass_from_dict(cls, data)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid pipeline description: {exc}") from exc
-
-
-def _dataclass_from_dict(cls, data):
-    """Rebuild a (nested) frozen dataclass from ``dataclasses.asdict`` output."""
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        if name not in hints:
-            raise TypeError(f"unknown field {name!r} of {cls.__name__}")
-        kinds = [t for t in typing.get_args(hints[name]) or (hints[name],) if dataclasses.is_dataclass(t)]
-        values[name] = _dataclass_from_dict(kinds[0], value) if kinds and value is not None else value
-    return cls(**values)
 
 
 PIPELINES: dict[str, Pipeline] = {

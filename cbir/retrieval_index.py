@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Sequence
 
 import cv2
@@ -17,33 +17,13 @@ from cbir.pipelines import Pipeline, get_pipeline
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank
+from index.results import SearchResult
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 
 INDEX_FORMAT = "cbir-index"
 INDEX_VERSION = 1
 VOCABULARY_FORMAT = "cbir-vocabulary"
 VOCABULARY_VERSION = 1
-
-
-@dataclass
-class SearchResult:
-    """One ranked database image.
-
-    Attributes:
-        name: the image's name in the index.
-        score: similarity of the (possibly expanded) query to the image.
-        slot: the image's slot in the index.
-        inliers: spatially verified inliers, None when the image was not verified.
-        homography: (3, 3) map from query pixels to the image's pixels (verified images).
-        matches: (m, 2) inlier (query feature, image feature) indices (verified images).
-    """
-
-    name: str
-    score: float
-    slot: int
-    inliers: int | None = None
-    homography: np.ndarray | None = None
-    matches: np.ndarray | None = None
 
 
 def save_vocabulary(vocabulary: VocabularyTree, directory: str) -> None:
@@ -244,7 +224,7 @@ class RetrievalIndex:
         head = max(wanted, pipeline.verification.top_k if pipeline.verification else 0)
         ranking = [RankedImage(int(i), float(scores[i])) for i in _top(scores, head)]
         if pipeline.verification is not None:
-            ranking = spatial_rerank(features.keypoints, words[:, 0], ranking, self.images,
+            ranking = spatial_rerank(features.keypoints, words, ranking, self.images,
                                      pipeline.verification, n_jobs=n_jobs)
         if pipeline.expansion is not None:
             ranking = expand_and_requery(

@@ -13,10 +13,12 @@ raising :class:`IndexFormatError` naming the file and the problem.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import tempfile
+import typing
 import uuid
 import zlib
 
@@ -173,3 +175,17 @@ def _load_entry(directory: str, name: str, entry, verify: bool, mmap: bool) -> n
         raise IndexFormatError(f"{path}: holds {array.dtype}{list(array.shape)}, manifest says "
                                f"{entry.get('dtype')}{entry.get('shape')}")
     return array
+
+
+def dataclass_from_dict(cls, data):
+    """Rebuild a (nested) dataclass from ``dataclasses.asdict`` output (TypeError if malformed)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise TypeError(f"unknown field {name!r} of {cls.__name__}")
+        kinds = [t for t in typing.get_args(hints[name]) or (hints[name],) if dataclasses.is_dataclass(t)]
+        values[name] = dataclass_from_dict(kinds[0], value) if kinds and value is not None else value
+    return cls(**values)

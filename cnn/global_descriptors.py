@@ -1,0 +1,69 @@
+"""Global descriptors from the final conv map: SPoC, MAC, GeM, R-MAC, CroW.
+
+Post-processing follows the literature: pooled vector -> L2 -> PCA whitening ->
+L2; for R-MAC each region vector goes L2 -> whitening -> L2, then the regions
+are summed and L2-normalised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnn import pooling
+from cnn.pooling import l2_normalize
+from cnn.whitening import PCAWhitening
+
+METHODS = ("spoc", "mac", "gem", "rmac", "crow")
+
+
+@dataclass(frozen=True)
+class GlobalDescriptorConfig:
+    """Which pooling, and its parameters.
+
+    Attributes:
+        method: one of ``METHODS``.
+        gem_p: GeM exponent.
+        rmac_levels: R-MAC scales.
+        whitening_dim: components kept by PCA whitening (None: all).
+    """
+
+    method: str = "gem"
+    gem_p: float = 3.0
+    rmac_levels: int = 3
+    whitening_dim: int | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pooling {self.method!r}; known: {', '.join(METHODS)}")
+
+
+def raw_vectors(feature_map: np.ndarray, config: GlobalDescriptorConfig) -> np.ndarray:
+    """L2-normalised pooled vectors before whitening.
+
+    Args:
+        feature_map: (C, H, W) float32 activations.
+
+    Returns:
+        (1, C) for SPoC/MAC/GeM/CroW; (r, C) region vectors for R-MAC.
+    """
+    if config.method == "rmac":
+        regions = pooling.rmac_regions(feature_map.shape[1], feature_map.shape[2], config.rmac_levels)
+        return l2_normalize(pooling.region_mac(feature_map, regions))
+    if config.method == "gem":
+        vector = pooling.gem(feature_map, config.gem_p)
+    else:
+        vector = getattr(pooling, config.method)(feature_map)
+    return l2_normalize(vector[None, :])
+
+
+def embed(raw: np.ndarray, whitening: PCAWhitening | None, config: GlobalDescriptorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Whiten raw vectors into the final descriptor.
+
+    Returns:
+        (descriptor (k,) unit norm, whitened rows (r, k)); for R-MAC the rows are
+        the whitened region vectors, summed into the descriptor.
+    """
+    rows = whitening.apply(raw) if whitening is not None else l2_normalize(raw)
+    descriptor = l2_normalize(rows.sum(axis=0)) if config.method == "rmac" else rows[0]
+    return descriptor, rows

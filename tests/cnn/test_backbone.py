@@ -1,0 +1,41 @@
+import os
+
+import numpy as np
+import pytest
+
+from bovw.images import ImageOptions, load_image
+
+torch = pytest.importorskip("torch")
+
+from cnn.backbone import CHANNELS, Backbone, BackboneOptions  # noqa: E402
+
+# ImageNet classes of natural landscapes: alp, cliff, promontory, lakeside, seashore, valley, volcano.
+LANDSCAPE = {970, 972, 976, 975, 978, 979, 980}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return Backbone(BackboneOptions(device="cpu"))
+
+
+def test_weights_load_offline_and_classify_a_real_photo(backbone, data_dir):
+    # Holidays 100000 is a view over a green mountain valley.
+    image = load_image(os.path.join(data_dir, "holidays", "100000.jpg"), ImageOptions(max_side=0), color=True)
+    import cv2
+    logits = backbone.feature_maps(cv2.resize(image, (224, 224)))["logits"]
+    assert int(np.argmax(logits)) == 979  # valley
+    assert set(np.argsort(-logits)[:3].tolist()) <= LANDSCAPE
+
+
+def test_feature_map_shapes_and_strides(backbone, data_dir):
+    image = load_image(os.path.join(data_dir, "ukbench", "ukbench00000.jpg"), ImageOptions(), color=True)
+    maps = backbone.feature_maps(image)
+    assert maps["local"].shape == (CHANNELS["local"], 15, 20)  # 240x320 at stride 16
+    # stride 32; the network's static "same" padding floors the odd 7.5 rows
+    assert maps["global"].shape == (CHANNELS["global"], 7, 10)
+    assert maps["local"].min() >= 0 and maps["local"].max() <= 6  # after ReLU6
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ValueError, match="no offline weights"):
+        Backbone(BackboneOptions(name="efficientnet-lite2"))
