@@ -16,8 +16,10 @@ from bovw.extraction import ExtractionReport
 from bovw.images import ImageReadError
 from bovw.vocabulary import VocabularyConfig
 from cbir.evaluate import index_dataset, run_queries
-from cbir.pipelines import PIPELINES, get_pipeline
-from cbir.retrieval_index import RetrievalIndex, load_vocabulary, save_vocabulary, train_vocabulary
+from cbir.pipelines import ALL_PIPELINES, get_pipeline
+from cbir.retrieval_index import RetrievalIndex, load_index, load_vocabulary, save_vocabulary, train_vocabulary
+from cnn.global_index import GlobalIndex, learn_whitening
+from cnn.pipelines import GlobalPipeline
 from index.datasets import load_dataset
 from index.persistence import IndexFormatError, MANIFEST
 
@@ -75,11 +77,9 @@ def cmd_index(args) -> None:
         raise SystemExit(f"cbir: {args.output}: an index is already there; use --add to extend it "
                          f"or --force to replace it")
     if exists and args.add:
-        index = RetrievalIndex.load(args.output, cache_dir=args.cache)
+        index = load_index(args.output, cache_dir=args.cache)
     else:
-        if not args.vocab:
-            raise SystemExit("cbir: --vocab is required to build a new index")
-        index = RetrievalIndex(load_vocabulary(args.vocab), args.method, cache_dir=args.cache)
+        index = _new_index(args, get_pipeline(args.method))
     paths = expand_images(args.images)
     report = index.add_images(paths, n_jobs=args.jobs)
     index.save(args.output)
@@ -88,13 +88,15 @@ def cmd_index(args) -> None:
 
 
 def cmd_query(args) -> None:
-    index = RetrievalIndex.load(args.index, cache_dir=args.cache)
+    index = load_index(args.index, cache_dir=args.cache)
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
     try:
         results = index.search(args.image, top_k=args.top_k, bbox=bbox, n_jobs=args.n_jobs)
     except ImageReadError as exc:
         raise SystemExit(f"cbir: {exc}") from None
     if args.draw:
+        if not isinstance(index, RetrievalIndex):
+            raise SystemExit("cbir: --draw needs a local-feature index (matches are drawn)")
         _draw(index, args, results, bbox)
     if args.json:
         print(json.dumps([{"name": r.name, "score": r.score, "inliers": r.inliers,
@@ -123,23 +125,40 @@ def _draw(index: RetrievalIndex, args, results, bbox) -> None:
     print(f"wrote {args.draw}", file=sys.stderr)
 
 
+def _new_index(args, pipeline):
+    """An empty index for ``pipeline``: a vocabulary (--vocab, or trained on --train-root)
+    for local features, a whitening learned on --whiten-root for CNN global descriptors."""
+    if isinstance(pipeline, GlobalPipeline):
+        whitening = None
+        if args.whiten_root:
+            paths = expand_images(args.whiten_root)
+            print(f"learning the {pipeline.name} whitening on {len(paths)} images", file=sys.stderr)
+            whitening, _ = learn_whitening(paths, pipeline, args.cache)
+        else:
+            print("cbir: no --whiten-root given: descriptors are L2-normalised, not whitened", file=sys.stderr)
+        return GlobalIndex(pipeline, whitening, args.cache)
+    if getattr(args, "vocab", None):
+        vocabulary = load_vocabulary(args.vocab)
+    elif getattr(args, "train_root", None):
+        config = VocabularyConfig(branching=args.branching or pipeline.vocabulary.branching,
+                                  depth=args.depth or pipeline.vocabulary.depth, seed=args.seed)
+        train_paths = expand_images(args.train_root)
+        print(f"training a {config.n_words}-word vocabulary on {len(train_paths)} images", file=sys.stderr)
+        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs)
+    else:
+        raise SystemExit("cbir: --vocab (or, with eval, --train-root) is required for a new index")
+    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache)
+
+
 def cmd_eval(args) -> None:
     dataset = load_dataset(args.dataset, args.root)
     pipeline = get_pipeline(args.method)
     if args.index and os.path.exists(os.path.join(args.index, MANIFEST)):
-        index = RetrievalIndex.load(args.index, cache_dir=args.cache)
+        index = load_index(args.index, cache_dir=args.cache)
     else:
-        if args.vocab:
-            vocabulary = load_vocabulary(args.vocab)
-        else:
-            config = VocabularyConfig(branching=args.branching or pipeline.vocabulary.branching,
-                                      depth=args.depth or pipeline.vocabulary.depth,
-                                      seed=args.seed)
-            train_paths = expand_images(args.train_root or [args.root])
-            print(f"training a {config.n_words}-word vocabulary on {len(train_paths)} images of "
-                  f"{' '.join(args.train_root or [args.root])}", file=sys.stderr)
-            vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs)
-        index = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache)
+        if not (args.vocab or args.train_root or isinstance(pipeline, GlobalPipeline)):
+            args.train_root = [args.root]
+        index = _new_index(args, pipeline)
     report = index_dataset(index, dataset, n_jobs=args.jobs)
     if report.skipped:
         _print_report(report)
@@ -157,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbir", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    methods = ", ".join(f"{p.name} ({p.description})" for p in PIPELINES.values())
+    methods = ", ".join(f"{p.name} ({p.description})" for p in ALL_PIPELINES.values())
 
     def common(p, method=True):
         if method:
@@ -182,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build an index, or extend one with --add")
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
     p.add_argument("-o", "--output", required=True, help="index directory")
-    p.add_argument("--vocab", help="vocabulary directory (for a new index)")
+    p.add_argument("--vocab", help="vocabulary directory (for a new local-feature index)")
+    p.add_argument("--whiten-root", nargs="+", help="images to learn a CNN pipeline's PCA whitening on")
     p.add_argument("--add", action="store_true", help="add the images to the existing index")
     p.add_argument("--force", action="store_true", help="replace an existing index")
     common(p)
@@ -208,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", help="vocabulary directory; without it one is trained")
     p.add_argument("--train-root", nargs="+",
                    help="images/folders to train the vocabulary on (default: --root)")
+    p.add_argument("--whiten-root", nargs="+",
+                   help="images to learn a CNN pipeline's whitening on (use another dataset)")
     p.add_argument("--branching", type=int, help="vocabulary branching when training")
     p.add_argument("--depth", type=int, help="vocabulary depth when training")
     p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")

@@ -13,6 +13,7 @@ from bovw.feature_cache import FeatureCache
 from bovw.features import LocalFeatures, SiftOptions, sift_from_array
 from bovw.images import ImageOptions, load_image
 from bovw.vocabulary import VocabularyConfig
+from cnn.pipelines import GLOBAL_PIPELINES
 from index.persistence import dataclass_from_dict
 from index.spatial_verification import ESTIMATORS, VerificationConfig
 
@@ -100,9 +101,13 @@ PIPELINES: dict[str, Pipeline] = {
 }
 
 
-def get_pipeline(name: str) -> Pipeline:
-    """The pipeline called ``name`` (ValueError listing the known names otherwise)."""
+ALL_PIPELINES: dict = {**PIPELINES, **GLOBAL_PIPELINES}
+
+
+def get_pipeline(name: str):
+    """The pipeline called ``name``: a local-feature ``Pipeline`` or a CNN ``GlobalPipeline``
+    (ValueError listing the known names otherwise)."""
     try:
-        return PIPELINES[name]
+        return ALL_PIPELINES[name]
     except KeyError:
-        raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}") from None
+        raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(ALL_PIPELINES)}") from None

@@ -18,7 +18,7 @@ from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank
 from index.results import SearchResult
-from index.persistence import IndexFormatError, load_arrays, save_arrays
+from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
 
 INDEX_FORMAT = "cbir-index"
 INDEX_VERSION = 1
@@ -291,3 +291,12 @@ def _top(scores: np.ndarray, top_k: int | None) -> np.ndarray:
         return np.lexsort((np.arange(len(scores)), -scores))
     part = np.argpartition(-scores, top_k - 1)[:top_k] if top_k > 0 else np.zeros(0, np.int64)
     return part[np.lexsort((part, -scores[part]))]
+
+
+def load_index(directory: str, cache_dir: str | None = None, verify: bool = True):
+    """Load a saved index of either kind (RetrievalIndex or CNN GlobalIndex), by its manifest."""
+    from cnn.global_index import INDEX_FORMAT as GLOBAL_FORMAT, GlobalIndex
+    manifest = read_manifest(directory)
+    if manifest.get("format") == GLOBAL_FORMAT:
+        return GlobalIndex.load(directory, cache_dir=cache_dir, verify=verify)
+    return RetrievalIndex.load(directory, cache_dir=cache_dir, verify=verify)

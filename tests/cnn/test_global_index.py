@@ -1,0 +1,48 @@
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from cbir.evaluate import index_dataset, run_queries  # noqa: E402
+from cbir.retrieval_index import load_index  # noqa: E402
+from cnn.global_index import GlobalIndex, learn_whitening  # noqa: E402
+from index.datasets import ukbench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def map_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("maps"))
+
+
+@pytest.fixture(scope="module")
+def whitening_images(data_dir):
+    """Whitening is learned on other images than the ones searched: UKBench objects 50-79."""
+    return [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
+
+
+@pytest.mark.parametrize("method", ["gem", "rmac-rr"])
+def test_cnn_pipelines_rank_the_right_ukbench_images_first(ukbench_subset, whitening_images, map_cache, method):
+    whitening, _ = learn_whitening(whitening_images, method, map_cache, verbose=False)
+    index = GlobalIndex(method, whitening, map_cache)
+    index_dataset(index, ukbench_subset, verbose=False)
+    result = run_queries(index, ukbench_subset, verbose=False)
+    assert result.scores["N-S"] >= 3.2
+    top = index.search(ukbench_subset.queries[9].path, top_k=4)
+    assert top[0].name == ukbench_subset.queries[9].name
+
+
+def test_global_index_save_load_and_remove(ukbench_subset, whitening_images, map_cache, tmp_path):
+    whitening, _ = learn_whitening(whitening_images, "rmac", map_cache, verbose=False)
+    index = GlobalIndex("rmac", whitening, map_cache)
+    index_dataset(index, ukbench_subset, verbose=False)
+    index.save(str(tmp_path / "idx"))
+    loaded = load_index(str(tmp_path / "idx"), cache_dir=map_cache)
+    query = ukbench_subset.queries[3].path
+    assert [(r.name, r.score) for r in loaded.search(query)] == [(r.name, r.score) for r in index.search(query)]
+    loaded.remove([ukbench_subset.database[3]])
+    assert ukbench_subset.database[3] not in [r.name for r in loaded.search(query)]
+    assert len(loaded) == len(index) - 1
+    crop = loaded.search(query, top_k=3, bbox=(40, 30, 280, 210))
+    assert crop[0].name in {f"ukbench0000{i}.jpg" for i in range(4)}
