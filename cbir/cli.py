@@ -113,14 +113,16 @@ def _draw(index: RetrievalIndex, args, results, bbox) -> None:
     import cv2
     from cbir.visualize import draw_results
     features = index.query_features(args.image, bbox)
-    query_image = index.query_image(args.image, bbox, color=True)
+    query_image = index.query_image(args.image, bbox)
+    if query_image.ndim == 2:
+        query_image = np.repeat(query_image[..., None], 3, axis=2)
     shown = results[:args.draw_top]
     paths = []
     for result in shown:
         candidate = os.path.join(args.image_root, result.name) if args.image_root else result.name
         paths.append(candidate if os.path.isfile(candidate) else None)
     picture = draw_results(query_image, features, shown, paths,
-                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.features.image)
+                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.image_options)
     cv2.imwrite(args.draw, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     print(f"wrote {args.draw}", file=sys.stderr)
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from bovw.feature_cache import FeatureCache
 from bovw.features import LocalFeatures, SiftOptions, sift_from_array
 from bovw.images import ImageOptions, load_image
 from bovw.vocabulary import VocabularyConfig
+from cnn.local_features import ConvLocalOptions, conv_local_from_image
 from cnn.pipelines import GLOBAL_PIPELINES
 from index.persistence import dataclass_from_dict
 from index.spatial_verification import ESTIMATORS, VerificationConfig
@@ -39,28 +42,53 @@ class Pipeline:
     Attributes:
         name: the name users type (``sift-bow``).
         description: one line for ``--help``.
-        features: local feature extraction settings.
+        features: SIFT extraction settings (None for conv features).
+        conv: conv-map local features (BLCF) instead of SIFT, or None.
+        local_whitening_dim: PCA-whitening dimensions of local descriptors before
+            quantization (BLCF); None: descriptors are quantized as extracted.
         vocabulary: shape and training of the vocabulary used when none is given.
         query_assignments: words per query descriptor (multiple assignment, 1 = hard).
         beam: nodes kept per tree level while quantizing (0 = greedy descent).
         verification: spatial re-ranking of the top results, or None.
         expansion: query expansion with the verified results, or None (needs verification).
+        window_search: re-rank this many top results by BLCF local search (0: off).
     """
 
     name: str
     description: str
-    features: SiftOptions = SiftOptions()
+    features: SiftOptions | None = SiftOptions()
     vocabulary: VocabularyConfig = VocabularyConfig()
     query_assignments: int = 1
     beam: int = 0
     verification: VerificationConfig | None = None
     expansion: ExpansionConfig | None = None
+    window_search: int = 0
+    conv: ConvLocalOptions | None = None
+    local_whitening_dim: int | None = None
 
     def __post_init__(self):
+        if (self.features is None) == (self.conv is None):
+            raise ValueError(f"pipeline {self.name!r}: set exactly one of features (SIFT) and conv")
         if self.expansion is not None and self.verification is None:
             raise ValueError(f"pipeline {self.name!r}: query expansion needs spatial verification")
         if self.verification is not None and self.verification.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.verification.estimator!r}; known: {', '.join(ESTIMATORS)}")
+
+    @property
+    def image_options(self) -> ImageOptions:
+        """How this pipeline decodes images."""
+        return self.features.image if self.features else ImageOptions(max_side=self.conv.backbone.max_side)
+
+    @property
+    def color(self) -> bool:
+        """Whether the extractor takes RGB (conv features) rather than grayscale (SIFT)."""
+        return self.conv is not None
+
+    def features_from_image(self, image: np.ndarray) -> LocalFeatures:
+        """Local features of a decoded image (grayscale for SIFT, RGB for conv features)."""
+        if self.conv is not None:
+            return conv_local_from_image(image, self.conv)
+        return sift_from_array(image, self.features)
 
     def read_features(self, path: str) -> LocalFeatures:
         """Decode an image file and extract this pipeline's local features (no cache).
@@ -68,11 +96,12 @@ class Pipeline:
         Raises:
             bovw.images.ImageReadError: the file cannot be used.
         """
-        return sift_from_array(load_image(path, self.features.image), self.features)
+        return self.features_from_image(load_image(path, self.image_options, color=self.color))
 
     def feature_cache(self, directory: str | None) -> FeatureCache | None:
         """The feature cache of this pipeline's extractor in ``directory`` (None: no cache)."""
-        return FeatureCache(directory, self.features.key) if directory else None
+        key = self.conv.key if self.conv is not None else self.features.key
+        return FeatureCache(directory, key) if directory else None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (saved in index manifests)."""
@@ -87,16 +116,26 @@ class Pipeline:
             raise ValueError(f"invalid pipeline description: {exc}") from exc
 
 
+#: Default vocabulary of the SIFT pipelines: 10^6 words (best measured size, benchmarks/RESULTS.md).
+SIFT_VOCABULARY = VocabularyConfig(branching=10, depth=6)
+
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline for pipeline in [
-        Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^5 words, beam 3), tf-idf inverted file",
-                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3),
-        Pipeline("sift-sv", "sift-bow + RANSAC homography re-ranking of the top 100",
-                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3,
+        Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^6 words, beam 3), query multiple assignment 3, "
+                 "tf-idf inverted file", SiftOptions(root=True), SIFT_VOCABULARY, query_assignments=3, beam=3),
+        Pipeline("sift-sv", "sift-bow + homography re-ranking of the top 100 (one-point similarity + LO)",
+                 SiftOptions(root=True), SIFT_VOCABULARY, query_assignments=3, beam=3,
                  verification=VerificationConfig()),
         Pipeline("sift-sv-qe", "sift-sv + average query expansion with the verified results",
-                 SiftOptions(root=True), VocabularyConfig(branching=10, depth=5), beam=3,
+                 SiftOptions(root=True), SIFT_VOCABULARY, query_assignments=3, beam=3,
                  verification=VerificationConfig(), expansion=ExpansionConfig()),
+        Pipeline("blcf", "BLCF: EfficientNet-Lite0 block-11 conv positions as local features, L2-PCAw(256)-L2, "
+                 "25k-word vocabulary (158^2), tf-idf inverted file (global search)",
+                 features=None, conv=ConvLocalOptions(), local_whitening_dim=256,
+                 vocabulary=VocabularyConfig(branching=158, depth=2)),
+        Pipeline("blcf-ls", "blcf + local search: the top 100 re-ranked by their best window",
+                 features=None, conv=ConvLocalOptions(), local_whitening_dim=256,
+                 vocabulary=VocabularyConfig(branching=158, depth=2), window_search=100),
     ]
 }
 

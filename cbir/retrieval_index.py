@@ -10,13 +10,15 @@ import cv2
 import numpy as np
 
 from bovw.extraction import ExtractionReport, iter_features
-from bovw.features import LocalFeatures, sift_from_array
+from bovw.features import LocalFeatures
 from bovw.images import load_image, resize_to_max_side
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import Pipeline, get_pipeline
+from cnn.whitening import PCAWhitening
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank
+from index.window_search import best_window_score
 from index.results import SearchResult
 from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
 
@@ -49,9 +51,32 @@ def _unprefixed(prefix: str, arrays: dict) -> dict:
     return {name[len(prefix) + 1:]: value for name, value in arrays.items() if name.startswith(prefix + ".")}
 
 
+def _training_descriptors(paths: Sequence[str], pipeline: Pipeline, cache_dir: str | None, n_jobs: int,
+                          verbose: bool) -> tuple[np.ndarray, ExtractionReport]:
+    report = ExtractionReport()
+    descriptors = [f.descriptors for _, f in iter_features(
+        list(map(str, paths)), pipeline.read_features, pipeline.feature_cache(cache_dir), report,
+        n_jobs=n_jobs, verbose=verbose)]
+    if sum(len(d) for d in descriptors) == 0:
+        raise ValueError("no descriptors could be extracted from the training images")
+    return np.concatenate(descriptors), report
+
+
+def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline, cache_dir: str | None = None,
+                          n_jobs: int = 1, max_descriptors: int = 200_000, seed: int = 0,
+                          verbose: bool = True) -> tuple[PCAWhitening, ExtractionReport]:
+    """PCA whitening of the pipeline's local descriptors (BLCF), learned on ``paths``
+    (at most ``max_descriptors``, sampled with ``seed``); keeps ``pipeline.local_whitening_dim``."""
+    descriptors, report = _training_descriptors(paths, pipeline, cache_dir, n_jobs, verbose)
+    if len(descriptors) > max_descriptors:
+        keep = np.random.default_rng(seed).choice(len(descriptors), max_descriptors, replace=False)
+        descriptors = descriptors[np.sort(keep)]
+    return PCAWhitening.learn(descriptors, pipeline.local_whitening_dim), report
+
+
 def train_vocabulary(paths: Sequence[str], pipeline: Pipeline, config: VocabularyConfig | None = None,
-                     cache_dir: str | None = None, n_jobs: int = 1,
-                     verbose: bool = True) -> tuple[VocabularyTree, ExtractionReport]:
+                     cache_dir: str | None = None, n_jobs: int = 1, verbose: bool = True,
+                     whitening: PCAWhitening | None = None) -> tuple[VocabularyTree, ExtractionReport]:
     """Extract the pipeline's features from ``paths`` and train a vocabulary tree on them.
 
     Args:
@@ -61,14 +86,12 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline, config: Vocabular
         cache_dir: feature cache folder.
         n_jobs: extraction threads.
         verbose: progress bars.
+        whitening: applied to the descriptors first (the index must use the same one).
     """
-    report = ExtractionReport()
-    descriptors = [f.descriptors for _, f in iter_features(
-        list(map(str, paths)), pipeline.read_features, pipeline.feature_cache(cache_dir), report,
-        n_jobs=n_jobs, verbose=verbose)]
-    if sum(len(d) for d in descriptors) == 0:
-        raise ValueError("no descriptors could be extracted from the training images")
-    vocabulary = VocabularyTree.train(np.concatenate(descriptors), config or pipeline.vocabulary, verbose)
+    descriptors, report = _training_descriptors(paths, pipeline, cache_dir, n_jobs, verbose)
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    vocabulary = VocabularyTree.train(descriptors, config or pipeline.vocabulary, verbose)
     return vocabulary, report
 
 
@@ -79,12 +102,16 @@ class RetrievalIndex:
         vocabulary: trained vocabulary.
         pipeline: the method (features and query options); a name or a Pipeline.
         cache_dir: optional feature cache folder used when reading images.
+        whitening: PCA whitening applied to descriptors before quantization (BLCF).
     """
 
     def __init__(self, vocabulary: VocabularyTree, pipeline: Pipeline | str = "sift-bow",
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, whitening: PCAWhitening | None = None):
         self.pipeline = get_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
         self.vocabulary = vocabulary
+        self.whitening = whitening
+        if (self.pipeline.local_whitening_dim is None) != (whitening is None) and self.pipeline.conv is not None:
+            raise ValueError(f"pipeline {self.pipeline.name!r} needs a learned local whitening")
         self.inverted_file = InvertedFile(vocabulary.n_words)
         self.images = ImageStore()
         self.cache_dir = cache_dir
@@ -141,9 +168,13 @@ class RetrievalIndex:
             self.add_features(batch_names, batch_features)
         return report
 
+    def _descriptors(self, features: LocalFeatures) -> np.ndarray:
+        """Descriptors as the vocabulary sees them (whitened when the index has a whitening)."""
+        return self.whitening.apply(features.descriptors) if self.whitening is not None else features.descriptors
+
     def add_features(self, names: Sequence[str], features: Sequence[LocalFeatures]) -> None:
         """Index images given by their local features (from any source: SIFT, CNN)."""
-        words = [self.vocabulary.quantize(f.descriptors, beam=self.pipeline.beam).astype(np.int32)
+        words = [self.vocabulary.quantize(self._descriptors(f), beam=self.pipeline.beam).astype(np.int32)
                  if len(f) else np.zeros(0, np.int32) for f in features]
         self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
         self.inverted_file.add(words)
@@ -159,18 +190,18 @@ class RetrievalIndex:
         self.inverted_file.remove(slots)
         self.images.remove(slots)
 
-    def query_image(self, query, bbox: tuple | None = None, color: bool = False) -> np.ndarray:
+    def query_image(self, query, bbox: tuple | None = None) -> np.ndarray:
         """The query image exactly as features are extracted from it.
 
         Args:
             query: image path or (h, w[, 3]) uint8 array (RGB).
             bbox: optional (x0, y0, x1, y1) region, in pixels of the original image.
-            color: RGB (h, w, 3) instead of grayscale (h, w).
 
         Returns:
-            uint8 image, cropped to ``bbox``, then down-scaled to the pipeline's max side.
+            uint8 image (RGB for conv features, else grayscale), cropped to ``bbox``,
+            then down-scaled to the pipeline's max side.
         """
-        options = self.pipeline.features.image
+        options, color = self.pipeline.image_options, self.pipeline.color
         if isinstance(query, np.ndarray):
             image = np.asarray(query, np.uint8)
             if image.ndim == 3 and not color:
@@ -187,20 +218,30 @@ class RetrievalIndex:
     def query_features(self, query, bbox: tuple | None = None) -> LocalFeatures:
         """Features of a query given as a path, an image array or LocalFeatures.
 
-        ``bbox`` (x0, y0, x1, y1), in pixels of the original image, crops the image
-        before extraction, as revisitop queries are cropped.
+        ``bbox`` (x0, y0, x1, y1), in pixels of the original image, restricts the
+        query: SIFT images are cropped before extraction (revisitop); for conv
+        features (BLCF) the whole image goes through the network and the positions
+        outside the box are dropped, as Mohedano et al. do.
         """
         if isinstance(query, LocalFeatures):
             if bbox is not None:
                 raise ValueError("give the image, not its features, to crop a query to a bounding box")
             return query
+        if bbox is not None and self.pipeline.conv is not None:
+            full = self.query_features(query)
+            original = query.shape[:2] if isinstance(query, np.ndarray) else \
+                load_image(os.fspath(query), replace(self.pipeline.image_options, max_side=0)).shape[:2]
+            scale = full.image_size[0] / original[0]
+            x, y = full.keypoints[:, 0] / scale, full.keypoints[:, 1] / scale
+            inside = (x >= bbox[0]) & (x <= bbox[2]) & (y >= bbox[1]) & (y <= bbox[3])
+            return LocalFeatures(full.keypoints[inside], full.descriptors[inside], full.image_size)
         if bbox is None and not isinstance(query, np.ndarray):
             return self.extract(os.fspath(query))
-        return sift_from_array(self.query_image(query, bbox), self.pipeline.features)
+        return self.pipeline.features_from_image(self.query_image(query, bbox))
 
     def query_words(self, features: LocalFeatures) -> np.ndarray:
         """(n, k) word ids of the query features, k = the pipeline's query assignments."""
-        words = self.vocabulary.quantize(features.descriptors, k=self.pipeline.query_assignments,
+        words = self.vocabulary.quantize(self._descriptors(features), k=self.pipeline.query_assignments,
                                          beam=self.pipeline.beam)
         return words.reshape(len(features), -1)
 
@@ -223,6 +264,8 @@ class RetrievalIndex:
         wanted = len(self) if top_k is None else min(top_k, len(self))
         head = max(wanted, pipeline.verification.top_k if pipeline.verification else 0)
         ranking = [RankedImage(int(i), float(scores[i])) for i in _top(scores, head)]
+        if pipeline.window_search:
+            ranking = self._window_rerank(query_vector, ranking, pipeline.window_search)
         if pipeline.verification is not None:
             ranking = spatial_rerank(features.keypoints, words, ranking, self.images,
                                      pipeline.verification, n_jobs=n_jobs)
@@ -232,6 +275,14 @@ class RetrievalIndex:
                 lambda vector: self.inverted_file.vector_scores(*vector), self.vocabulary.n_words,
                 pipeline.expansion.max_results, pipeline.expansion.alpha)
         return ranking[:wanted]
+
+    def _window_rerank(self, query_vector, ranking: list[RankedImage], top: int) -> list[RankedImage]:
+        """BLCF local search: the top ``top`` re-scored by their best window, re-sorted."""
+        idf = self.inverted_file.idf
+        head = [RankedImage(e.slot, max(e.score, best_window_score(*query_vector, idf, *self.images.features(e.slot))))
+                for e in ranking[:top]]
+        head.sort(key=lambda e: -e.score)
+        return head + ranking[top:]
 
     def search(self, query, top_k: int | None = None, bbox: tuple | None = None,
                n_jobs: int = 1) -> list[SearchResult]:
@@ -261,9 +312,12 @@ class RetrievalIndex:
         ivf_meta, ivf_arrays = self.inverted_file.state_dict()
         store_meta, store_arrays = self.images.state_dict()
         meta = {"pipeline": self.pipeline.to_dict(), "vocabulary": vocab_meta,
-                "inverted_file": ivf_meta, "images": store_meta}
+                "inverted_file": ivf_meta, "images": store_meta, "whitening": None}
         arrays = {**_prefixed("vocabulary", vocab_arrays), **_prefixed("inverted_file", ivf_arrays),
                   **_prefixed("images", store_arrays)}
+        if self.whitening is not None:
+            meta["whitening"], whitening_arrays = self.whitening.state_dict()
+            arrays.update(_prefixed("whitening", whitening_arrays))
         save_arrays(directory, INDEX_FORMAT, INDEX_VERSION, meta, arrays)
 
     @classmethod
@@ -276,11 +330,13 @@ class RetrievalIndex:
             vocabulary = VocabularyTree.from_state_dict(meta["vocabulary"], _unprefixed("vocabulary", arrays))
             inverted = InvertedFile.from_state_dict(meta["inverted_file"], _unprefixed("inverted_file", arrays))
             images = ImageStore.from_state_dict(meta["images"], _unprefixed("images", arrays))
+            whitening = PCAWhitening.from_state_dict(meta["whitening"], _unprefixed("whitening", arrays)) \
+                if meta.get("whitening") else None
+            index = cls(vocabulary, pipeline, cache_dir, whitening)
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
         if inverted.n_images != len(images) or inverted.n_words != vocabulary.n_words:
             raise IndexFormatError(f"{directory}: inverted file, image store and vocabulary disagree")
-        index = cls(vocabulary, pipeline, cache_dir)
         index.inverted_file, index.images = inverted, images
         return index
 

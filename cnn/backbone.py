@@ -10,6 +10,7 @@ file installed with it; nothing is downloaded) and are read with
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,9 @@ class Backbone(torch.nn.Module):
         """
         out = self(self.preprocess(image).to(self.device))
         return {name: value[0].float().cpu().numpy() for name, value in out.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def get_backbone(options: BackboneOptions = BackboneOptions()) -> Backbone:
+    """One shared Backbone per options (the weights are loaded once per process)."""
+    return Backbone(options)

@@ -5,7 +5,7 @@ import numpy as np
 
 from bovw.feature_cache import FeatureCache
 from bovw.images import ImageOptions, load_image
-from cnn.backbone import Backbone, BackboneOptions
+from cnn.backbone import Backbone, BackboneOptions, get_backbone
 
 
 class FeatureMapExtractor:
@@ -22,13 +22,10 @@ class FeatureMapExtractor:
     def __init__(self, options: BackboneOptions = BackboneOptions(), cache_dir: str | None = None):
         self.options = options
         self.cache = FeatureCache(cache_dir, options.key) if cache_dir else None
-        self._backbone: Backbone | None = None
 
     @property
     def backbone(self) -> Backbone:
-        if self._backbone is None:
-            self._backbone = Backbone(self.options)
-        return self._backbone
+        return get_backbone(self.options)
 
     def image(self, path: str) -> np.ndarray:
         """(h, w, 3) uint8 RGB as fed to the network (longest side at most ``max_side``).

@@ -24,6 +24,10 @@ ESTIMATORS = {"similarity-lo": None, "ransac": cv2.RANSAC, "magsac": cv2.USAC_MA
               "usac-accurate": cv2.USAC_ACCURATE}
 
 
+#: Largest ratio of the homography's linear part's singular values accepted.
+MAX_ANISOTROPY = 10.0
+
+
 @dataclass(frozen=True)
 class VerificationConfig:
     """Spatial verification settings.
@@ -50,7 +54,7 @@ class VerificationConfig:
     refinements: int = 4
     confidence: float = 0.995
     max_pairs_per_word: int = 4
-    min_inliers: int = 10
+    min_inliers: int = 5
     top_k: int = 100
     refine: bool = True
 
@@ -110,6 +114,14 @@ def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> 
     h = homography / homography[2, 2] if abs(homography[2, 2]) > 1e-12 else homography
     det = np.linalg.det(h[:2, :2])
     if det <= 0 or not 1e-3 < det < 1e3:
+        return True
+    # A real view change stretches one direction at most ~10x more than the other;
+    # consensus among random matches typically fits a map squashed 30x or more.
+    singular = np.linalg.svd(h[:2, :2], compute_uv=False)
+    if singular[0] > MAX_ANISOTROPY * singular[1]:
+        return True
+    # The plane must stay in front of the camera where the inliers are.
+    if np.any(np.c_[src, np.ones(len(src))] @ h[2] <= 0):
         return True
     for points in (src, dst):
         spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)

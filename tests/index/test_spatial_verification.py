@@ -85,3 +85,12 @@ def test_every_estimator_finds_the_box(homography_words, estimator):
     (a, wa), (b, wb) = homography_words["box.png"], homography_words["box_in_scene.png"]
     config = VerificationConfig(estimator=estimator, max_iterations=20000)
     assert verify_pair(a.keypoints, wa, b.keypoints, wb, config).inliers >= config.min_inliers
+
+
+def test_squashed_map_is_rejected():
+    rng = np.random.default_rng(2)
+    keypoints = np.c_[rng.random((60, 2)) * 300, np.ones((60, 2))].astype(np.float32)
+    squashed = keypoints.copy()
+    squashed[:, 1] *= 0.05  # 20x anisotropy: no real view change does this
+    words = np.arange(60)
+    assert verify_pair(keypoints, words, squashed, words).inliers == 0

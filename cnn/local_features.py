@@ -1,0 +1,51 @@
+"""Local convolutional features for BLCF (Mohedano et al., ICMR 2016).
+
+Every spatial position of the stride-16 map is a local feature: its descriptor
+is the activation vector there (L2-normalised here; PCA whitening and the second
+L2 come from the index's learned whitening), its keypoint the position's centre
+in pixels, with the stride as scale and angle 0. The vocabulary, inverted file
+and re-ranking code then treat it like any other local feature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bovw.features import LocalFeatures
+from cnn.backbone import STRIDES, BackboneOptions, get_backbone
+from cnn.pooling import l2_normalize
+
+
+@dataclass(frozen=True)
+class ConvLocalOptions:
+    """Which network and map give the local features.
+
+    Attributes:
+        backbone: network and input size.
+    """
+
+    backbone: BackboneOptions = BackboneOptions()
+
+    @property
+    def key(self) -> str:
+        return f"convlocal-v1-{self.backbone.key}"
+
+
+def conv_local_features(local_map: np.ndarray, stride: int, image_size: tuple) -> LocalFeatures:
+    """(C, H, W) activations -> H*W LocalFeatures, row-major.
+
+    Keypoints: x = (col + 0.5) * stride, y = (row + 0.5) * stride, scale = stride, angle 0.
+    """
+    channels, height, width = local_map.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    keypoints = np.stack([(cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride,
+                          np.full(height * width, stride), np.zeros(height * width)], axis=1)
+    descriptors = l2_normalize(local_map.reshape(channels, -1).T)
+    return LocalFeatures(keypoints, descriptors, image_size)
+
+
+def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions()) -> LocalFeatures:
+    """Local conv features of an (h, w, 3) uint8 RGB image."""
+    local_map = get_backbone(options.backbone).feature_maps(image)["local"]
+    return conv_local_features(local_map, STRIDES["local"], image.shape[:2])
