@@ -1,0 +1,66 @@
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from bovw.images import ImageOptions, load_image  # noqa: E402
+from bovw.vocabulary import VocabularyConfig  # noqa: E402
+from cbir.evaluate import index_dataset, run_queries  # noqa: E402
+from cbir.pipelines import get_pipeline  # noqa: E402
+from cbir.retrieval_index import RetrievalIndex, learn_local_whitening, train_vocabulary  # noqa: E402
+from cnn.local_features import conv_local_from_image  # noqa: E402
+
+SMALL = VocabularyConfig(branching=20, depth=2)
+
+
+@pytest.fixture(scope="module")
+def blcf_parts(data_dir, tmp_path_factory):
+    """Whitening (64-d) and a 400-word vocabulary learned on UKBench objects 50-79 (not searched)."""
+    cache = str(tmp_path_factory.mktemp("blcf"))
+    pipeline = dataclasses.replace(get_pipeline("blcf"), local_whitening_dim=64, vocabulary=SMALL)
+    train = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
+    whitening, _ = learn_local_whitening(train, pipeline, cache, verbose=False)
+    vocabulary, _ = train_vocabulary(train, pipeline, cache_dir=cache, verbose=False, whitening=whitening)
+    return pipeline, whitening, vocabulary, cache
+
+
+def test_words_of_a_shifted_crop_overlap_strongly(blcf_parts, data_dir):
+    pipeline, whitening, vocabulary, _ = blcf_parts
+    image = load_image(os.path.join(data_dir, "ukbench", "ukbench00008.jpg"), ImageOptions(), color=True)
+    shift = 64  # four map cells
+    full = conv_local_from_image(image)
+    crop = conv_local_from_image(image[:, shift:])
+    words_full = vocabulary.quantize(whitening.apply(full.descriptors)).reshape(15, 20)
+    words_crop = vocabulary.quantize(whitening.apply(crop.descriptors)).reshape(15, -1)
+    aligned_full = words_full[2:-2, 4 + 2:-2]  # inner cells, away from either border
+    aligned_crop = words_crop[2:-2, 2:2 + aligned_full.shape[1]]
+    assert np.mean(aligned_full == aligned_crop) > 0.5
+    unrelated = load_image(os.path.join(data_dir, "ukbench", "ukbench00100.jpg"), ImageOptions(), color=True)
+    words_other = vocabulary.quantize(whitening.apply(conv_local_from_image(unrelated).descriptors)).reshape(15, 20)
+    assert np.mean(words_other[2:-2, 6:-2] == aligned_full) < 0.1
+
+
+@pytest.mark.parametrize("name", ["blcf", "blcf-ls"])
+def test_blcf_ranks_the_right_ukbench_images_first(blcf_parts, ukbench_subset, name):
+    pipeline, whitening, vocabulary, cache = blcf_parts
+    pipeline = dataclasses.replace(pipeline, name=name, window_search=get_pipeline(name).window_search)
+    index = RetrievalIndex(vocabulary, pipeline, cache, whitening)
+    index_dataset(index, ukbench_subset, verbose=False)
+    assert run_queries(index, ukbench_subset, verbose=False).scores["N-S"] >= 3.0
+
+
+def test_blcf_query_box_keeps_positions_inside(blcf_parts, ukbench_subset, tmp_path):
+    pipeline, whitening, vocabulary, cache = blcf_parts
+    index = RetrievalIndex(vocabulary, pipeline, cache, whitening)
+    full = index.query_features(ukbench_subset.queries[0].path)
+    boxed = index.query_features(ukbench_subset.queries[0].path, bbox=(0, 0, 160, 120))
+    assert 0 < len(boxed) < len(full) / 2
+    assert boxed.keypoints[:, 0].max() <= 160 and boxed.keypoints[:, 1].max() <= 120
+    index.add_images(ukbench_subset.database_paths[:8], ukbench_subset.database[:8], verbose=False)
+    index.save(str(tmp_path / "idx"))
+    loaded = RetrievalIndex.load(str(tmp_path / "idx"), cache_dir=cache)
+    query = ukbench_subset.queries[1].path
+    assert [r.name for r in loaded.search(query)] == [r.name for r in index.search(query)]
