@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -30,7 +31,9 @@ class BackboneOptions:
     Attributes:
         name: backbone (only ``efficientnet-lite0`` has offline weights).
         max_side: longest image side in pixels fed to the network (aspect kept;
-            smaller images are up-scaled to it, larger down-scaled).
+            larger images are down-scaled to it).
+        upscale: also up-scale smaller images to ``max_side`` (conv maps of small
+            photos are otherwise only a few cells wide).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         cpu_threads: torch intra-op threads on the CPU (process-wide). 1 by default:
             on a busy 2-core machine, 2 threads made Lite0 30x slower (spinning
@@ -39,13 +42,15 @@ class BackboneOptions:
 
     name: str = "efficientnet-lite0"
     max_side: int = 1024
+    upscale: bool = False
     device: str = "auto"
     cpu_threads: int = 1
 
     @property
     def key(self) -> str:
         """Changes whenever the feature maps would."""
-        return f"{self.name}-v1-side{self.max_side}"  # device and threads do not change the maps
+        # device and threads do not change the maps
+        return f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -102,9 +107,18 @@ class Backbone(torch.nn.Module):
         logits = net._fc(head.mean(dim=(2, 3)))
         return {"local": local, "global": head, "logits": logits}
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the network sees for an image of (height, width): up-scaled to
+        ``max_side`` when ``upscale`` is set, unchanged otherwise."""
+        longest = max(height, width)
+        if not self.options.upscale or longest >= self.options.max_side:
+            return height, width
+        scale = self.options.max_side / longest
+        return round(height * scale), round(width * scale)
+
     @torch.inference_mode()
     def feature_maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Feature maps of one RGB image (already sized).
+        """Feature maps of one RGB image (down-scaled already; up-scaled here if asked).
 
         Args:
             image: (h, w, 3) uint8 RGB.
@@ -113,6 +127,9 @@ class Backbone(torch.nn.Module):
             {'local': (672, h', w') float32, 'global': (1280, h'', w'') float32,
             'logits': (1000,) float32}.
         """
+        height, width = self.input_size(*image.shape[:2])
+        if (height, width) != image.shape[:2]:
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         out = self(self.preprocess(image).to(self.device))
         return {name: value[0].float().cpu().numpy() for name, value in out.items()}
 

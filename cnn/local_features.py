@@ -32,7 +32,7 @@ class ConvLocalOptions:
         return f"convlocal-v1-{self.backbone.key}"
 
 
-def conv_local_features(local_map: np.ndarray, stride: int, image_size: tuple) -> LocalFeatures:
+def conv_local_features(local_map: np.ndarray, stride: float, image_size: tuple) -> LocalFeatures:
     """(C, H, W) activations -> H*W LocalFeatures, row-major.
 
     Keypoints: x = (col + 0.5) * stride, y = (row + 0.5) * stride, scale = stride, angle 0.
@@ -46,6 +46,9 @@ def conv_local_features(local_map: np.ndarray, stride: int, image_size: tuple) -
 
 
 def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions()) -> LocalFeatures:
-    """Local conv features of an (h, w, 3) uint8 RGB image."""
-    local_map = get_backbone(options.backbone).feature_maps(image)["local"]
-    return conv_local_features(local_map, STRIDES["local"], image.shape[:2])
+    """Local conv features of an (h, w, 3) uint8 RGB image; keypoints in its pixels
+    (the stride shrinks accordingly when the backbone up-scales the image)."""
+    backbone = get_backbone(options.backbone)
+    local_map = backbone.feature_maps(image)["local"]
+    scale = backbone.input_size(*image.shape[:2])[0] / image.shape[0]
+    return conv_local_features(local_map, STRIDES["local"] / scale, image.shape[:2])

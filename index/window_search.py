@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def candidate_windows(height: int, width: int, steps: int = 5) -> np.ndarray:
+def candidate_windows(height: int, width: int, steps: int = 5, min_fraction: float = 1 / 3) -> np.ndarray:
     """Windows (y0, x0, y1, x1), end-exclusive, of ``steps`` heights x ``steps`` widths
-    (from a third of the map to all of it) at a stride of a third of their size."""
+    (from ``min_fraction`` of the map to all of it) at a stride of a third of their size."""
     windows = []
-    for h in np.unique(np.linspace(max(1, height // 3), height, steps).round().astype(int)):
-        for w in np.unique(np.linspace(max(1, width // 3), width, steps).round().astype(int)):
+    for h in np.unique(np.linspace(max(1, round(height * min_fraction)), height, steps).round().astype(int)):
+        for w in np.unique(np.linspace(max(1, round(width * min_fraction)), width, steps).round().astype(int)):
             for y0 in range(0, height - h + 1, max(1, h // 3)):
                 for x0 in range(0, width - w + 1, max(1, w // 3)):
                     windows.append((y0, x0, y0 + h, x0 + w))
@@ -24,7 +24,8 @@ def candidate_windows(height: int, width: int, steps: int = 5) -> np.ndarray:
 
 
 def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np.ndarray,
-                      keypoints: np.ndarray, words: np.ndarray, steps: int = 5) -> float:
+                      keypoints: np.ndarray, words: np.ndarray, steps: int = 5,
+                      min_fraction: float = 1 / 3) -> float:
     """Highest cosine similarity between the query and any window of one image.
 
     Args:
@@ -34,6 +35,7 @@ def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np
         keypoints: (n, 4) grid keypoints of the image (x, y, stride, 0).
         words: (n,) word of each position.
         steps: window sizes per axis.
+        min_fraction: smallest window side, as a fraction of the map's side.
 
     Returns:
         the best window score (0 when the image has no features).
@@ -48,7 +50,7 @@ def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np
     counts = np.zeros((len(unique), height + 1, width + 1), np.float64)
     np.add.at(counts, (inverse, rows + 1, cols + 1), 1.0)
     integral = counts.cumsum(axis=1).cumsum(axis=2)
-    windows = candidate_windows(height, width, steps)
+    windows = candidate_windows(height, width, steps, min_fraction)
     y0, x0, y1, x1 = windows.T
     in_window = integral[:, y1, x1] - integral[:, y0, x1] - integral[:, y1, x0] + integral[:, y0, x0]
     weighted = in_window * idf[unique][:, None]
