@@ -13,12 +13,11 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, write_result
+from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, learn_local_whitening, train_vocabulary
-from index.datasets import holidays, ukbench
 
 
 def parse_args():
@@ -33,9 +32,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    datasets = {"holidays": holidays(os.path.join(args.data, "holidays")),
-                "ukbench": ukbench(os.path.join(args.data, "ukbench"))}
-    other = {"holidays": "ukbench", "ukbench": "holidays"}
+    datasets = benchmark_datasets(args.data)
     blcf, blcf_ls = get_pipeline("blcf"), get_pipeline("blcf-ls")
     for dataset in datasets.values():  # extract once, in parallel
         for _ in iter_features(dataset.database_paths, blcf.read_features, blcf.feature_cache(args.cache),
@@ -49,7 +46,7 @@ def main():
              "|---|---|---|---|---|---|"]
     for name, dataset in datasets.items():
         start = time.perf_counter()
-        train = datasets[other[name]].database_paths
+        train = datasets[OTHER[name]].database_paths
         whitening, _ = learn_local_whitening(train, blcf, args.cache, verbose=False)
         vocabulary, _ = train_vocabulary(train, blcf, cache_dir=args.cache, verbose=False, whitening=whitening)
         learn_s = time.perf_counter() - start

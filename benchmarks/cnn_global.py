@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, write_result
+from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
 from cbir.evaluate import index_dataset, run_queries
 from cnn.feature_maps import FeatureMapExtractor
 from cnn.global_index import GlobalIndex, learn_whitening
 from cnn.pipelines import GLOBAL_PIPELINES
-from index.datasets import holidays, ukbench
 
 
 def parse_args():
@@ -37,9 +36,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    datasets = {"holidays": holidays(os.path.join(args.data, "holidays")),
-                "ukbench": ukbench(os.path.join(args.data, "ukbench"))}
-    other = {"holidays": "ukbench", "ukbench": "holidays"}
+    datasets = benchmark_datasets(args.data)
     first = GLOBAL_PIPELINES[args.methods.split(",")[0]]
     extractor = FeatureMapExtractor(first.backbone, None)
     timed = datasets["holidays"].database_paths[:args.timing_images]
@@ -62,7 +59,7 @@ def main():
         pipeline = GLOBAL_PIPELINES[method]
         cells, times, size = [], [], 0
         for name, dataset in datasets.items():
-            whitening, _ = learn_whitening(datasets[other[name]].database_paths, pipeline, args.cache, verbose=False)
+            whitening, _ = learn_whitening(datasets[OTHER[name]].database_paths, pipeline, args.cache, verbose=False)
             index = GlobalIndex(pipeline, whitening, args.cache)
             index_dataset(index, dataset, verbose=False)
             result = run_queries(index, dataset, verbose=False)

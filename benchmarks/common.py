@@ -10,6 +10,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data")
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 
+#: For each benchmark set, the set whose images train what must not see the evaluated one.
+OTHER = {"holidays": "ukbench", "ukbench": "holidays"}
+
+
+def benchmark_datasets(data: str) -> dict:
+    """``{"holidays": Holidays-811, "ukbench": UKBench-1000}`` from the shared data folder."""
+    from index.datasets import holidays, ukbench
+    return {"holidays": holidays(os.path.join(data, "holidays")), "ukbench": ukbench(os.path.join(data, "ukbench"))}
+
 
 def machine() -> str:
     """One line: CPU count, platform, Python, date."""

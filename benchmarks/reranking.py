@@ -15,13 +15,12 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, write_result
+from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
 from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
-from index.datasets import holidays, ukbench
 from index.reranking import RankedImage, spatial_rerank
 
 
@@ -45,8 +44,7 @@ def parse_args():
 def main():
     args = parse_args()
     base = get_pipeline("sift-bow")
-    datasets = {"holidays": holidays(os.path.join(args.data, "holidays")),
-                "ukbench": ukbench(os.path.join(args.data, "ukbench"))}
+    datasets = benchmark_datasets(args.data)
     descriptors = np.concatenate([f.descriptors for d in datasets.values() for _, f in iter_features(
         d.database_paths, base.read_features, base.feature_cache(args.cache), n_jobs=args.jobs, verbose=False)])
     b, depth = (int(v) for v in args.shape.split("x"))

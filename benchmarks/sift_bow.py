@@ -15,13 +15,12 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, write_result
+from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
 from bovw.extraction import ExtractionReport, iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
-from index.datasets import holidays, ukbench
 
 
 def parse_args():
@@ -46,8 +45,7 @@ def parse_args():
 def main():
     args = parse_args()
     pipeline = get_pipeline(args.method)
-    datasets = {"holidays": holidays(os.path.join(args.data, "holidays")),
-                "ukbench": ukbench(os.path.join(args.data, "ukbench"))}
+    datasets = benchmark_datasets(args.data)
     lines = []
     if args.cold:
         with tempfile.TemporaryDirectory() as empty:

@@ -84,6 +84,9 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
             if width * height > options.max_pixels:
                 raise ImageReadError(
                     path, f"{width}x{height} pixels exceeds the limit of {options.max_pixels}")
+            if img.format == "PNG":
+                img.verify()  # chunk checksums: decoding alone ignores a broken CRC
+        with Image.open(path) as img:
             with warnings.catch_warnings():
                 # Our own max_pixels check above is the limit that applies.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -93,7 +96,10 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
             array = _decoded_array(img, color)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"declared size exceeds the limit of {options.max_pixels} pixels "
+                                   f"(decompression bomb)") from exc
+    except UnidentifiedImageError as exc:
         raise ImageReadError(path, f"not a readable image ({exc.__class__.__name__})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image data ({exc})") from exc

@@ -20,6 +20,7 @@ from index.inverted_file import InvertedFile
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank
 from index.window_search import best_window_score
 from index.results import SearchResult
+from index.rw_lock import ReadWriteLock
 from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
 
 INDEX_FORMAT = "cbir-index"
@@ -115,6 +116,7 @@ class RetrievalIndex:
         self.inverted_file = InvertedFile(vocabulary.n_words)
         self.images = ImageStore()
         self.cache_dir = cache_dir
+        self._lock = ReadWriteLock()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -176,8 +178,9 @@ class RetrievalIndex:
         """Index images given by their local features (from any source: SIFT, CNN)."""
         words = [self.vocabulary.quantize(self._descriptors(f), beam=self.pipeline.beam).astype(np.int32)
                  if len(f) else np.zeros(0, np.int32) for f in features]
-        self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
-        self.inverted_file.add(words)
+        with self._lock.writing():
+            self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
+            self.inverted_file.add(words)
 
     def remove(self, names: Sequence[str]) -> None:
         """Remove images by name (KeyError naming the first unknown one)."""
@@ -187,8 +190,9 @@ class RetrievalIndex:
                 slots.append(self.images.slot(name))
             except KeyError:
                 raise KeyError(f"no image named {name!r} in the index") from None
-        self.inverted_file.remove(slots)
-        self.images.remove(slots)
+        with self._lock.writing():
+            self.inverted_file.remove(slots)
+            self.images.remove(slots)
 
     def query_image(self, query, bbox: tuple | None = None) -> np.ndarray:
         """The query image exactly as features are extracted from it.
@@ -303,8 +307,9 @@ class RetrievalIndex:
             warnings.warn(f"query {query if isinstance(query, (str, os.PathLike)) else ''} has no "
                           f"local features or the index is empty; returning no results", stacklevel=2)
             return []
-        return [SearchResult(self.images.names[e.slot], e.score, e.slot, e.inliers, e.homography, e.matches)
-                for e in self.rank(features, top_k, n_jobs=n_jobs)]
+        with self._lock.reading():
+            return [SearchResult(self.images.names[e.slot], e.score, e.slot, e.inliers, e.homography, e.matches)
+                    for e in self.rank(features, top_k, n_jobs=n_jobs)]
 
     def save(self, directory: str) -> None:
         """Atomically save the whole index (vocabulary included) as a directory."""

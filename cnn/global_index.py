@@ -18,6 +18,7 @@ from index.dense_index import DenseIndex
 from index.image_store import ImageStore
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 from index.results import SearchResult
+from index.rw_lock import ReadWriteLock
 
 INDEX_FORMAT = "cbir-global-index"
 INDEX_VERSION = 1
@@ -62,6 +63,7 @@ class GlobalIndex:
         dim = whitening.output_dim if whitening is not None else None
         self.dense = DenseIndex(dim) if dim else None
         self.images = ImageStore()
+        self._lock = ReadWriteLock()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -95,9 +97,10 @@ class GlobalIndex:
             regions.append(query.rows if self.pipeline.region_rerank else query.rows[:0])
         if new_names:
             empty = np.zeros((0, 4), np.float32)
-            self.images.add(new_names, [(0, 0)] * len(new_names), [empty] * len(new_names),
-                            [np.zeros(0, np.int32)] * len(new_names))
-            self.dense.add(np.stack(descriptors), regions)
+            with self._lock.writing():
+                self.images.add(new_names, [(0, 0)] * len(new_names), [empty] * len(new_names),
+                                [np.zeros(0, np.int32)] * len(new_names))
+                self.dense.add(np.stack(descriptors), regions)
         return report
 
     def remove(self, names: Sequence[str]) -> None:
@@ -107,8 +110,9 @@ class GlobalIndex:
             if name not in self.images:
                 raise KeyError(f"no image named {name!r} in the index")
             slots.append(self.images.slot(name))
-        self.dense.remove(slots)
-        self.images.remove(slots)
+        with self._lock.writing():
+            self.dense.remove(slots)
+            self.images.remove(slots)
 
     def extract(self, path: str) -> dict:
         """Feature maps of an image file (cached)."""
@@ -139,6 +143,10 @@ class GlobalIndex:
             warnings.warn("the index is empty; returning no results", stacklevel=2)
             return []
         query = self.query_features(query, bbox)
+        with self._lock.reading():
+            return self._rank(query, top_k)
+
+    def _rank(self, query: GlobalQuery, top_k: int | None) -> list[SearchResult]:
         scores = self.dense.scores(query.descriptor)
         order = np.lexsort((np.arange(len(scores)), -scores))
         if self.pipeline.region_rerank:

@@ -33,16 +33,17 @@ class ImageStore:
         self.offsets = np.zeros(1, dtype=np.int64)
         self.keypoints = np.zeros((0, 4), dtype=np.float32)
         self.words = np.zeros(0, dtype=np.int32)
-        self._slot_of_name: dict[str, int] | None = None
+        self._slot_of_name: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def slot(self, name: str) -> int:
         """Slot of the image called ``name`` (KeyError if absent)."""
-        if self._slot_of_name is None:
-            self._slot_of_name = {n: i for i, n in enumerate(self.names)}
         return self._slot_of_name[name]
+
+    def _reindex_names(self) -> None:
+        self._slot_of_name = {n: i for i, n in enumerate(self.names)}
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -67,7 +68,7 @@ class ImageStore:
         self.offsets = np.r_[self.offsets, self.offsets[-1] + np.cumsum(counts, dtype=np.int64)]
         self.keypoints = np.concatenate([self.keypoints] + [np.asarray(k, np.float32).reshape(-1, 4) for k in keypoints])
         self.words = np.concatenate([self.words] + [np.asarray(w, np.int32).ravel() for w in words])
-        self._slot_of_name = None
+        self._reindex_names()
 
     def remove(self, slots) -> None:
         """Remove images by slot; the others keep their order."""
@@ -79,7 +80,7 @@ class ImageStore:
         self.offsets = np.r_[0, np.cumsum(np.diff(self.offsets)[~removed])].astype(np.int64)
         self.keypoints = self.keypoints[~per_feature]
         self.words = self.words[~per_feature]
-        self._slot_of_name = None
+        self._reindex_names()
 
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) for persistence."""
@@ -106,10 +107,11 @@ class ImageStore:
                 or arrays["keypoints"].shape != (len(arrays["words"]), 4):
             raise ValueError("image store arrays are inconsistent")
         store.names = _decode_names(arrays["name_bytes"], name_offsets)
-        if len(set(store.names)) != n:
+        if len(set(store.names)) != len(store.names):
             raise ValueError("image store holds duplicate names")
         store.image_sizes = arrays["image_sizes"]
         store.offsets = offsets
         store.keypoints = arrays["keypoints"]
         store.words = arrays["words"]
+        store._reindex_names()
         return store

@@ -76,6 +76,7 @@ class InvertedFile:
         return float(self.n_words * np.square(counts / total).sum()) if total else 0.0
 
     def _statistics(self):
+        """(df, idf, image norms), recomputed after every change (kept, so searches only read)."""
         if self._stats is None:
             words = np.repeat(np.arange(self.n_words, dtype=np.int64), np.diff(self.offsets))
             # Postings are sorted by (word, slot): runs of one pair are one image's tf.
@@ -137,6 +138,7 @@ class InvertedFile:
         self.offsets = np.r_[0, np.cumsum(old_counts + new_counts)].astype(np.int64)
         self.n_images += len(words_per_image)
         self._stats = None
+        self._statistics()
         return slots
 
     def remove(self, slots) -> np.ndarray:
@@ -156,6 +158,7 @@ class InvertedFile:
         self.offsets = np.r_[0, np.cumsum(np.bincount(words, minlength=self.n_words))].astype(np.int64)
         self.n_images = int((~removed).sum())
         self._stats = None
+        self._statistics()
         return new_slot
 
     def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
@@ -224,4 +227,5 @@ class InvertedFile:
             if len(values) != len(slots):
                 raise ValueError(f"payload {name!r} does not match the postings")
             inverted.payload[name] = values
+        inverted._statistics()
         return inverted

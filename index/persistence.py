@@ -2,7 +2,7 @@
 
 A saved object is a directory holding ``manifest.json`` and one ``.npy`` file per
 array. The manifest records the format name and version, each array's file,
-dtype, shape and CRC-32, and free-form JSON metadata.
+dtype, shape and CRC-32, free-form JSON metadata, and a CRC-32 of itself.
 
 Writes are atomic: array files of a new save get a fresh generation prefix and
 are fsynced before ``manifest.json`` is replaced in one ``os.replace``; only then
@@ -85,6 +85,7 @@ def save_arrays(directory: str, fmt: str, version: int, meta: dict, arrays: dict
             entries[name] = {"file": file, "dtype": array.dtype.name, "shape": list(array.shape),
                              "crc32": _crc32(path)}
         manifest = {"format": fmt, "version": version, "meta": meta, "arrays": entries}
+        manifest["checksum"] = manifest_checksum(manifest)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
         written.append(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -105,6 +106,12 @@ def save_arrays(directory: str, fmt: str, version: int, meta: dict, arrays: dict
             os.unlink(os.path.join(directory, file))
 
 
+def manifest_checksum(manifest: dict) -> int:
+    """CRC-32 of the manifest's canonical JSON, its own ``checksum`` field left out."""
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode("utf-8"))
+
+
 def read_manifest(directory: str) -> dict:
     """Parse and sanity-check ``manifest.json`` of a save (no array is read)."""
     path = os.path.join(directory, MANIFEST)
@@ -120,6 +127,8 @@ def read_manifest(directory: str) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict) \
             or not isinstance(manifest.get("meta"), dict):
         raise IndexFormatError(f"{path}: malformed manifest")
+    if manifest.get("checksum") != manifest_checksum(manifest):
+        raise IndexFormatError(f"{path}: checksum mismatch, the manifest is corrupted or was edited")
     return manifest
 
 

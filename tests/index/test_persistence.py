@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from index.persistence import MANIFEST, IndexFormatError, load_arrays, save_arrays
+from index.persistence import MANIFEST, IndexFormatError, load_arrays, manifest_checksum, save_arrays
 
 
 @pytest.fixture
@@ -59,6 +59,7 @@ def test_manifest_cannot_point_outside(saved, tmp_path):
     directory, _ = saved
     manifest = _manifest(directory)
     manifest["arrays"]["a"]["file"] = "../outside.npy"
+    manifest["checksum"] = manifest_checksum(manifest)  # a crafted manifest, not a corrupted one
     np.save(tmp_path / "outside.npy", np.arange(3))
     with open(os.path.join(directory, MANIFEST), "w") as handle:
         json.dump(manifest, handle)
@@ -96,3 +97,12 @@ def test_failed_save_leaves_the_previous_one_intact(saved, monkeypatch):
     meta, loaded = load_arrays(directory, "test-format", 1)
     assert meta == {"hello": "world"} and np.array_equal(loaded["a"], arrays["a"])
     assert len([f for f in os.listdir(directory) if f.endswith(".npy")]) == 2
+
+
+def test_edited_manifest_is_refused(saved):
+    directory, _ = saved
+    path = os.path.join(directory, MANIFEST)
+    text = open(path).read()
+    open(path, "w").write(text.replace('"world"', '"w0rld"'))
+    with pytest.raises(IndexFormatError, match="manifest is corrupted"):
+        load_arrays(directory, "test-format", 1)
