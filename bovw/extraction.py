@@ -33,11 +33,15 @@ class ExtractionReport:
         return "\n".join(lines)
 
 
-def _extract_one(extract: Callable[[str], LocalFeatures], path: str):
+def _extract_one(extract: Callable[[str], LocalFeatures], path: str, cache: FeatureCache | None):
+    """Extract one image and cache it at once, so an interrupted build loses nothing done."""
     try:
-        return extract(path), None
+        features = extract(path)
     except ImageReadError as exc:
         return None, exc.reason
+    if cache is not None:
+        cache.put(path, features)
+    return features, None
 
 
 def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
@@ -66,7 +70,7 @@ def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
             chunk = list(paths[start:start + chunk_size])
             found = [cache.get(p) if cache is not None else None for p in chunk]
             todo = [p for p, f in zip(chunk, found) if f is None]
-            computed = iter(parallel(delayed(_extract_one)(extract, p) for p in todo))
+            computed = iter(parallel(delayed(_extract_one)(extract, p, cache) for p in todo))
             for path, features in zip(chunk, found):
                 if features is not None:
                     report.cached += 1
@@ -77,8 +81,6 @@ def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
                         progress.update()
                         continue
                     report.extracted += 1
-                    if cache is not None:
-                        cache.put(path, features)
                 progress.update()
                 yield str(path), features
     progress.close()
