@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -8,7 +7,6 @@ pytest.importorskip("torch")
 from cbir.evaluate import index_dataset, run_queries  # noqa: E402
 from cbir.retrieval_index import load_index  # noqa: E402
 from cnn.global_index import GlobalIndex, learn_whitening  # noqa: E402
-from index.datasets import ukbench  # noqa: E402
 
 
 @pytest.fixture(scope="module")

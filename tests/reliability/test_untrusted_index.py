@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cbir.retrieval_index import RetrievalIndex, load_index
-from index.persistence import MANIFEST, IndexFormatError
+from index.persistence import IndexFormatError
 
 ITERATIONS = int(os.environ.get("CBIR_FUZZ_ITERATIONS", "150"))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
