@@ -17,7 +17,8 @@ from bovw.images import ImageReadError
 from bovw.vocabulary import VocabularyConfig
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import ALL_PIPELINES, get_pipeline
-from cbir.retrieval_index import RetrievalIndex, load_index, load_vocabulary, save_vocabulary, train_vocabulary
+from cbir.retrieval_index import (RetrievalIndex, learn_local_whitening, load_index, load_vocabulary,
+                                  save_vocabulary, train_vocabulary)
 from cnn.global_index import GlobalIndex, learn_whitening
 from cnn.pipelines import GlobalPipeline
 from index.datasets import load_dataset
@@ -62,6 +63,9 @@ def _print_report(report: ExtractionReport) -> None:
 
 def cmd_vocab(args) -> None:
     pipeline = get_pipeline(args.method)
+    if isinstance(pipeline, GlobalPipeline) or pipeline.local_whitening_dim is not None:
+        raise SystemExit(f"cbir: {pipeline.name} has no separately trained vocabulary; give --train-root "
+                         f"to cbir index or cbir eval instead")
     _refuse_overwrite(args.output, args.force)
     config = VocabularyConfig(branching=args.branching, depth=args.depth, niter=args.niter,
                               seed=args.seed, max_descriptors=args.max_descriptors)
@@ -84,7 +88,7 @@ def cmd_index(args) -> None:
     report = index.add_images(paths, n_jobs=args.jobs)
     index.save(args.output)
     _print_report(report)
-    print(f"index {args.output}: {len(index)} images, {index.inverted_file.n_postings} postings")
+    print(f"index {args.output}: {len(index)} images")
 
 
 def cmd_query(args) -> None:
@@ -139,17 +143,27 @@ def _new_index(args, pipeline):
         else:
             print("cbir: no --whiten-root given: descriptors are L2-normalised, not whitened", file=sys.stderr)
         return GlobalIndex(pipeline, whitening, args.cache)
-    if getattr(args, "vocab", None):
+    whitening = None
+    if pipeline.local_whitening_dim is not None:
+        roots = args.whiten_root or args.train_root
+        if not roots:
+            raise SystemExit(f"cbir: pipeline {pipeline.name} learns a descriptor whitening: give --train-root "
+                             f"(or --whiten-root) images, ideally not the ones indexed")
+        whitening, _ = learn_local_whitening(expand_images(roots), pipeline, args.cache, args.jobs)
+    if args.vocab:
+        if whitening is not None:
+            raise SystemExit(f"cbir: pipeline {pipeline.name} trains its vocabulary on whitened descriptors: "
+                             f"use --train-root instead of --vocab")
         vocabulary = load_vocabulary(args.vocab)
-    elif getattr(args, "train_root", None):
+    elif args.train_root:
         config = VocabularyConfig(branching=args.branching or pipeline.vocabulary.branching,
                                   depth=args.depth or pipeline.vocabulary.depth, seed=args.seed)
         train_paths = expand_images(args.train_root)
         print(f"training a {config.n_words}-word vocabulary on {len(train_paths)} images", file=sys.stderr)
-        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs)
+        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs, whitening=whitening)
     else:
-        raise SystemExit("cbir: --vocab (or, with eval, --train-root) is required for a new index")
-    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache)
+        raise SystemExit("cbir: --vocab or --train-root is required for a new index")
+    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, whitening=whitening)
 
 
 def cmd_eval(args) -> None:
@@ -180,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     methods = ", ".join(f"{p.name} ({p.description})" for p in ALL_PIPELINES.values())
 
+    def vocabulary_training(p):
+        p.add_argument("--train-root", nargs="+",
+                       help="images/folders to train a vocabulary (and a BLCF whitening) on; "
+                            "eval's default: --root")
+        p.add_argument("--whiten-root", nargs="+",
+                       help="images to learn a CNN pipeline's whitening on (use other images than the indexed)")
+        p.add_argument("--branching", type=int, help="vocabulary branching when training (default: the pipeline's)")
+        p.add_argument("--depth", type=int, help="vocabulary depth when training (default: the pipeline's)")
+        p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
+
     def common(p, method=True):
         if method:
             p.add_argument("--method", default="sift-bow", help=f"pipeline name: {methods}")
@@ -204,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
     p.add_argument("-o", "--output", required=True, help="index directory")
     p.add_argument("--vocab", help="vocabulary directory (for a new local-feature index)")
-    p.add_argument("--whiten-root", nargs="+", help="images to learn a CNN pipeline's PCA whitening on")
+    vocabulary_training(p)
     p.add_argument("--add", action="store_true", help="add the images to the existing index")
     p.add_argument("--force", action="store_true", help="replace an existing index")
     common(p)
@@ -227,14 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a method on a benchmark")
     p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])
     p.add_argument("--root", required=True, help="dataset folder")
-    p.add_argument("--vocab", help="vocabulary directory; without it one is trained")
-    p.add_argument("--train-root", nargs="+",
-                   help="images/folders to train the vocabulary on (default: --root)")
-    p.add_argument("--whiten-root", nargs="+",
-                   help="images to learn a CNN pipeline's whitening on (use another dataset)")
-    p.add_argument("--branching", type=int, help="vocabulary branching when training")
-    p.add_argument("--depth", type=int, help="vocabulary depth when training")
-    p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
+    p.add_argument("--vocab", help="vocabulary directory; without it one is trained (on --train-root)")
+    vocabulary_training(p)
     p.add_argument("--index", help="index directory to reuse, or to save the built index in")
     p.add_argument("--rankings", help="write one JSON line per query with its full ranking")
     common(p)

@@ -65,3 +65,23 @@ def test_query_draws_matches(image_folder, tmp_path, capsys):
     assert "inliers" in out
     from PIL import Image
     assert Image.open(picture).size[1] == 2 * 240
+
+
+def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    for i in range(200, 232):  # whitening / vocabulary images, not the indexed ones
+        shutil.copy(os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg"), other)
+    index = str(tmp_path / "gem-index")
+    assert main(["index", str(image_folder), "-o", index, "--method", "gem", "--whiten-root", other,
+                 "--cache", cache]) == 0
+    capsys.readouterr()
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--json", "--top-k", "2",
+                 "--cache", cache]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"].endswith("ukbench00006.jpg")
+    assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "blcf",
+                 "--train-root", other, "--branching", "12", "--cache", cache]) == 0
+    assert "blcf  N-S" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no separately trained vocabulary"):
+        main(["vocab", other, "-o", str(tmp_path / "v"), "--method", "blcf"])
