@@ -17,7 +17,7 @@ from bovw.images import ImageReadError
 from bovw.vocabulary import VocabularyConfig
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import ALL_PIPELINES, get_pipeline
-from cbir.retrieval_index import (RetrievalIndex, learn_local_whitening, load_index, load_vocabulary,
+from cbir.retrieval_index import (RetrievalIndex, learn_hamming, learn_local_whitening, load_index, load_vocabulary,
                                   save_vocabulary, train_vocabulary)
 from cnn.global_index import GlobalIndex, learn_whitening
 from cnn.pipelines import GlobalPipeline
@@ -163,7 +163,13 @@ def _new_index(args, pipeline):
         vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs, whitening=whitening)
     else:
         raise SystemExit("cbir: --vocab or --train-root is required for a new index")
-    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, whitening=whitening)
+    hamming = None
+    if pipeline.hamming is not None:
+        if not args.train_root:
+            raise SystemExit(f"cbir: pipeline {pipeline.name} learns a Hamming embedding: give --train-root images")
+        hamming, _ = learn_hamming(expand_images(args.train_root), pipeline, vocabulary, args.cache, args.jobs,
+                                   whitening=whitening)
+    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, whitening=whitening, hamming=hamming)
 
 
 def cmd_eval(args) -> None:

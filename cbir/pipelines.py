@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bovw.feature_cache import FeatureCache
+from bovw.hamming import HammingConfig
 from bovw.features import LocalFeatures, SiftOptions, sift_from_array
 from bovw.images import ImageOptions, load_image
 from bovw.vocabulary import VocabularyConfig
@@ -43,15 +44,16 @@ class Pipeline:
         name: the name users type (``sift-bow``).
         description: one line for ``--help``.
         features: SIFT extraction settings (None for conv features).
-        conv: conv-map local features (BLCF) instead of SIFT, or None.
-        local_whitening_dim: PCA-whitening dimensions of local descriptors before
-            quantization (BLCF); None: descriptors are quantized as extracted.
         vocabulary: shape and training of the vocabulary used when none is given.
         query_assignments: words per query descriptor (multiple assignment, 1 = hard).
         beam: nodes kept per tree level while quantizing (0 = greedy descent).
         verification: spatial re-ranking of the top results, or None.
         expansion: query expansion with the verified results, or None (needs verification).
         window_search: re-rank this many top results by BLCF local search (0: off).
+        conv: conv-map local features (BLCF) instead of SIFT, or None.
+        local_whitening_dim: PCA-whitening dimensions of local descriptors before
+            quantization (BLCF); None: descriptors are quantized as extracted.
+        hamming: score with the Hamming-embedding match kernel instead of tf-idf cosine.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Pipeline:
     window_search: int = 0
     conv: ConvLocalOptions | None = None
     local_whitening_dim: int | None = None
+    hamming: HammingConfig | None = None
 
     def __post_init__(self):
         if (self.features is None) == (self.conv is None):
@@ -118,6 +121,8 @@ class Pipeline:
 
 #: Default vocabulary of the SIFT pipelines: 10^6 words (best measured size, benchmarks/RESULTS.md).
 SIFT_VOCABULARY = VocabularyConfig(branching=10, depth=6)
+#: Vocabulary of the Hamming-embedding pipelines: ~20k words, as in the HE literature (COLMAP: 16k).
+HE_VOCABULARY = VocabularyConfig(branching=141, depth=2)
 
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline for pipeline in [
@@ -128,6 +133,15 @@ PIPELINES: dict[str, Pipeline] = {
                  verification=VerificationConfig()),
         Pipeline("sift-sv-qe", "sift-sv + average query expansion with the verified results",
                  SiftOptions(root=True), SIFT_VOCABULARY, query_assignments=3, beam=3,
+                 verification=VerificationConfig(), expansion=ExpansionConfig()),
+        Pipeline("sift-he", "RootSIFT, 20k-word vocabulary (141^2, beam 3), 3 words per query descriptor, "
+                 "Hamming embedding (64 bits, threshold 24, burstiness)", SiftOptions(root=True), HE_VOCABULARY,
+                 query_assignments=3, beam=3, hamming=HammingConfig()),
+        Pipeline("sift-he-sv", "sift-he + homography re-ranking of the top 100", SiftOptions(root=True),
+                 HE_VOCABULARY, query_assignments=3, beam=3, hamming=HammingConfig(),
+                 verification=VerificationConfig()),
+        Pipeline("sift-he-sv-qe", "sift-he-sv + average query expansion", SiftOptions(root=True),
+                 HE_VOCABULARY, query_assignments=3, beam=3, hamming=HammingConfig(),
                  verification=VerificationConfig(), expansion=ExpansionConfig()),
         Pipeline("blcf", "BLCF: EfficientNet-Lite0 block-11 conv positions as local features, L2-PCAw(256)-L2, "
                  "25k-word vocabulary (158^2), tf-idf inverted file (global search)",

@@ -11,12 +11,14 @@ import numpy as np
 
 from bovw.extraction import ExtractionReport, iter_features
 from bovw.features import LocalFeatures
+from bovw.hamming import HammingEmbedding
 from bovw.images import load_image, resize_to_max_side
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import Pipeline, get_pipeline
 from cnn.whitening import PCAWhitening
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
+from index.match_kernel import SIGNATURE, hamming_scores
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank
 from index.window_search import best_window_score
 from index.results import SearchResult
@@ -96,6 +98,18 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline, config: Vocabular
     return vocabulary, report
 
 
+def learn_hamming(paths: Sequence[str], pipeline: Pipeline, vocabulary: VocabularyTree,
+                  cache_dir: str | None = None, n_jobs: int = 1, verbose: bool = True,
+                  whitening: PCAWhitening | None = None) -> tuple[HammingEmbedding, ExtractionReport]:
+    """Learn a Hamming embedding's per-word medians from the descriptors of ``paths``."""
+    descriptors, report = _training_descriptors(paths, pipeline, cache_dir, n_jobs, verbose)
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    words = vocabulary.quantize(descriptors, beam=pipeline.beam)
+    seed = pipeline.hamming.seed if pipeline.hamming else 0
+    return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, seed), report
+
+
 class RetrievalIndex:
     """A collection of images searchable by example.
 
@@ -104,16 +118,22 @@ class RetrievalIndex:
         pipeline: the method (features and query options); a name or a Pipeline.
         cache_dir: optional feature cache folder used when reading images.
         whitening: PCA whitening applied to descriptors before quantization (BLCF).
+        hamming: learned Hamming embedding (pipelines with ``hamming`` set).
     """
 
     def __init__(self, vocabulary: VocabularyTree, pipeline: Pipeline | str = "sift-bow",
-                 cache_dir: str | None = None, whitening: PCAWhitening | None = None):
+                 cache_dir: str | None = None, whitening: PCAWhitening | None = None,
+                 hamming: HammingEmbedding | None = None):
         self.pipeline = get_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
         self.vocabulary = vocabulary
         self.whitening = whitening
         if (self.pipeline.local_whitening_dim is None) != (whitening is None) and self.pipeline.conv is not None:
             raise ValueError(f"pipeline {self.pipeline.name!r} needs a learned local whitening")
-        self.inverted_file = InvertedFile(vocabulary.n_words)
+        if (self.pipeline.hamming is None) != (hamming is None):
+            raise ValueError(f"pipeline {self.pipeline.name!r} " + ("needs a learned Hamming embedding"
+                             if hamming is None else "does not use a Hamming embedding"))
+        self.hamming = hamming
+        self.inverted_file = InvertedFile(vocabulary.n_words, {SIGNATURE: np.uint64} if hamming else None)
         self.images = ImageStore()
         self.cache_dir = cache_dir
         self._lock = ReadWriteLock()
@@ -178,9 +198,11 @@ class RetrievalIndex:
         """Index images given by their local features (from any source: SIFT, CNN)."""
         words = [self.vocabulary.quantize(self._descriptors(f), beam=self.pipeline.beam).astype(np.int32)
                  if len(f) else np.zeros(0, np.int32) for f in features]
+        payload = {SIGNATURE: [self.hamming.signatures(self._descriptors(f), w) for f, w in zip(features, words)]} \
+            if self.hamming is not None else None
         with self._lock.writing():
             self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
-            self.inverted_file.add(words)
+            self.inverted_file.add(words, payload)
 
     def remove(self, names: Sequence[str]) -> None:
         """Remove images by name (KeyError naming the first unknown one)."""
@@ -264,7 +286,12 @@ class RetrievalIndex:
         pipeline = self.pipeline
         words = self.query_words(features)
         query_vector = self.inverted_file.query_vector(words)
-        scores = self.inverted_file.vector_scores(*query_vector)
+        if pipeline.hamming is not None:
+            descriptors = np.repeat(self._descriptors(features), words.shape[1], axis=0)
+            signatures = self.hamming.signatures(descriptors, words.ravel()).reshape(words.shape)
+            scores = hamming_scores(self.inverted_file, words, signatures, pipeline.hamming)
+        else:
+            scores = self.inverted_file.vector_scores(*query_vector)
         wanted = len(self) if top_k is None else min(top_k, len(self))
         head = max(wanted, pipeline.verification.top_k if pipeline.verification else 0)
         ranking = [RankedImage(int(i), float(scores[i])) for i in _top(scores, head)]
@@ -317,12 +344,14 @@ class RetrievalIndex:
         ivf_meta, ivf_arrays = self.inverted_file.state_dict()
         store_meta, store_arrays = self.images.state_dict()
         meta = {"pipeline": self.pipeline.to_dict(), "vocabulary": vocab_meta,
-                "inverted_file": ivf_meta, "images": store_meta, "whitening": None}
+                "inverted_file": ivf_meta, "images": store_meta}
         arrays = {**_prefixed("vocabulary", vocab_arrays), **_prefixed("inverted_file", ivf_arrays),
                   **_prefixed("images", store_arrays)}
-        if self.whitening is not None:
-            meta["whitening"], whitening_arrays = self.whitening.state_dict()
-            arrays.update(_prefixed("whitening", whitening_arrays))
+        for name, part in (("whitening", self.whitening), ("hamming", self.hamming)):
+            meta[name] = None
+            if part is not None:
+                meta[name], part_arrays = part.state_dict()
+                arrays.update(_prefixed(name, part_arrays))
         save_arrays(directory, INDEX_FORMAT, INDEX_VERSION, meta, arrays)
 
     @classmethod
@@ -337,7 +366,9 @@ class RetrievalIndex:
             images = ImageStore.from_state_dict(meta["images"], _unprefixed("images", arrays))
             whitening = PCAWhitening.from_state_dict(meta["whitening"], _unprefixed("whitening", arrays)) \
                 if meta.get("whitening") else None
-            index = cls(vocabulary, pipeline, cache_dir, whitening)
+            hamming = HammingEmbedding.from_state_dict(meta["hamming"], _unprefixed("hamming", arrays)) \
+                if meta.get("hamming") else None
+            index = cls(vocabulary, pipeline, cache_dir, whitening, hamming)
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
         if inverted.n_images != len(images) or inverted.n_words != vocabulary.n_words:

@@ -191,13 +191,26 @@ class InvertedFile:
             (n_images,) float32 cosine similarities.
         """
         words = np.asarray(words, dtype=np.int64)
-        starts, ends = self.offsets[words], self.offsets[words + 1]
-        postings = _ranges(starts, ends - starts)
-        contribution = np.repeat(np.asarray(values, np.float64) * self.idf[words], ends - starts)
+        postings, owner = self.postings_of(words)
+        contribution = (np.asarray(values, np.float64) * self.idf[words])[owner]
         scores = np.bincount(self.image_slots[postings], weights=contribution,
                              minlength=self.n_images).astype(np.float64)
         norms = self.image_norms
         return np.divide(scores, norms, out=np.zeros(self.n_images), where=norms > 0).astype(np.float32)
+
+    def postings_of(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All postings of the given words (repeats allowed).
+
+        Args:
+            words: (m,) int word ids.
+
+        Returns:
+            (posting indices (p,) int64 into ``image_slots`` and the payloads,
+            owner (p,) int64: which of the m words each posting belongs to).
+        """
+        words = np.asarray(words, dtype=np.int64)
+        starts, ends = self.offsets[words], self.offsets[words + 1]
+        return _ranges(starts, ends - starts), np.repeat(np.arange(len(words)), ends - starts)
 
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) for persistence; see ``from_state_dict``."""

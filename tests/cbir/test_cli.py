@@ -83,5 +83,8 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "blcf",
                  "--train-root", other, "--branching", "12", "--cache", cache]) == 0
     assert "blcf  N-S" in capsys.readouterr().out
+    assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "sift-he",
+                 "--branching", "20", "--cache", cache]) == 0
+    assert "sift-he  N-S" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no separately trained vocabulary"):
         main(["vocab", other, "-o", str(tmp_path / "v"), "--method", "blcf"])

@@ -126,3 +126,24 @@ def test_spatial_reranking_lifts_true_matches_on_real_queries(built_index, ukben
     assert lifted >= 3
     bow = run_queries(built_index, ukbench_subset, verbose=False).scores["N-S"]
     assert run_queries(reranked, ukbench_subset, verbose=False).scores["N-S"] >= bow
+
+
+def test_hamming_embedding_index(small_vocabulary, ukbench_subset, feature_cache_dir, tmp_path):
+    from cbir.pipelines import get_pipeline
+    from cbir.retrieval_index import learn_hamming
+    pipeline = get_pipeline("sift-he")
+    hamming, _ = learn_hamming(ukbench_subset.database_paths, pipeline, small_vocabulary, feature_cache_dir,
+                               verbose=False)
+    index = RetrievalIndex(small_vocabulary, pipeline, feature_cache_dir, hamming=hamming)
+    from cbir.evaluate import index_dataset
+    index_dataset(index, ukbench_subset, verbose=False)
+    result = run_queries(index, ukbench_subset, verbose=False)
+    assert result.scores["N-S"] >= 3.2
+    query = ukbench_subset.queries[7].path
+    top = index.search(query)
+    assert top[0].name == ukbench_subset.queries[7].name and top[0].score == max(r.score for r in top)
+    index.save(str(tmp_path / "he"))
+    loaded = RetrievalIndex.load(str(tmp_path / "he"), cache_dir=feature_cache_dir)
+    assert np.array_equal(loaded.hamming.medians, hamming.medians)
+    assert np.array_equal(loaded.hamming.projection, hamming.projection)
+    assert [(r.name, r.score) for r in loaded.search(query)] == [(r.name, r.score) for r in top]

@@ -1,0 +1,94 @@
+"""Hamming-embedding pipelines on Holidays-811 and UKBench-1000.
+
+One vocabulary and one Hamming embedding, both learned on the two sets' RootSIFT
+descriptors; every listed pipeline runs on them. Reports score, query time and
+bytes per posting.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
+from bovw.extraction import iter_features
+from bovw.hamming import HammingEmbedding
+from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.evaluate import index_dataset, run_queries
+from cbir.pipelines import get_pipeline
+from cbir.retrieval_index import RetrievalIndex
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DEFAULT_DATA, help="shared data folder (holidays/, ukbench/)")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cbir-bench-features"),
+                        help="feature cache folder")
+    parser.add_argument("--shape", default="141x2", help="vocabulary shape BxL (default 141x2: 19,881 words)")
+    parser.add_argument("--methods", default="sift-he,sift-he-sv,sift-he-sv-qe",
+                        help="pipelines; NAME:assignments=K:threshold=T:burstiness=0 changes options")
+    parser.add_argument("--jobs", type=int, default=2, help="extraction threads")
+    parser.add_argument("--name", default="hamming", help="result file name under benchmarks/results")
+    return parser.parse_args()
+
+
+def variant(spec: str):
+    """``sift-he:assignments=1:threshold=20`` -> that pipeline with those options."""
+    name, *options = spec.split(":")
+    pipeline = get_pipeline(name)
+    for option in options:
+        key, value = option.split("=")
+        if key == "assignments":
+            pipeline = dataclasses.replace(pipeline, query_assignments=int(value))
+        else:
+            kind = type(getattr(pipeline.hamming, key))
+            pipeline = dataclasses.replace(pipeline, hamming=dataclasses.replace(
+                pipeline.hamming, **{key: kind(int(value)) if kind is bool else kind(value)}))
+    return pipeline
+
+
+def main():
+    args = parse_args()
+    datasets = benchmark_datasets(args.data)
+    base = get_pipeline("sift-he")
+    descriptors = np.concatenate([f.descriptors for d in datasets.values() for _, f in iter_features(
+        d.database_paths, base.read_features, base.feature_cache(args.cache), n_jobs=args.jobs, verbose=False)])
+    b, depth = (int(v) for v in args.shape.split("x"))
+    start = time.perf_counter()
+    vocabulary = VocabularyTree.train(descriptors, VocabularyConfig(branching=b, depth=depth, seed=0), verbose=False)
+    vocab_s = time.perf_counter() - start
+    start = time.perf_counter()
+    hamming = HammingEmbedding.learn(descriptors, vocabulary.quantize(descriptors, beam=base.beam),
+                                     vocabulary.n_words, base.hamming.seed)
+    he_s = time.perf_counter() - start
+    lines = [f"Vocabulary {vocabulary.n_words} words ({b}^{depth}, {vocab_s:.0f} s) and 64-bit Hamming embedding "
+             f"({he_s:.0f} s), both learned on Holidays + UKBench ({len(descriptors)} RootSIFT descriptors). "
+             f"A posting is an int32 image slot + a uint64 signature: 12 bytes.", "",
+             "| pipeline | Holidays-811 mAP | UKBench-1000 N-S | query ms median (H / U) | query ms p95 (H / U) |",
+             "|---|---|---|---|---|"]
+    indexes = {}
+    for spec in args.methods.split(","):
+        pipeline = variant(spec)
+        cells, medians, p95s = [], [], []
+        for name, dataset in datasets.items():
+            if name not in indexes:
+                indexes[name] = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, hamming=hamming)
+                index_dataset(indexes[name], dataset, n_jobs=args.jobs, verbose=False)
+            index = indexes[name]
+            index.pipeline = pipeline
+            result = run_queries(index, dataset, verbose=False)
+            (metric, score), = result.scores.items()
+            cells.append(f"{score:.4f}")
+            medians.append(f"{np.median(result.query_ms):.1f}")
+            p95s.append(f"{np.percentile(result.query_ms, 95):.1f}")
+        lines.append(f"| {spec} | {cells[0]} | {cells[1]} | {' / '.join(medians)} | {' / '.join(p95s)} |")
+        print(lines[-1], flush=True)
+    print(f"written to {write_result(args.name, chr(10).join(lines))}")
+
+
+if __name__ == "__main__":
+    main()
