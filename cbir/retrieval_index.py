@@ -201,7 +201,8 @@ class RetrievalIndex:
         payload = {SIGNATURE: [self.hamming.signatures(self._descriptors(f), w) for f, w in zip(features, words)]} \
             if self.hamming is not None else None
         with self._lock.writing():
-            self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words)
+            self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words,
+                            payload[SIGNATURE] if payload else None)
             self.inverted_file.add(words, payload)
 
     def remove(self, names: Sequence[str]) -> None:
@@ -286,6 +287,7 @@ class RetrievalIndex:
         pipeline = self.pipeline
         words = self.query_words(features)
         query_vector = self.inverted_file.query_vector(words)
+        signatures = None
         if pipeline.hamming is not None:
             descriptors = np.repeat(self._descriptors(features), words.shape[1], axis=0)
             signatures = self.hamming.signatures(descriptors, words.ravel()).reshape(words.shape)
@@ -298,8 +300,9 @@ class RetrievalIndex:
         if pipeline.window_search:
             ranking = self._window_rerank(query_vector, ranking, pipeline.window_search)
         if pipeline.verification is not None:
-            ranking = spatial_rerank(features.keypoints, words, ranking, self.images,
-                                     pipeline.verification, n_jobs=n_jobs)
+            ranking = spatial_rerank(features.keypoints, words, ranking, self.images, pipeline.verification,
+                                     n_jobs=n_jobs, query_signatures=signatures,
+                                     hamming_threshold=pipeline.hamming.threshold if pipeline.hamming else 0)
         if pipeline.expansion is not None:
             ranking = expand_and_requery(
                 ranking, query_vector, lambda slot: self.inverted_file.query_vector(self.images.features(slot)[1]),

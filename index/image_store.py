@@ -33,6 +33,7 @@ class ImageStore:
         self.offsets = np.zeros(1, dtype=np.int64)
         self.keypoints = np.zeros((0, 4), dtype=np.float32)
         self.words = np.zeros(0, dtype=np.int32)
+        self.signatures = np.zeros(0, dtype=np.uint64)
         self._slot_of_name: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -57,9 +58,16 @@ class ImageStore:
         start, end = self.offsets[slot], self.offsets[slot + 1]
         return self.keypoints[start:end], self.words[start:end]
 
+    def feature_signatures(self, slot: int) -> np.ndarray | None:
+        """(n,) uint64 Hamming signatures of image ``slot``'s features, or None when not stored."""
+        if len(self.signatures) != len(self.words):
+            return None
+        return self.signatures[self.offsets[slot]:self.offsets[slot + 1]]
+
     def add(self, names: list[str], image_sizes: list, keypoints: list[np.ndarray],
-            words: list[np.ndarray]) -> None:
-        """Append images (same order as they were added to the inverted file)."""
+            words: list[np.ndarray], signatures: list[np.ndarray] | None = None) -> None:
+        """Append images (same order as they were added to the inverted file), with the
+        features' Hamming signatures when the index uses them."""
         if len(set(names)) != len(names) or any(n in self for n in names):
             raise ValueError("image names must be unique within an index")
         counts = [len(w) for w in words]
@@ -68,6 +76,8 @@ class ImageStore:
         self.offsets = np.r_[self.offsets, self.offsets[-1] + np.cumsum(counts, dtype=np.int64)]
         self.keypoints = np.concatenate([self.keypoints] + [np.asarray(k, np.float32).reshape(-1, 4) for k in keypoints])
         self.words = np.concatenate([self.words] + [np.asarray(w, np.int32).ravel() for w in words])
+        if signatures is not None:
+            self.signatures = np.concatenate([self.signatures] + [np.asarray(s, np.uint64) for s in signatures])
         self._reindex_names()
 
     def remove(self, slots) -> None:
@@ -79,6 +89,8 @@ class ImageStore:
         self.image_sizes = self.image_sizes[~removed]
         self.offsets = np.r_[0, np.cumsum(np.diff(self.offsets)[~removed])].astype(np.int64)
         self.keypoints = self.keypoints[~per_feature]
+        if len(self.signatures) == len(self.words):
+            self.signatures = self.signatures[~per_feature]
         self.words = self.words[~per_feature]
         self._reindex_names()
 
@@ -87,7 +99,8 @@ class ImageStore:
         name_bytes, name_offsets = _encode_names(self.names)
         meta = {"kind": "image-store", "version": STATE_VERSION, "n_images": len(self)}
         arrays = {"name_bytes": name_bytes, "name_offsets": name_offsets, "image_sizes": self.image_sizes,
-                  "feature_offsets": self.offsets, "keypoints": self.keypoints, "words": self.words}
+                  "feature_offsets": self.offsets, "keypoints": self.keypoints, "words": self.words,
+                  "signatures": self.signatures}
         return meta, arrays
 
     @classmethod
@@ -113,5 +126,8 @@ class ImageStore:
         store.offsets = offsets
         store.keypoints = arrays["keypoints"]
         store.words = arrays["words"]
+        store.signatures = arrays.get("signatures", np.zeros(0, np.uint64))
+        if len(store.signatures) not in (0, len(store.words)):
+            raise ValueError("image store signatures do not match its features")
         store._reindex_names()
         return store

@@ -41,7 +41,8 @@ class RankedImage:
 
 def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking: list[RankedImage],
                    images: ImageStore, config: VerificationConfig = VerificationConfig(),
-                   n_jobs: int = 1) -> list[RankedImage]:
+                   n_jobs: int = 1, query_signatures: np.ndarray | None = None,
+                   hamming_threshold: int = 24) -> list[RankedImage]:
     """Verify the top ``config.top_k`` candidates and move the verified ones first.
 
     Verified images (at least ``config.min_inliers`` inliers) come first, by
@@ -55,12 +56,19 @@ def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking
         images: the store holding the candidates' keypoints and words.
         config: verification settings.
         n_jobs: threads verifying candidates in parallel (OpenCV releases the GIL).
+        query_signatures: (n, k) uint64 Hamming signatures of the query features; with
+            the stored signatures of the candidates, correspondences whose signatures
+            differ by more than ``hamming_threshold`` bits are dropped.
+        hamming_threshold: see ``query_signatures``.
     """
     head, tail = ranking[:config.top_k], ranking[config.top_k:]
 
     def verify(entry: RankedImage) -> Verification:
         keypoints, words = images.features(entry.slot)
-        return verify_pair(query_keypoints, query_words, keypoints, words, config)
+        stored = images.feature_signatures(entry.slot)
+        signatures = (query_signatures, stored, hamming_threshold) \
+            if query_signatures is not None and stored is not None else None
+        return verify_pair(query_keypoints, query_words, keypoints, words, config, signatures)
 
     if n_jobs == 1:
         outcomes = [verify(entry) for entry in head]

@@ -177,8 +177,25 @@ def similarity_lo(src: np.ndarray, dst: np.ndarray, src_shape: np.ndarray, dst_s
     return homography, inliers
 
 
+def hamming_filter(pairs: np.ndarray, query_words: np.ndarray, database_words: np.ndarray,
+                   query_signatures: np.ndarray, database_signatures: np.ndarray, threshold: int) -> np.ndarray:
+    """Keep the pairs whose signatures (relative to the shared word) are within ``threshold`` bits.
+
+    Args:
+        pairs: (p, 2) (query index, database index) sharing a word.
+        query_words, query_signatures: (n, k) word ids and uint64 signatures of the query features.
+        database_words, database_signatures: (m,) of the database features.
+    """
+    query_words = np.asarray(query_words).reshape(len(query_words), -1)
+    query_signatures = np.asarray(query_signatures, np.uint64).reshape(query_words.shape)
+    shared = np.argmax(query_words[pairs[:, 0]] == np.asarray(database_words)[pairs[:, 1], None], axis=1)
+    distance = np.bitwise_count(query_signatures[pairs[:, 0], shared] ^ database_signatures[pairs[:, 1]])
+    return pairs[distance <= threshold]
+
+
 def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_keypoints: np.ndarray,
-                database_words: np.ndarray, config: VerificationConfig = VerificationConfig()) -> Verification:
+                database_words: np.ndarray, config: VerificationConfig = VerificationConfig(),
+                signatures: tuple[np.ndarray, np.ndarray, int] | None = None) -> Verification:
     """Fit a homography query -> database image on word correspondences.
 
     Args:
@@ -187,6 +204,8 @@ def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_k
         database_keypoints: (m, 4) float32.
         database_words: (m,) int.
         config: estimator settings.
+        signatures: (query (n, k), database (m,) uint64 signatures, Hamming threshold)
+            to keep only the correspondences whose signatures agree (Hamming embedding).
 
     Returns:
         the verification; ``inliers`` counts distinct query features and distinct
@@ -194,6 +213,8 @@ def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_k
         cannot count twice.
     """
     pairs = word_correspondences(query_words, database_words, config.max_pairs_per_word)
+    if signatures is not None and len(pairs):
+        pairs = hamming_filter(pairs, query_words, database_words, *signatures)
     rejected = Verification(0, None, np.zeros((0, 2), np.int64))
     if len(pairs) < 4:
         return rejected

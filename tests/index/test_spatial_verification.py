@@ -94,3 +94,22 @@ def test_squashed_map_is_rejected():
     squashed[:, 1] *= 0.05  # 20x anisotropy: no real view change does this
     words = np.arange(60)
     assert verify_pair(keypoints, words, squashed, words).inliers == 0
+
+
+def test_hamming_filtered_correspondences_are_cleaner(homography_words, data_dir):
+    from bovw.hamming import HammingEmbedding
+    from index.spatial_verification import hamming_filter
+    (a, wa), (b, wb) = homography_words["graf1.png"], homography_words["graf3.png"]
+    descriptors = np.concatenate([f.descriptors for f, _ in homography_words.values()])
+    words = np.concatenate([w for _, w in homography_words.values()])
+    he = HammingEmbedding.learn(descriptors, words, n_words=1000)
+    pairs = word_correspondences(wa, wb)
+    filtered = hamming_filter(pairs, wa, wb, he.signatures(a.descriptors, wa), he.signatures(b.descriptors, wb), 24)
+    truth = _true_homography(data_dir)
+
+    def inlier_ratio(p):
+        projected = cv2.perspectiveTransform(a.keypoints[p[:, 0], None, :2].astype(np.float64), truth)[:, 0]
+        return np.mean(np.linalg.norm(projected - b.keypoints[p[:, 1], :2], axis=1) < 6)
+
+    assert 0 < len(filtered) < len(pairs)
+    assert inlier_ratio(filtered) > 2 * inlier_ratio(pairs)
