@@ -16,7 +16,8 @@ import numpy as np
 
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import RetrievalIndex, load_index, load_vocabulary, save_vocabulary, train_vocabulary
+from cbir.retrieval_index import (RetrievalIndex, learn_hamming, load_index, load_vocabulary, save_vocabulary,
+                                  train_vocabulary)
 from cnn.global_index import GlobalIndex, learn_whitening
 from cnn.pipelines import GlobalPipeline
 from index.datasets import holidays, ukbench
@@ -24,23 +25,27 @@ from index.persistence import MANIFEST
 
 
 def sift_index(pipeline, dataset, datasets, work, cache, jobs):
-    """The dataset's local-feature index (vocabulary trained on all datasets' images), built once."""
-    directory = os.path.join(work, f"index-sift-{dataset.name}")
+    """The dataset's local-feature index, built once: the vocabulary (and Hamming
+    embedding) are trained on all datasets' images; pipelines differing only in
+    re-ranking share one index."""
+    shape = f"{pipeline.vocabulary.branching}x{pipeline.vocabulary.depth}"
+    directory = os.path.join(work, f"index-sift-{shape}{'-he' if pipeline.hamming else ''}-{dataset.name}")
     if os.path.exists(os.path.join(directory, MANIFEST)):
         index = load_index(directory, cache_dir=cache)
         index.pipeline = pipeline
         return index
-    vocab_dir = os.path.join(work, "vocabulary-sift")
+    paths = [p for d in datasets for p in d.database_paths]
+    vocab_dir = os.path.join(work, f"vocabulary-sift-{shape}")
     if os.path.exists(os.path.join(vocab_dir, MANIFEST)):
         vocabulary = load_vocabulary(vocab_dir)
     else:
-        paths = [p for d in datasets for p in d.database_paths]
         print(f"training a {pipeline.vocabulary.n_words}-word vocabulary on {len(paths)} images (Holidays + UKBench)")
         start = time.perf_counter()
         vocabulary, report = train_vocabulary(paths, pipeline, cache_dir=cache, n_jobs=jobs)
         print(f"  {time.perf_counter() - start:.0f} s; {report.summary()}")
         save_vocabulary(vocabulary, vocab_dir)
-    index = RetrievalIndex(vocabulary, pipeline, cache_dir=cache)
+    hamming = learn_hamming(paths, pipeline, vocabulary, cache, jobs)[0] if pipeline.hamming else None
+    index = RetrievalIndex(vocabulary, pipeline, cache_dir=cache, hamming=hamming)
     index_dataset(index, dataset, n_jobs=jobs)
     index.save(directory)
     return index
@@ -62,7 +67,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.path.join("..", "shared", "data"), help="benchmark data folder")
     parser.add_argument("--work", default="work", help="output folder (caches, vocabulary, indexes)")
-    parser.add_argument("--methods", default="sift-bow,sift-sv,sift-sv-qe,rmac",
+    parser.add_argument("--methods", default="sift-bow,sift-sv,sift-sv-qe,sift-he,sift-he-sv-qe,rmac",
                         help="pipelines to run (comma-separated)")
     parser.add_argument("--jobs", type=int, default=2, help="extraction threads")
     args = parser.parse_args()
