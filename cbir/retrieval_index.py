@@ -19,7 +19,7 @@ from cnn.whitening import PCAWhitening
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE, hamming_scores
-from index.reranking import RankedImage, expand_and_requery, spatial_rerank
+from index.reranking import RankedImage, expand_and_requery, spatial_rerank, verified_first
 from index.window_search import best_window_score
 from index.results import SearchResult
 from index.rw_lock import ReadWriteLock
@@ -303,12 +303,30 @@ class RetrievalIndex:
             ranking = spatial_rerank(features.keypoints, words, ranking, self.images, pipeline.verification,
                                      n_jobs=n_jobs, query_signatures=signatures,
                                      hamming_threshold=pipeline.hamming.threshold if pipeline.hamming else 0)
-        if pipeline.expansion is not None:
+        if pipeline.expansion is not None and pipeline.hamming is not None:
+            ranking = self._hamming_expansion(ranking, words, signatures)
+        elif pipeline.expansion is not None:
             ranking = expand_and_requery(
                 ranking, query_vector, lambda slot: self.inverted_file.query_vector(self.images.features(slot)[1]),
                 lambda vector: self.inverted_file.vector_scores(*vector), self.vocabulary.n_words,
                 pipeline.expansion.max_results, pipeline.expansion.alpha)
         return ranking[:wanted]
+
+    def _hamming_expansion(self, ranking: list[RankedImage], words: np.ndarray,
+                           signatures: np.ndarray) -> list[RankedImage]:
+        """Query expansion in Hamming-embedding space: the query's features plus the inlier
+        features of up to ``max_results`` verified images, searched again; verified stay on top."""
+        verified = [e for e in ranking if e.verified][:self.pipeline.expansion.max_results]
+        if not verified:
+            return ranking
+        all_words, all_signatures = [words.reshape(-1, 1)], [signatures.reshape(-1, 1)]
+        for entry in verified:
+            inliers = np.unique(entry.matches[:, 1])
+            all_words.append(self.images.features(entry.slot)[1][inliers].reshape(-1, 1))
+            all_signatures.append(self.images.feature_signatures(entry.slot)[inliers].reshape(-1, 1))
+        scores = hamming_scores(self.inverted_file, np.concatenate(all_words), np.concatenate(all_signatures),
+                                self.pipeline.hamming)
+        return verified_first(ranking, scores)
 
     def _window_rerank(self, query_vector, ranking: list[RankedImage], top: int) -> list[RankedImage]:
         """BLCF local search: the top ``top`` re-scored by their best window, re-sorted."""

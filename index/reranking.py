@@ -136,9 +136,17 @@ def expand_and_requery(ranking: list[RankedImage], query_vector, image_vector: C
     if not verified:
         return ranking
     expanded = average_query_expansion(query_vector, [image_vector(e.slot) for e in verified], n_words, alpha)
-    scores = score_vector(expanded)
+    return verified_first(ranking, score_vector(expanded))
+
+
+def verified_first(ranking: list[RankedImage], scores: np.ndarray) -> list[RankedImage]:
+    """The verified entries of ``ranking`` in their order, then every other image by ``scores``.
+
+    Args:
+        ranking: spatially re-ranked list.
+        scores: (n_images,) scores of a second search (e.g. an expanded query).
+    """
     on_top = [e for e in ranking if e.verified]
     seen = {e.slot for e in on_top}
     order = np.lexsort((np.arange(len(scores)), -scores))
-    rest = [RankedImage(int(i), float(scores[i])) for i in order if int(i) not in seen]
-    return on_top + rest
+    return on_top + [RankedImage(int(i), float(scores[i])) for i in order if int(i) not in seen]
