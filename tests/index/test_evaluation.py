@@ -40,3 +40,25 @@ def test_ukbench_protocol(data_dir):
     assert len(dataset.database) == 1000 and len(dataset.queries) == 1000
     perfect = [sorted(g) for g in dataset._positives]
     assert dataset.score(perfect)["N-S"] == 4.0
+
+
+def test_revisitop_protocols_with_junk(tmp_path):
+    import pickle
+
+    from index.datasets import load_dataset
+    names = [f"img{i}" for i in range(6)]
+    gnd = {"imlist": names, "qimlist": ["q0"],
+           "gnd": [{"easy": [0], "hard": [1], "junk": [2], "bbx": [1.0, 2.0, 30.0, 40.0]}]}
+    with open(tmp_path / "gnd_roxford5k.pkl", "wb") as handle:
+        pickle.dump(gnd, handle)
+    dataset = load_dataset("revisitop", str(tmp_path))
+    assert dataset.name == "roxford5k" and dataset.database[0] == "jpg/img0.jpg"
+    assert dataset.queries[0].bbox == (1.0, 2.0, 30.0, 40.0) and dataset.queries[0].name == "jpg/q0.jpg"
+    ranking = ["jpg/img2.jpg", "jpg/img1.jpg", "jpg/img3.jpg", "jpg/img0.jpg"]
+    scores = dataset.score([ranking])
+    # Easy: img0 positive, img1 and img2 junk -> img0 at rank 1 after removing junk: (0/1 + 1/2)/2
+    assert scores["E"] == pytest.approx(0.25)
+    # Medium: img0, img1 positive, img2 junk -> ranks 0 and 2
+    assert scores["M"] == pytest.approx(((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
+    # Hard: img1 positive, img0 and img2 junk -> rank 0
+    assert scores["H"] == pytest.approx(1.0)
