@@ -37,7 +37,8 @@ class EvaluationResult:
 
 
 def index_dataset(index, dataset: Dataset, n_jobs: int = 1, verbose: bool = True) -> ExtractionReport:
-    """Add the dataset's database images to a RetrievalIndex or GlobalIndex (named by their dataset names) that are not yet indexed."""
+    """Add the dataset's database images not yet indexed (named by their dataset names) to a
+    RetrievalIndex or GlobalIndex."""
     todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index.images]
     return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, verbose=verbose)
 

@@ -16,7 +16,7 @@ from bovw.images import load_image, resize_to_max_side
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import Pipeline, get_pipeline
 from cnn.whitening import PCAWhitening
-from index.image_store import ImageStore
+from index.image_store import ImageStore, name_map
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE, hamming_scores
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank, verified_first
@@ -169,19 +169,13 @@ class RetrievalIndex:
         Returns:
             what was extracted, taken from the cache, and skipped (with reasons).
         """
-        names = list(names) if names is not None else [str(p) for p in paths]
-        if len(names) != len(paths):
-            raise ValueError("one name per path is needed")
-        name_of = dict(zip(map(str, paths), names))
+        name_of = name_map(paths, names)
         report = ExtractionReport()
         batch_names, batch_features = [], []
-        for path, features in iter_features(list(map(str, paths)), self.pipeline.read_features,
-                                            self.pipeline.feature_cache(self.cache_dir), report,
-                                            n_jobs=n_jobs, verbose=verbose):
-            if name_of[path] in self.images or name_of[path] in batch_names:
-                report.skipped.append((path, f"an image named {name_of[path]!r} is already indexed"))
-                continue
-            batch_names.append(name_of[path])
+        extracted = iter_features([str(p) for p in paths], self.pipeline.read_features,
+                                  self.pipeline.feature_cache(self.cache_dir), report, n_jobs=n_jobs, verbose=verbose)
+        for name, features in self.images.new_images(extracted, name_of, report):
+            batch_names.append(name)
             batch_features.append(features)
             if len(batch_names) >= 1000:
                 self.add_features(batch_names, batch_features)
@@ -196,9 +190,10 @@ class RetrievalIndex:
 
     def add_features(self, names: Sequence[str], features: Sequence[LocalFeatures]) -> None:
         """Index images given by their local features (from any source: SIFT, CNN)."""
-        words = [self.vocabulary.quantize(self._descriptors(f), beam=self.pipeline.beam).astype(np.int32)
-                 if len(f) else np.zeros(0, np.int32) for f in features]
-        payload = {SIGNATURE: [self.hamming.signatures(self._descriptors(f), w) for f, w in zip(features, words)]} \
+        descriptors = [self._descriptors(f) for f in features]
+        words = [self.vocabulary.quantize(d, beam=self.pipeline.beam).astype(np.int32)
+                 if len(d) else np.zeros(0, np.int32) for d in descriptors]
+        payload = {SIGNATURE: [self.hamming.signatures(d, w) for d, w in zip(descriptors, words)]} \
             if self.hamming is not None else None
         with self._lock.writing():
             self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words,
@@ -207,12 +202,7 @@ class RetrievalIndex:
 
     def remove(self, names: Sequence[str]) -> None:
         """Remove images by name (KeyError naming the first unknown one)."""
-        slots = []
-        for name in names:
-            try:
-                slots.append(self.images.slot(name))
-            except KeyError:
-                raise KeyError(f"no image named {name!r} in the index") from None
+        slots = self.images.slots(names)
         with self._lock.writing():
             self.inverted_file.remove(slots)
             self.images.remove(slots)

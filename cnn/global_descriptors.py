@@ -57,7 +57,8 @@ def raw_vectors(feature_map: np.ndarray, config: GlobalDescriptorConfig) -> np.n
     return l2_normalize(vector[None, :])
 
 
-def embed(raw: np.ndarray, whitening: PCAWhitening | None, config: GlobalDescriptorConfig) -> tuple[np.ndarray, np.ndarray]:
+def embed(raw: np.ndarray, whitening: PCAWhitening | None,
+          config: GlobalDescriptorConfig) -> tuple[np.ndarray, np.ndarray]:
     """Whiten raw vectors into the final descriptor.
 
     Returns:

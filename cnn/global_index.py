@@ -15,7 +15,7 @@ from cnn.global_descriptors import embed, raw_vectors
 from cnn.pipelines import GLOBAL_PIPELINES, GlobalPipeline
 from cnn.whitening import PCAWhitening
 from index.dense_index import DenseIndex
-from index.image_store import ImageStore
+from index.image_store import ImageStore, name_map
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 from index.results import SearchResult
 from index.rw_lock import ReadWriteLock
@@ -81,18 +81,16 @@ class GlobalIndex:
     def add_images(self, paths: Sequence[str], names: Sequence[str] | None = None, n_jobs: int = 1,
                    verbose: bool = True) -> ExtractionReport:
         """Describe and index image files; unusable files are skipped and reported."""
-        names = list(names) if names is not None else [str(p) for p in paths]
-        name_of = dict(zip(map(str, paths), names))
+        name_of = name_map(paths, names)
         report = ExtractionReport()
         new_names, descriptors, regions = [], [], []
-        for path, maps in iter_features(list(map(str, paths)), self.extractor, None, report, verbose=verbose):
-            if name_of[path] in self.images or name_of[path] in new_names:
-                report.skipped.append((path, f"an image named {name_of[path]!r} is already indexed"))
-                continue
+        extracted = iter_features([str(p) for p in paths], self.extractor, None, report, n_jobs=n_jobs,
+                                  verbose=verbose)
+        for name, maps in self.images.new_images(extracted, name_of, report):
             query = self.describe(maps)
             if self.dense is None:
                 self.dense = DenseIndex(len(query.descriptor))
-            new_names.append(name_of[path])
+            new_names.append(name)
             descriptors.append(query.descriptor)
             regions.append(query.rows if self.pipeline.region_rerank else query.rows[:0])
         if new_names:
@@ -105,11 +103,7 @@ class GlobalIndex:
 
     def remove(self, names: Sequence[str]) -> None:
         """Remove images by name (KeyError naming the first unknown one)."""
-        slots = []
-        for name in names:
-            if name not in self.images:
-                raise KeyError(f"no image named {name!r} in the index")
-            slots.append(self.images.slot(name))
+        slots = self.images.slots(names)
         with self._lock.writing():
             self.dense.remove(slots)
             self.images.remove(slots)

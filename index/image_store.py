@@ -7,6 +7,8 @@ so that nothing needs pickling.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 STATE_VERSION = 1
@@ -43,6 +45,25 @@ class ImageStore:
         """Slot of the image called ``name`` (KeyError if absent)."""
         return self._slot_of_name[name]
 
+    def slots(self, names) -> list[int]:
+        """Slots of the images called ``names`` (KeyError naming the first unknown one)."""
+        unknown = [name for name in names if name not in self._slot_of_name]
+        if unknown:
+            raise KeyError(f"no image named {unknown[0]!r} in the index")
+        return [self._slot_of_name[name] for name in names]
+
+    def new_images(self, items, name_of: dict, report) -> Iterator[tuple[str, object]]:
+        """Yield ``(name, value)`` for each ``(path, value)`` whose name is neither indexed nor
+        seen earlier in ``items``; the others are recorded as skipped in ``report``."""
+        seen = set()
+        for path, value in items:
+            name = name_of[path]
+            if name in self or name in seen:
+                report.skipped.append((path, f"an image named {name!r} is already indexed"))
+                continue
+            seen.add(name)
+            yield name, value
+
     def _reindex_names(self) -> None:
         self._slot_of_name = {n: i for i, n in enumerate(self.names)}
 
@@ -74,7 +95,8 @@ class ImageStore:
         self.names = self.names + list(names)
         self.image_sizes = np.concatenate([self.image_sizes, np.asarray(image_sizes, np.int32).reshape(-1, 2)])
         self.offsets = np.r_[self.offsets, self.offsets[-1] + np.cumsum(counts, dtype=np.int64)]
-        self.keypoints = np.concatenate([self.keypoints] + [np.asarray(k, np.float32).reshape(-1, 4) for k in keypoints])
+        self.keypoints = np.concatenate([self.keypoints]
+                                        + [np.asarray(k, np.float32).reshape(-1, 4) for k in keypoints])
         self.words = np.concatenate([self.words] + [np.asarray(w, np.int32).ravel() for w in words])
         if signatures is not None:
             self.signatures = np.concatenate([self.signatures] + [np.asarray(s, np.uint64) for s in signatures])
@@ -131,3 +153,11 @@ class ImageStore:
             raise ValueError("image store signatures do not match its features")
         store._reindex_names()
         return store
+
+
+def name_map(paths, names=None) -> dict[str, str]:
+    """path -> name of each image to index (default: the path itself)."""
+    names = list(names) if names is not None else [str(p) for p in paths]
+    if len(names) != len(paths):
+        raise ValueError("one name per path is needed")
+    return dict(zip(map(str, paths), names))
