@@ -35,3 +35,28 @@ def write_result(name: str, body: str) -> str:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(f"Command: `{command}`\n\nMachine: {machine()}\n\n{body}\n")
     return path
+
+
+def shared_index_row(label: str, pipeline, datasets: dict, indexes: dict, new_index, jobs: int) -> str:
+    """One markdown row: ``pipeline`` run on every dataset, reusing one index per dataset.
+
+    Pipelines that differ only in how they rank share the index built for the first
+    one (``new_index(pipeline)`` -> empty index); the row holds each dataset's score
+    and the query time median and p95 (ms), datasets in ``datasets`` order.
+    """
+    import numpy as np
+
+    from cbir.evaluate import index_dataset, run_queries
+    cells, medians, p95s = [], [], []
+    for name, dataset in datasets.items():
+        if name not in indexes:
+            indexes[name] = new_index(pipeline)
+            index_dataset(indexes[name], dataset, n_jobs=jobs, verbose=False)
+        index = indexes[name]
+        index.pipeline = pipeline
+        result = run_queries(index, dataset, verbose=False)
+        (_, score), = result.scores.items()
+        cells.append(f"{score:.4f}")
+        medians.append(f"{np.median(result.query_ms):.1f}")
+        p95s.append(f"{np.percentile(result.query_ms, 95):.1f}")
+    return f"| {label} | {' | '.join(cells)} | {' / '.join(medians)} | {' / '.join(p95s)} |"

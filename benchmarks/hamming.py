@@ -14,11 +14,10 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
+from benchmarks.common import DEFAULT_DATA, benchmark_datasets, shared_index_row, write_result
 from bovw.extraction import iter_features
 from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
-from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
 
@@ -73,19 +72,8 @@ def main():
     indexes = {}
     for spec in args.methods.split(","):
         pipeline = variant(spec)
-        cells, medians, p95s = [], [], []
-        for name, dataset in datasets.items():
-            if name not in indexes:
-                indexes[name] = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, hamming=hamming)
-                index_dataset(indexes[name], dataset, n_jobs=args.jobs, verbose=False)
-            index = indexes[name]
-            index.pipeline = pipeline
-            result = run_queries(index, dataset, verbose=False)
-            (metric, score), = result.scores.items()
-            cells.append(f"{score:.4f}")
-            medians.append(f"{np.median(result.query_ms):.1f}")
-            p95s.append(f"{np.percentile(result.query_ms, 95):.1f}")
-        lines.append(f"| {spec} | {cells[0]} | {cells[1]} | {' / '.join(medians)} | {' / '.join(p95s)} |")
+        lines.append(shared_index_row(spec, pipeline, datasets, indexes,
+                                      lambda p: RetrievalIndex(vocabulary, p, cache_dir=args.cache, hamming=hamming), args.jobs))
         print(lines[-1], flush=True)
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
 

@@ -15,10 +15,9 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
+from benchmarks.common import DEFAULT_DATA, benchmark_datasets, shared_index_row, write_result
 from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
-from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
 from index.reranking import RankedImage, spatial_rerank
@@ -62,19 +61,8 @@ def main():
         if estimator:
             pipeline = dataclasses.replace(
                 pipeline, verification=dataclasses.replace(pipeline.verification, estimator=estimator))
-        cells, medians, p95s = [], [], []
-        for name, dataset in datasets.items():
-            if name not in indexes:
-                indexes[name] = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache)
-                index_dataset(indexes[name], dataset, n_jobs=args.jobs, verbose=False)
-            index = indexes[name]
-            index.pipeline = pipeline
-            result = run_queries(index, dataset, verbose=False)
-            (metric, score), = result.scores.items()
-            cells.append(f"{score:.4f}")
-            medians.append(f"{np.median(result.query_ms):.1f}")
-            p95s.append(f"{np.percentile(result.query_ms, 95):.1f}")
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {' / '.join(medians)} | {' / '.join(p95s)} |")
+        lines.append(shared_index_row(method, pipeline, datasets, indexes,
+                                      lambda p: RetrievalIndex(vocabulary, p, cache_dir=args.cache), args.jobs))
         print(lines[-1], flush=True)
 
     lines += ["", f"Re-ranking the top 100 of the first {args.timing_queries} queries of each set "
