@@ -25,12 +25,15 @@ class HammingConfig:
         burstiness: divide each vote by the square root of the number of votes
             the same query feature casts in the same image (intra-image burstiness,
             Jegou, Douze & Schmid, CVPR 2009).
+        inter_image: weigh each query feature's votes by ``log(N / N_f)``, N_f the
+            images it votes in (inter-image burstiness, same paper).
         seed: random projection seed.
     """
 
     threshold: int = 24
     sigma: float = 16.0
     burstiness: bool = True
+    inter_image: bool = False
     seed: int = 0
 
 

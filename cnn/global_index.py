@@ -16,6 +16,7 @@ from cnn.pipelines import GLOBAL_PIPELINES, GlobalPipeline
 from cnn.whitening import PCAWhitening
 from index.dense_index import DenseIndex
 from index.image_store import ImageStore, name_map
+from index.kernels import top_indices
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 from index.results import SearchResult
 from index.rw_lock import ReadWriteLock
@@ -140,9 +141,9 @@ class GlobalIndex:
         with self._lock.reading():
             return self._rank(query, top_k)
 
-    def _rank(self, query: GlobalQuery, top_k: int | None) -> list[SearchResult]:
+    def _rank(self, query: GlobalQuery, wanted: int | None) -> list[SearchResult]:
         scores = self.dense.scores(query.descriptor)
-        order = np.lexsort((np.arange(len(scores)), -scores))
+        order = top_indices(scores, None if wanted is None else max(wanted, self.pipeline.region_rerank))
         if self.pipeline.region_rerank:
             head = order[:self.pipeline.region_rerank]
             region = self.dense.region_scores(query.descriptor, head)
@@ -150,7 +151,7 @@ class GlobalIndex:
             scores = scores.copy()
             scores[head] = region
             order = np.r_[head[rerank], order[self.pipeline.region_rerank:]]
-        return [SearchResult(self.images.names[i], float(scores[i]), int(i)) for i in order[:top_k]]
+        return [SearchResult(self.images.names[i], float(scores[i]), int(i)) for i in order[:wanted]]
 
     def save(self, directory: str) -> None:
         """Atomically save the index (pipeline, whitening, descriptors, names)."""

@@ -15,19 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from index import kernels
 from index.weighting import bow_vector, idf
 
 STATE_VERSION = 1
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    shift = np.repeat(starts - (ends - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + shift
 
 
 class InvertedFile:
@@ -78,18 +69,13 @@ class InvertedFile:
     def _statistics(self):
         """(df, idf, image norms), recomputed after every change (kept, so searches only read)."""
         if self._stats is None:
-            words = np.repeat(np.arange(self.n_words, dtype=np.int64), np.diff(self.offsets))
-            # Postings are sorted by (word, slot): runs of one pair are one image's tf.
-            pair = words * max(self.n_images, 1) + self.image_slots
-            starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, np.int64)
-            tf = np.diff(np.r_[starts, len(pair)])
-            df = np.bincount(words[starts], minlength=self.n_words)
-            idf_values = idf(df, self.n_images)
-            weight = tf * idf_values[words[starts]].astype(np.float64)
-            norms = np.sqrt(np.bincount(self.image_slots[starts], weights=weight * weight,
-                                        minlength=self.n_images))
-            self._stats = (df, idf_values, norms)
+            df = kernels.document_frequency(self.offsets, self.image_slots)
+            self._set_statistics(df, np.sqrt(kernels.squared_norms(self.offsets, self.image_slots,
+                                                                   idf(df, self.n_images), self.n_images)))
         return self._stats
+
+    def _set_statistics(self, df: np.ndarray, norms: np.ndarray) -> None:
+        self._stats = (df, idf(df, self.n_images), norms)
 
     def add(self, words_per_image: list[np.ndarray], payload_per_image: dict | None = None) -> np.ndarray:
         """Append images; returns their slots.
@@ -112,30 +98,17 @@ class InvertedFile:
         payload_per_image = payload_per_image or {}
         if set(payload_per_image) != set(self.payload):
             raise ValueError(f"payload {sorted(payload_per_image)} given, {sorted(self.payload)} expected")
-        order = np.argsort(words, kind="stable")
-        new_words = words[order]
-        new_counts = np.bincount(new_words, minlength=self.n_words)
-        old_counts = np.diff(self.offsets)
-        # Merge by word, old postings of a word before the new ones (slots increase).
-        old_words = np.repeat(np.arange(self.n_words), old_counts)
-        new_before = np.r_[0, np.cumsum(new_counts)][:-1]
-        old_through = np.cumsum(old_counts)
-        old_position = np.arange(len(old_words)) + new_before[old_words]
-        new_position = np.arange(len(new_words)) + old_through[new_words]
-        total = len(old_words) + len(new_words)
+        order, new_counts = kernels.counting_order(words, self.n_words)
+        new_offsets = np.r_[0, np.cumsum(new_counts)].astype(np.int64)
 
         def merged(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-            out = np.empty(total, dtype=old.dtype)
-            out[old_position] = old
-            out[new_position] = new[order]
-            return out
+            return kernels.merge_postings(self.offsets, old, new_offsets, new.astype(old.dtype)[order])
 
         self.image_slots = merged(self.image_slots, new_slots)
         for name in self.payload:
-            new = np.concatenate(payload_per_image[name]).astype(self.payload[name].dtype) \
-                if len(words_per_image) else self.payload[name][:0]
-            self.payload[name] = merged(self.payload[name], new)
-        self.offsets = np.r_[0, np.cumsum(old_counts + new_counts)].astype(np.int64)
+            self.payload[name] = merged(self.payload[name], np.concatenate(payload_per_image[name])
+                                        if len(words_per_image) else self.payload[name][:0])
+        self.offsets = self.offsets + new_offsets
         self.n_images += len(words_per_image)
         self._stats = None
         self._statistics()
@@ -152,10 +125,10 @@ class InvertedFile:
         new_slot = np.cumsum(~removed) - 1
         new_slot[removed] = -1
         keep = ~removed[self.image_slots]
-        words = np.repeat(np.arange(self.n_words), np.diff(self.offsets))[keep]
+        kept_before = np.r_[0, np.cumsum(keep)]
         self.image_slots = new_slot[self.image_slots[keep]].astype(np.int32)
         self.payload = {name: values[keep] for name, values in self.payload.items()}
-        self.offsets = np.r_[0, np.cumsum(np.bincount(words, minlength=self.n_words))].astype(np.int64)
+        self.offsets = kept_before[self.offsets].astype(np.int64)
         self.n_images = int((~removed).sum())
         self._stats = None
         self._statistics()
@@ -191,32 +164,19 @@ class InvertedFile:
             (n_images,) float32 cosine similarities.
         """
         words = np.asarray(words, dtype=np.int64)
-        postings, owner = self.postings_of(words)
-        contribution = (np.asarray(values, np.float64) * self.idf[words])[owner]
-        scores = np.bincount(self.image_slots[postings], weights=contribution,
-                             minlength=self.n_images).astype(np.float64)
+        scores = np.zeros(self.n_images, np.float64)
+        kernels.accumulate_scores(self.offsets, self.image_slots, words,
+                                  np.asarray(values, np.float64) * self.idf[words], scores)
         norms = self.image_norms
         return np.divide(scores, norms, out=np.zeros(self.n_images), where=norms > 0).astype(np.float32)
-
-    def postings_of(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All postings of the given words (repeats allowed).
-
-        Args:
-            words: (m,) int word ids.
-
-        Returns:
-            (posting indices (p,) int64 into ``image_slots`` and the payloads,
-            owner (p,) int64: which of the m words each posting belongs to).
-        """
-        words = np.asarray(words, dtype=np.int64)
-        starts, ends = self.offsets[words], self.offsets[words + 1]
-        return _ranges(starts, ends - starts), np.repeat(np.arange(len(words)), ends - starts)
 
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) for persistence; see ``from_state_dict``."""
         meta = {"kind": "inverted-file", "version": STATE_VERSION, "n_words": self.n_words,
                 "n_images": self.n_images, "payload": sorted(self.payload)}
-        arrays = {"offsets": self.offsets, "image_slots": self.image_slots}
+        df, _, norms = self._statistics()
+        arrays = {"offsets": self.offsets, "image_slots": self.image_slots,
+                  "document_frequency": df, "image_norms": norms}
         arrays.update({f"payload_{name}": values for name, values in self.payload.items()})
         return meta, arrays
 
@@ -232,6 +192,7 @@ class InvertedFile:
         if offsets.shape != (inverted.n_words + 1,) or offsets[0] != 0 or offsets[-1] != len(slots) \
                 or np.any(np.diff(offsets) < 0):
             raise ValueError("inverted file offsets are inconsistent with its postings")
+        # The compiled kernels index by slot without bounds checks: every slot is checked here.
         if slots.dtype != np.int32 or (len(slots) and (slots.min() < 0 or slots.max() >= inverted.n_images)):
             raise ValueError("inverted file postings refer to images that do not exist")
         inverted.offsets, inverted.image_slots = offsets, slots
@@ -240,5 +201,10 @@ class InvertedFile:
             if len(values) != len(slots):
                 raise ValueError(f"payload {name!r} does not match the postings")
             inverted.payload[name] = values
+        if "document_frequency" in arrays:  # saved statistics (absent from saves before 0.2)
+            df, norms = np.asarray(arrays["document_frequency"]), np.asarray(arrays["image_norms"])
+            if df.shape != (inverted.n_words,) or norms.shape != (inverted.n_images,):
+                raise ValueError("inverted file statistics do not match its words and images")
+            inverted._set_statistics(df, norms)
         inverted._statistics()
         return inverted

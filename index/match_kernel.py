@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bovw.hamming import HammingConfig, hamming_distance
+from bovw.hamming import HammingConfig
+from index import kernels
 from index.inverted_file import InvertedFile
 
 SIGNATURE = "signature"
@@ -27,20 +28,12 @@ def hamming_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.nda
         config: threshold, sigma, burstiness.
     """
     words = np.asarray(words, np.int64).reshape(len(words), -1)
-    feature = np.repeat(np.arange(len(words)), words.shape[1])
-    flat_words, flat_signatures = words.ravel(), np.asarray(signatures, np.uint64).ravel()
-    postings, owner = inverted.postings_of(flat_words)
-    distance = hamming_distance(flat_signatures[owner], inverted.payload[SIGNATURE][postings])
-    keep = distance <= config.threshold
-    postings, owner, distance = postings[keep], owner[keep], distance[keep].astype(np.float64)
-    slots = inverted.image_slots[postings].astype(np.int64)
+    signatures = np.asarray(signatures, np.uint64).reshape(words.shape)
     idf = inverted.idf.astype(np.float64)
-    weight = np.exp(-distance ** 2 / config.sigma ** 2) * idf[flat_words[owner]] ** 2
-    if config.burstiness and len(weight):
-        _, inverse, counts = np.unique(feature[owner] * max(inverted.n_images, 1) + slots,
-                                       return_inverse=True, return_counts=True)
-        weight /= np.sqrt(counts[inverse])
-    scores = np.bincount(slots, weights=weight, minlength=inverted.n_images)
-    query_norm = np.linalg.norm(np.bincount(words[:, 0], minlength=inverted.n_words) * idf)
+    scores = kernels.hamming_votes(inverted.offsets, inverted.image_slots, inverted.payload[SIGNATURE],
+                                   words, signatures, idf[words] ** 2, config.threshold, config.sigma,
+                                   config.burstiness, config.inter_image, inverted.n_images)
+    unique, tf = np.unique(words[:, 0], return_counts=True)
+    query_norm = np.linalg.norm(tf * idf[unique])
     norms = inverted.image_norms * max(query_norm, 1e-12)
     return np.divide(scores, norms, out=np.zeros(inverted.n_images), where=norms > 0).astype(np.float32)

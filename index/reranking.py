@@ -13,6 +13,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from index.image_store import ImageStore
+from index.kernels import top_indices
 from index.spatial_verification import Verification, VerificationConfig, verify_pair
 
 
@@ -120,7 +121,7 @@ def average_query_expansion(query_vector: tuple[np.ndarray, np.ndarray],
 
 def expand_and_requery(ranking: list[RankedImage], query_vector, image_vector: Callable[[int], tuple],
                        score_vector: Callable[[tuple], np.ndarray], n_words: int, max_results: int = 50,
-                       alpha: float = 0.0) -> list[RankedImage]:
+                       alpha: float = 0.0, limit: int | None = None) -> list[RankedImage]:
     """Expand the query with the verified results, search again; verified results stay on top.
 
     Args:
@@ -131,22 +132,24 @@ def expand_and_requery(ranking: list[RankedImage], query_vector, image_vector: C
         n_words: vocabulary size.
         max_results: at most this many verified results expand the query.
         alpha: 0 for AQE, > 0 for alpha-QE.
+        limit: return at most this many (None: every image).
     """
     verified = [e for e in ranking if e.verified][:max_results]
     if not verified:
         return ranking
     expanded = average_query_expansion(query_vector, [image_vector(e.slot) for e in verified], n_words, alpha)
-    return verified_first(ranking, score_vector(expanded))
+    return verified_first(ranking, score_vector(expanded), limit)
 
 
-def verified_first(ranking: list[RankedImage], scores: np.ndarray) -> list[RankedImage]:
+def verified_first(ranking: list[RankedImage], scores: np.ndarray, limit: int | None = None) -> list[RankedImage]:
     """The verified entries of ``ranking`` in their order, then every other image by ``scores``.
 
     Args:
         ranking: spatially re-ranked list.
         scores: (n_images,) scores of a second search (e.g. an expanded query).
+        limit: return at most this many (None: every image).
     """
     on_top = [e for e in ranking if e.verified]
     seen = {e.slot for e in on_top}
-    order = np.lexsort((np.arange(len(scores)), -scores))
-    return on_top + [RankedImage(int(i), float(scores[i])) for i in order if int(i) not in seen]
+    order = top_indices(scores, None if limit is None else limit + len(on_top))
+    return (on_top + [RankedImage(int(i), float(scores[i])) for i in order if int(i) not in seen])[:limit]
