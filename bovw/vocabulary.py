@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -20,9 +21,6 @@ from bovw.kmeans import kmeans, nearest
 
 #: Version of the layout returned by ``VocabularyTree.state_dict``.
 STATE_VERSION = 1
-
-#: Upper bound on the temporary float32 arrays of one quantization chunk, in bytes.
-_GATHER_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,11 @@ class VocabularyTree:
             if level_centers.shape != expected:
                 raise ValueError(f"level {level} centres have shape {level_centers.shape}, "
                                  f"expected {expected}")
-        self.centers = [np.ascontiguousarray(c, dtype=np.float32) for c in centers]
-        self._sq_norms = [np.einsum("ij,ij->i", c, c) for c in self.centers]
+        # All levels in one array (the descent kernel's layout); ``centers`` are views of it.
+        self._all_centers = np.concatenate([np.asarray(c, dtype=np.float32) for c in centers])
+        self._level_starts = np.cumsum([0] + [len(c) for c in centers[:-1]]).astype(np.int64)
+        self.centers = [self._all_centers[start:start + len(c)] for start, c in zip(self._level_starts, centers)]
+        self._sq_norms = np.einsum("ij,ij->i", self._all_centers, self._all_centers)
 
     @property
     def n_words(self) -> int:
@@ -127,7 +128,7 @@ class VocabularyTree:
             node_of_point = child_of_point
         return cls(centers)
 
-    def quantize(self, descriptors: np.ndarray, k: int = 1, beam: int = 0) -> np.ndarray:
+    def quantize(self, descriptors: np.ndarray, k: int = 1, beam: int = 0, n_jobs: int = 1) -> np.ndarray:
         """Assign each descriptor to its ``k`` nearest words by descending the tree.
 
         At each level the ``max(k, beam)`` best nodes are kept (beam search);
@@ -139,6 +140,7 @@ class VocabularyTree:
             k: words per descriptor (multiple assignment when > 1).
             beam: nodes kept per level; wider beams agree more often with
                 exact nearest-word assignment, at a proportional cost.
+            n_jobs: threads, each descending a share of the descriptors.
 
         Returns:
             (n, k) int64 word ids, nearest first (or (n,) when k == 1).
@@ -149,33 +151,14 @@ class VocabularyTree:
                              f"{self.dim}-d vocabulary")
         if not 1 <= k <= self.n_words:
             raise ValueError(f"k={k} must be between 1 and {self.n_words}")
-        width = max(k, beam)
-        words = np.empty((len(descriptors), k), dtype=np.int64)
-        if len(descriptors):
-            per_row = self.branching * (width * self.dim if self.depth > 1 else 1)
-            chunk = max(1, _GATHER_BYTES // (4 * per_row))
-            for start in range(0, len(descriptors), chunk):
-                part = descriptors[start:start + chunk]
-                words[start:start + chunk] = self._descend(part, width)[:, :k]
-        return words[:, 0] if k == 1 else words
+        def descend(part: np.ndarray) -> np.ndarray:
+            return _descend(part, self._all_centers, self._level_starts, self._sq_norms, self.branching,
+                            self.depth, max(k, beam))[:, :k]
 
-    def _descend(self, x: np.ndarray, width: int) -> np.ndarray:
-        """(n, d) -> (n, width') word ids of the best leaves found, best first."""
-        b = self.branching
-        nodes = np.zeros((len(x), 1), dtype=np.int64)
-        for level in range(self.depth):
-            candidates = (nodes[:, :, None] * b + np.arange(b)).reshape(len(x), -1)
-            if level == 0:
-                sq = self._sq_norms[0][None, :] - 2.0 * (x @ self.centers[0].T)
-            else:
-                sq = self._sq_norms[level][candidates] - 2.0 * np.einsum(
-                    "nd,ncd->nc", x, self.centers[level][candidates])
-            keep = min(width, candidates.shape[1])
-            best = np.argpartition(sq, keep - 1, axis=1)[:, :keep] if keep < sq.shape[1] else \
-                np.broadcast_to(np.arange(keep), (len(x), keep))
-            order = np.argsort(np.take_along_axis(sq, best, axis=1), axis=1, kind="stable")
-            nodes = np.take_along_axis(candidates, np.take_along_axis(best, order, axis=1), axis=1)
-        return nodes
+        parts = np.array_split(descriptors, max(1, min(n_jobs, len(descriptors) // 1000)))
+        with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL
+            words = np.concatenate(list(pool.map(descend, parts)))
+        return words[:, 0] if k == 1 else words
 
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) describing the tree; see ``from_state_dict``."""
@@ -200,3 +183,55 @@ class VocabularyTree:
         if tree.branching != meta["branching"] or tree.dim != meta["dim"]:
             raise ValueError("vocabulary metadata does not match its arrays")
         return tree
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _descend(x, centers, level_starts, sq_norms, b, depth, width):
+    """Beam descent of every descriptor: the ``width`` best nodes of each level are expanded.
+
+    Args:
+        x: (n, d) float32 descriptors.
+        centers: (sum_l b**(l+1), d) float32 centres of all levels, level by level.
+        level_starts: (depth,) int64 first row of each level in ``centers``.
+        sq_norms: (rows,) float32 squared norms of ``centers``.
+        b, depth, width: branching, levels, nodes kept per level.
+
+    Returns:
+        (n, width) int64 leaf ids, nearest first (ties in candidate order).
+    """
+    n, d = x.shape
+    out = np.empty((n, width), np.int64)
+    nodes = np.zeros(width, np.int64)
+    best = np.empty(width, np.int64)
+    best_sq = np.empty(width, np.float32)
+    for r in range(n):
+        n_nodes = 1
+        nodes[0] = 0
+        for level in range(depth):
+            kept = 0
+            for a in range(n_nodes):
+                for j in range(b):
+                    child = nodes[a] * b + j if level > 0 else j
+                    row = level_starts[level] + child
+                    dot = np.float32(0.0)
+                    for t in range(d):
+                        dot += x[r, t] * centers[row, t]
+                    value = sq_norms[row] - np.float32(2.0) * dot
+                    if kept == width and value >= best_sq[width - 1]:
+                        continue
+                    # Insert after equal values (stable); a full list drops its worst.
+                    p = kept if kept < width else width - 1
+                    while p > 0 and best_sq[p - 1] > value:
+                        if p < width:
+                            best_sq[p] = best_sq[p - 1]
+                            best[p] = best[p - 1]
+                        p -= 1
+                    best_sq[p] = value
+                    best[p] = child
+                    if kept < width:
+                        kept += 1
+            n_nodes = kept
+            nodes[:kept] = best[:kept]
+        for a in range(width):
+            out[r, a] = nodes[min(a, n_nodes - 1)]
+    return out

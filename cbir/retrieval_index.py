@@ -18,6 +18,7 @@ from cbir.pipelines import Pipeline, get_pipeline
 from cnn.whitening import PCAWhitening
 from index.image_store import ImageStore, name_map
 from index.inverted_file import InvertedFile
+from index.kernels import top_indices
 from index.match_kernel import SIGNATURE, hamming_scores
 from index.reranking import RankedImage, expand_and_requery, spatial_rerank, verified_first
 from index.window_search import best_window_score
@@ -163,7 +164,7 @@ class RetrievalIndex:
         Args:
             paths: image files.
             names: how each image is called in results (default: its path).
-            n_jobs: extraction threads.
+            n_jobs: extraction and quantization threads.
             verbose: progress bars.
 
         Returns:
@@ -178,21 +179,25 @@ class RetrievalIndex:
             batch_names.append(name)
             batch_features.append(features)
             if len(batch_names) >= 1000:
-                self.add_features(batch_names, batch_features)
+                self.add_features(batch_names, batch_features, n_jobs)
                 batch_names, batch_features = [], []
         if batch_names:
-            self.add_features(batch_names, batch_features)
+            self.add_features(batch_names, batch_features, n_jobs)
         return report
 
     def _descriptors(self, features: LocalFeatures) -> np.ndarray:
         """Descriptors as the vocabulary sees them (whitened when the index has a whitening)."""
         return self.whitening.apply(features.descriptors) if self.whitening is not None else features.descriptors
 
-    def add_features(self, names: Sequence[str], features: Sequence[LocalFeatures]) -> None:
-        """Index images given by their local features (from any source: SIFT, CNN)."""
+    def add_features(self, names: Sequence[str], features: Sequence[LocalFeatures], n_jobs: int = 1) -> None:
+        """Index images given by their local features (from any source: SIFT, CNN); ``n_jobs``
+        quantization threads."""
+        if not len(features):
+            return
         descriptors = [self._descriptors(f) for f in features]
-        words = [self.vocabulary.quantize(d, beam=self.pipeline.beam).astype(np.int32)
-                 if len(d) else np.zeros(0, np.int32) for d in descriptors]
+        stacked = np.concatenate([d for d in descriptors if len(d)] or [np.zeros((0, self.vocabulary.dim), np.float32)])
+        all_words = self.vocabulary.quantize(stacked, beam=self.pipeline.beam, n_jobs=n_jobs)
+        words = np.split(all_words.astype(np.int32), np.cumsum([len(d) for d in descriptors])[:-1])
         payload = {SIGNATURE: [self.hamming.signatures(d, w) for d, w in zip(descriptors, words)]} \
             if self.hamming is not None else None
         with self._lock.writing():
@@ -286,7 +291,7 @@ class RetrievalIndex:
             scores = self.inverted_file.vector_scores(*query_vector)
         wanted = len(self) if top_k is None else min(top_k, len(self))
         head = max(wanted, pipeline.verification.top_k if pipeline.verification else 0)
-        ranking = [RankedImage(int(i), float(scores[i])) for i in _top(scores, head)]
+        ranking = [RankedImage(int(i), float(scores[i])) for i in top_indices(scores, head)]
         if pipeline.window_search:
             ranking = self._window_rerank(query_vector, ranking, pipeline.window_search)
         if pipeline.verification is not None:
@@ -294,16 +299,16 @@ class RetrievalIndex:
                                      n_jobs=n_jobs, query_signatures=signatures,
                                      hamming_threshold=pipeline.hamming.threshold if pipeline.hamming else 0)
         if pipeline.expansion is not None and pipeline.hamming is not None:
-            ranking = self._hamming_expansion(ranking, words, signatures)
+            ranking = self._hamming_expansion(ranking, words, signatures, wanted)
         elif pipeline.expansion is not None:
             ranking = expand_and_requery(
                 ranking, query_vector, lambda slot: self.inverted_file.query_vector(self.images.features(slot)[1]),
                 lambda vector: self.inverted_file.vector_scores(*vector), self.vocabulary.n_words,
-                pipeline.expansion.max_results, pipeline.expansion.alpha)
+                pipeline.expansion.max_results, pipeline.expansion.alpha, wanted)
         return ranking[:wanted]
 
     def _hamming_expansion(self, ranking: list[RankedImage], words: np.ndarray,
-                           signatures: np.ndarray) -> list[RankedImage]:
+                           signatures: np.ndarray, limit: int) -> list[RankedImage]:
         """Query expansion in Hamming-embedding space: the query's features plus the inlier
         features of up to ``max_results`` verified images, searched again; verified stay on top."""
         verified = [e for e in ranking if e.verified][:self.pipeline.expansion.max_results]
@@ -316,7 +321,7 @@ class RetrievalIndex:
             all_signatures.append(self.images.feature_signatures(entry.slot)[inliers].reshape(-1, 1))
         scores = hamming_scores(self.inverted_file, np.concatenate(all_words), np.concatenate(all_signatures),
                                 self.pipeline.hamming)
-        return verified_first(ranking, scores)
+        return verified_first(ranking, scores, limit)
 
     def _window_rerank(self, query_vector, ranking: list[RankedImage], top: int) -> list[RankedImage]:
         """BLCF local search: the top ``top`` re-scored by their best window, re-sorted."""
@@ -386,14 +391,6 @@ class RetrievalIndex:
             raise IndexFormatError(f"{directory}: inverted file, image store and vocabulary disagree")
         index.inverted_file, index.images = inverted, images
         return index
-
-
-def _top(scores: np.ndarray, top_k: int | None) -> np.ndarray:
-    """Indices of the ``top_k`` highest scores, best first (ties by slot)."""
-    if top_k is None or top_k >= len(scores):
-        return np.lexsort((np.arange(len(scores)), -scores))
-    part = np.argpartition(-scores, top_k - 1)[:top_k] if top_k > 0 else np.zeros(0, np.int64)
-    return part[np.lexsort((part, -scores[part]))]
 
 
 def load_index(directory: str, cache_dir: str | None = None, verify: bool = True):
