@@ -92,7 +92,7 @@ def cmd_index(args) -> None:
 
 
 def cmd_query(args) -> None:
-    index = load_index(args.index, cache_dir=args.cache)
+    index = load_index(args.index, cache_dir=args.cache, verify=not args.mmap, mmap=args.mmap)
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
     try:
         results = index.search(args.image, top_k=args.top_k, bbox=bbox, n_jobs=args.n_jobs)
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw-top", type=int, default=5, help="results in the picture (default 5)")
     p.add_argument("--image-root", help="folder the indexed image names are relative to (for --draw)")
     p.add_argument("--n-jobs", type=int, default=1, help="threads for spatial verification")
+    p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it, without "
+                   "checksums (fast start for a large index; shapes and bounds are still checked)")
     common(p, method=False)
     p.set_defaults(func=cmd_query)
 

@@ -393,10 +393,16 @@ class RetrievalIndex:
         return index
 
 
-def load_index(directory: str, cache_dir: str | None = None, verify: bool = True):
-    """Load a saved index of either kind (RetrievalIndex or CNN GlobalIndex), by its manifest."""
+def load_index(directory: str, cache_dir: str | None = None, verify: bool = True, mmap: bool = False):
+    """Load a saved index of either kind (RetrievalIndex or CNN GlobalIndex), by its manifest.
+
+    ``mmap`` memory-maps the postings and per-image arrays of a RetrievalIndex (a
+    large index opens in well under a second; pair it with ``verify=False`` to skip
+    the checksums, which read every byte). Shapes, dtypes and posting bounds are
+    checked either way.
+    """
     from cnn.global_index import INDEX_FORMAT as GLOBAL_FORMAT, GlobalIndex
     manifest = read_manifest(directory)
     if manifest.get("format") == GLOBAL_FORMAT:
         return GlobalIndex.load(directory, cache_dir=cache_dir, verify=verify)
-    return RetrievalIndex.load(directory, cache_dir=cache_dir, verify=verify)
+    return RetrievalIndex.load(directory, cache_dir=cache_dir, verify=verify, mmap=mmap)

@@ -101,3 +101,22 @@ def test_object_array_planted_in_an_index_is_refused(small_index, tmp_path):
         load_index(copy)
     with pytest.raises(IndexFormatError):
         load_index(copy, verify=False)
+
+
+@pytest.mark.parametrize("array, change", [
+    ("inverted_file.image_slots", lambda a: np.where(np.arange(len(a)) == 5, 10 ** 6, a)),
+    ("inverted_file.image_slots", lambda a: np.where(np.arange(len(a)) == 5, -1, a)),
+    ("inverted_file.offsets", lambda a: np.r_[a[:-1], a[-1] + 50]),
+    ("inverted_file.document_frequency", lambda a: a[:-1]),
+])
+def test_crafted_consistent_index_is_refused_without_checksums(small_index, tmp_path, array, change):
+    """A file rewritten with a valid checksum still cannot steer the compiled kernels out of bounds."""
+    from cbir.retrieval_index import INDEX_FORMAT, INDEX_VERSION
+    from index.persistence import load_arrays, save_arrays
+    directory, _, _ = small_index
+    meta, arrays = load_arrays(directory, INDEX_FORMAT, INDEX_VERSION)
+    arrays[array] = change(np.asarray(arrays[array])).astype(arrays[array].dtype)
+    crafted = str(tmp_path / "crafted")
+    save_arrays(crafted, INDEX_FORMAT, INDEX_VERSION, meta, arrays)
+    with pytest.raises(IndexFormatError):
+        load_index(crafted, verify=False, mmap=True)
