@@ -10,13 +10,16 @@ The default estimator, ``similarity-lo``, is Philbin et al.'s: every tentative
 correspondence, with the keypoints' scales and orientations, is a one-point
 similarity hypothesis; the one with most inliers is refined by least-squares
 homography fits on its inliers (local optimisation). It is deterministic and,
-unlike plain RANSAC, insensitive to a low inlier ratio.
+unlike plain RANSAC, insensitive to a low inlier ratio. Its loops (shared-word
+pairs, hypothesis voting, normalised-DLT fits, transfer errors) are compiled
+with numba: about 0.5 ms per image pair.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 
 #: ``VerificationConfig.estimator`` name -> OpenCV ``findHomography`` method.
@@ -87,24 +90,45 @@ def word_correspondences(query_words: np.ndarray, database_words: np.ndarray,
     Returns:
         (p, 2) int64 (query index, database index) pairs, without repeats.
     """
-    query_words = np.asarray(query_words)
+    query_words = np.asarray(query_words, np.int64)
     owner = np.repeat(np.arange(len(query_words)), query_words.size // max(len(query_words), 1))
-    query_words = query_words.ravel()
-    q_order = np.argsort(query_words, kind="stable")
-    d_order = np.argsort(database_words, kind="stable")
-    q_sorted, d_sorted = query_words[q_order], np.asarray(database_words)[d_order]
-    shared = np.intersect1d(q_sorted, d_sorted)
-    if len(shared) == 0:
-        return np.zeros((0, 2), np.int64)
-    q_start, q_end = np.searchsorted(q_sorted, shared), np.searchsorted(q_sorted, shared, "right")
-    d_start, d_end = np.searchsorted(d_sorted, shared), np.searchsorted(d_sorted, shared, "right")
-    nq, nd = q_end - q_start, d_end - d_start
-    n_pairs = np.minimum(nq * nd, max_pairs_per_word)
-    word = np.repeat(np.arange(len(shared)), n_pairs)
-    k = np.arange(len(word)) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    qi = owner[q_order[q_start[word] + k % nq[word]]]
-    di = d_order[d_start[word] + (k // nq[word]) % nd[word]]
-    return np.unique(np.stack([qi, di], axis=1).astype(np.int64), axis=0)
+    database_words = np.asarray(database_words, np.int64)
+    return _shared_word_pairs(query_words.ravel(), owner, database_words, max_pairs_per_word)
+
+
+@numba.njit(cache=True, nogil=True)
+def _shared_word_pairs(query_words, owner, database_words, cap):
+    """(p, 2) int64 (owner[i], j) for query entries i and database features j of one word,
+    at most ``cap`` per word, cycling through both sides' features (merge join); sorted, unique."""
+    q_order = np.argsort(query_words, kind="mergesort")
+    d_order = np.argsort(database_words, kind="mergesort")
+    out = np.empty((min(len(query_words) * cap, len(query_words) * len(database_words)), 2), np.int64)
+    n, i, j = 0, 0, 0
+    while i < len(q_order) and j < len(d_order):
+        qw, dw = query_words[q_order[i]], database_words[d_order[j]]
+        if qw < dw:
+            i += 1
+        elif dw < qw:
+            j += 1
+        else:
+            i_end, j_end = i, j
+            while i_end < len(q_order) and query_words[q_order[i_end]] == qw:
+                i_end += 1
+            while j_end < len(d_order) and database_words[d_order[j_end]] == qw:
+                j_end += 1
+            nq, nd = i_end - i, j_end - j
+            for k in range(min(nq * nd, cap)):
+                out[n, 0] = owner[q_order[i + k % nq]]
+                out[n, 1] = d_order[j + (k // nq) % nd]
+                n += 1
+            i, j = i_end, j_end
+    # Sort by (query, database) and drop repeats, through one key per pair.
+    stride = max(len(database_words), 1)
+    keys = np.unique(out[:n, 0] * stride + out[:n, 1])
+    pairs = np.empty((len(keys), 2), np.int64)
+    pairs[:, 0] = keys // stride
+    pairs[:, 1] = keys % stride
+    return pairs
 
 
 def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> bool:
@@ -130,10 +154,19 @@ def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> 
     return False
 
 
-def _transfer_error(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(n,) distance in pixels between ``homography(src)`` and ``dst``."""
-    projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), homography).reshape(-1, 2)
-    return np.linalg.norm(projected - dst, axis=1)
+@numba.njit(cache=True, nogil=True)
+def _transfer_error(homography, src, dst):
+    """(n,) distance in pixels between ``homography(src)`` and ``dst`` (inf behind the camera)."""
+    errors = np.empty(len(src))
+    for i in range(len(src)):
+        w = homography[2, 0] * src[i, 0] + homography[2, 1] * src[i, 1] + homography[2, 2]
+        if w == 0.0:
+            errors[i] = np.inf
+            continue
+        x = (homography[0, 0] * src[i, 0] + homography[0, 1] * src[i, 1] + homography[0, 2]) / w
+        y = (homography[1, 0] * src[i, 0] + homography[1, 1] * src[i, 1] + homography[1, 2]) / w
+        errors[i] = np.hypot(x - dst[i, 0], y - dst[i, 1])
+    return errors
 
 
 def similarity_lo(src: np.ndarray, dst: np.ndarray, src_shape: np.ndarray, dst_shape: np.ndarray,
@@ -150,22 +183,14 @@ def similarity_lo(src: np.ndarray, dst: np.ndarray, src_shape: np.ndarray, dst_s
     """
     n = len(src)
     hypotheses = np.unique(np.linspace(0, n - 1, min(n, config.max_hypotheses)).round().astype(np.int64))
-    scale = dst_shape[hypotheses, 0] / np.maximum(src_shape[hypotheses, 0], 1e-6)
-    angle = dst_shape[hypotheses, 1] - src_shape[hypotheses, 1]
-    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-    offset = src[None, :, :] - src[hypotheses, None, :]
-    predicted_x = cos[:, None] * offset[..., 0] - sin[:, None] * offset[..., 1] + dst[hypotheses, None, 0]
-    predicted_y = sin[:, None] * offset[..., 0] + cos[:, None] * offset[..., 1] + dst[hypotheses, None, 1]
-    error = np.hypot(predicted_x - dst[None, :, 0], predicted_y - dst[None, :, 1])
     # A similarity only approximates a homography: accept twice the final threshold here.
-    votes = error < 2.0 * config.reprojection_error
-    inliers = votes[int(np.argmax(votes.sum(axis=1)))]
+    inliers = _similarity_inliers(src, dst, src_shape, dst_shape, hypotheses, 2.0 * config.reprojection_error)
     homography = None
     # Local optimisation: re-fit on the inliers while the threshold shrinks to its final value.
     for threshold in np.linspace(2.0, 1.0, max(config.refinements, 1)) * config.reprojection_error:
         if inliers.sum() < 4:
             break
-        fitted, _ = cv2.findHomography(src[inliers], dst[inliers], 0)
+        fitted = fit_homography(src[inliers], dst[inliers])
         if fitted is None:
             break
         refined = _transfer_error(fitted, src, dst) < threshold
@@ -175,6 +200,80 @@ def similarity_lo(src: np.ndarray, dst: np.ndarray, src_shape: np.ndarray, dst_s
     if homography is not None:
         inliers = _transfer_error(homography, src, dst) < config.reprojection_error
     return homography, inliers
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _similarity_sq_errors(src, dst, src_shape, dst_shape, h, out):
+    """``out[i]``: squared distance between ``dst[i]`` and ``src[i]`` mapped by the similarity of
+    correspondence h (scale ratio and rotation of its keypoints, translation onto its point)."""
+    scale = dst_shape[h, 0] / max(src_shape[h, 0], 1e-6)
+    cos, sin = scale * np.cos(dst_shape[h, 1] - src_shape[h, 1]), scale * np.sin(dst_shape[h, 1] - src_shape[h, 1])
+    for i in range(len(src)):
+        dx, dy = src[i, 0] - src[h, 0], src[i, 1] - src[h, 1]
+        ex = cos * dx - sin * dy + dst[h, 0] - dst[i, 0]
+        ey = sin * dx + cos * dy + dst[h, 1] - dst[i, 1]
+        out[i] = ex * ex + ey * ey
+
+
+@numba.njit(cache=True, nogil=True)
+def _similarity_inliers(src, dst, src_shape, dst_shape, hypotheses, threshold):
+    """(n,) bool inliers of the hypothesis (one correspondence's similarity) with most of them
+    (the first on ties)."""
+    errors = np.empty(len(src))
+    best, best_count = hypotheses[0], -1
+    for h in hypotheses:
+        _similarity_sq_errors(src, dst, src_shape, dst_shape, h, errors)
+        count = np.sum(errors < threshold * threshold)
+        if count > best_count:
+            best, best_count = h, count
+    _similarity_sq_errors(src, dst, src_shape, dst_shape, best, errors)
+    return errors < threshold * threshold
+
+
+def fit_homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """Least-squares homography src -> dst (normalised DLT), or None if degenerate.
+
+    Args:
+        src, dst: (n, 2) float64 corresponding points, n >= 4.
+
+    Returns:
+        (3, 3) float64 with H[2, 2] = 1, or None.
+    """
+    homography = _normalised_dlt(np.ascontiguousarray(src, np.float64), np.ascontiguousarray(dst, np.float64))
+    if not np.all(np.isfinite(homography)) or abs(homography[2, 2]) < 1e-12:
+        return None
+    return homography / homography[2, 2]
+
+
+@numba.njit(cache=True, nogil=True)
+def _normaliser(points):
+    """Similarity moving ``points`` to their centroid at mean distance sqrt(2)."""
+    cx, cy = points[:, 0].mean(), points[:, 1].mean()
+    spread = np.sqrt(2.0) / max(np.mean(np.sqrt((points[:, 0] - cx) ** 2 + (points[:, 1] - cy) ** 2)), 1e-12)
+    return np.array([[spread, 0.0, -spread * cx], [0.0, spread, -spread * cy], [0.0, 0.0, 1.0]])
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalised_dlt(src, dst):
+    t_src, t_dst = _normaliser(src), _normaliser(dst)
+    normal = np.zeros((9, 9))
+    row = np.empty(9)
+    for i in range(len(src)):
+        x = t_src[0, 0] * src[i, 0] + t_src[0, 2]
+        y = t_src[1, 1] * src[i, 1] + t_src[1, 2]
+        u = t_dst[0, 0] * dst[i, 0] + t_dst[0, 2]
+        v = t_dst[1, 1] * dst[i, 1] + t_dst[1, 2]
+        for equation in range(2):
+            row[:] = 0.0
+            if equation == 0:
+                row[0], row[1], row[2] = x, y, 1.0
+                row[6], row[7], row[8] = -u * x, -u * y, -u
+            else:
+                row[3], row[4], row[5] = x, y, 1.0
+                row[6], row[7], row[8] = -v * x, -v * y, -v
+            normal += np.outer(row, row)
+    _, vectors = np.linalg.eigh(normal)
+    return np.linalg.solve(t_dst, np.ascontiguousarray(vectors[:, 0]).reshape(3, 3) @ t_src)
 
 
 def hamming_filter(pairs: np.ndarray, query_words: np.ndarray, database_words: np.ndarray,
@@ -234,7 +333,7 @@ def verify_pair(query_keypoints: np.ndarray, query_words: np.ndarray, database_k
     if homography is None or _is_degenerate(homography, src[inliers], dst[inliers]):
         return rejected
     if config.refine:
-        refined, _ = cv2.findHomography(src[inliers], dst[inliers], 0)
+        refined = fit_homography(src[inliers], dst[inliers])
         if refined is not None and not _is_degenerate(refined, src[inliers], dst[inliers]):
             homography = refined
     inlier_pairs = pairs[inliers]

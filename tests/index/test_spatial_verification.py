@@ -6,7 +6,7 @@ import pytest
 
 from bovw.features import extract_sift
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
-from index.spatial_verification import ESTIMATORS, VerificationConfig, verify_pair, word_correspondences
+from index.spatial_verification import ESTIMATORS, VerificationConfig, fit_homography, verify_pair, word_correspondences
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,13 @@ def test_hamming_filtered_correspondences_are_cleaner(homography_words, data_dir
 
     assert 0 < len(filtered) < len(pairs)
     assert inlier_ratio(filtered) > 2 * inlier_ratio(pairs)
+
+
+def test_least_squares_homography_recovers_a_known_map(rng):
+    truth = np.array([[0.9, 0.1, 12.0], [-0.05, 1.1, -7.0], [1e-4, 2e-4, 1.0]])
+    src = rng.uniform(0, 300, (30, 2))
+    dst = cv2.perspectiveTransform(src.reshape(-1, 1, 2), truth).reshape(-1, 2)
+    assert np.allclose(fit_homography(src, dst), truth, atol=1e-6)
+    noisy = fit_homography(src, dst + rng.normal(0, 0.5, dst.shape))
+    error = cv2.perspectiveTransform(src.reshape(-1, 1, 2), noisy).reshape(-1, 2) - dst
+    assert np.abs(error).max() < 2.0
