@@ -19,7 +19,7 @@ def image_folder(tmp_path_factory, data_dir):
 def test_vocab_index_query_eval(image_folder, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     vocab, index = str(tmp_path / "vocab"), str(tmp_path / "index")
-    assert main(["vocab", str(image_folder), "-o", vocab, "--branching", "8", "--depth", "2",
+    assert main(["vocab", str(image_folder), "-o", vocab, "--branching", "32", "--depth", "2",
                  "--cache", cache]) == 0
     assert main(["index", str(image_folder), "-o", index, "--vocab", vocab, "--cache", cache]) == 0
     err = capsys.readouterr().err
