@@ -30,15 +30,21 @@ def parse_args():
     parser.add_argument("--shape", default="141x2", help="vocabulary shape BxL (default 141x2: 19,881 words)")
     parser.add_argument("--methods", default="sift-he,sift-he-sv,sift-he-sv-qe",
                         help="pipelines; NAME:assignments=K:threshold=T:burstiness=0 changes options")
+    parser.add_argument("--contrast", type=float, help="SIFT contrast threshold for every pipeline "
+                        "(default: the pipelines' own, 0.005)")
     parser.add_argument("--jobs", type=int, default=2, help="extraction threads")
     parser.add_argument("--name", default="hamming", help="result file name under benchmarks/results")
     return parser.parse_args()
 
 
-def variant(spec: str):
-    """``sift-he:assignments=1:threshold=20`` -> that pipeline with those options."""
+def variant(spec: str, contrast: float | None = None):
+    """``sift-he:assignments=1:threshold=20`` -> that pipeline with those options (and SIFT
+    contrast threshold, if given)."""
     name, *options = spec.split(":")
     pipeline = get_pipeline(name)
+    if contrast is not None:
+        pipeline = dataclasses.replace(pipeline, features=dataclasses.replace(pipeline.features,
+                                                                              contrast_threshold=contrast))
     for option in options:
         key, value = option.split("=")
         if key == "assignments":
@@ -53,7 +59,7 @@ def variant(spec: str):
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
-    base = get_pipeline("sift-he")
+    base = variant("sift-he", args.contrast)
     descriptors = np.concatenate([f.descriptors for d in datasets.values() for _, f in iter_features(
         d.database_paths, base.read_features, base.feature_cache(args.cache), n_jobs=args.jobs, verbose=False)])
     b, depth = (int(v) for v in args.shape.split("x"))
@@ -65,13 +71,14 @@ def main():
                                      vocabulary.n_words, base.hamming.seed)
     he_s = time.perf_counter() - start
     lines = [f"Vocabulary {vocabulary.n_words} words ({b}^{depth}, {vocab_s:.0f} s) and 64-bit Hamming embedding "
-             f"({he_s:.0f} s), both learned on Holidays + UKBench ({len(descriptors)} RootSIFT descriptors). "
+             f"({he_s:.0f} s), both learned on Holidays + UKBench ({len(descriptors)} RootSIFT descriptors, "
+             f"SIFT contrast threshold {base.features.contrast_threshold}). "
              f"A posting is an int32 image slot + a uint64 signature: 12 bytes.", "",
              "| pipeline | Holidays-811 mAP | UKBench-1000 N-S | query ms median (H / U) | query ms p95 (H / U) |",
              "|---|---|---|---|---|"]
     indexes = {}
     for spec in args.methods.split(","):
-        pipeline = variant(spec)
+        pipeline = variant(spec, args.contrast)
         lines.append(shared_index_row(spec, pipeline, datasets, indexes,
                                       lambda p: RetrievalIndex(vocabulary, p, cache_dir=args.cache, hamming=hamming), args.jobs))
         print(lines[-1], flush=True)
