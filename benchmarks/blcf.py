@@ -7,6 +7,7 @@ learned on the *other* set; ``blcf`` (global search over the inverted file) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
+from bovw.vocabulary import VocabularyConfig
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, learn_local_whitening, train_vocabulary
@@ -25,6 +27,9 @@ def parse_args():
     parser.add_argument("--data", default=DEFAULT_DATA, help="shared data folder (holidays/, ukbench/)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cbir-bench-features"),
                         help="feature cache folder")
+    parser.add_argument("--shape", help="vocabulary shape BxL (default: the pipeline's, 158x2)")
+    parser.add_argument("--assignments", type=int, help="words per query position (default: the pipeline's, 3)")
+    parser.add_argument("--whitening-dim", type=int, help="PCA-whitening dimensions (default: the pipeline's, 256)")
     parser.add_argument("--jobs", type=int, default=2, help="images processed in parallel")
     parser.add_argument("--name", default="blcf", help="result file name under benchmarks/results")
     return parser.parse_args()
@@ -33,15 +38,23 @@ def parse_args():
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
-    blcf, blcf_ls = get_pipeline("blcf"), get_pipeline("blcf-ls")
+    changes = {}
+    if args.shape:
+        b, depth = (int(v) for v in args.shape.split("x"))
+        changes["vocabulary"] = VocabularyConfig(branching=b, depth=depth)
+    if args.assignments:
+        changes["query_assignments"] = args.assignments
+    if args.whitening_dim:
+        changes["local_whitening_dim"] = args.whitening_dim
+    blcf, blcf_ls = (dataclasses.replace(get_pipeline(name), **changes) for name in ("blcf", "blcf-ls"))
     for dataset in datasets.values():  # extract once, in parallel
         for _ in iter_features(dataset.database_paths, blcf.read_features, blcf.feature_cache(args.cache),
                                n_jobs=args.jobs, verbose=False):
             pass
     lines = [f"Local features: {blcf.conv.backbone.name} block-11 expansion conv (672-d, stride 16), "
              f"PCA-whitened to {blcf.local_whitening_dim} dims; vocabulary {blcf.vocabulary.n_words} words "
-             f"({blcf.vocabulary.branching}^{blcf.vocabulary.depth}); whitening and vocabulary learned on the "
-             f"other dataset.", "",
+             f"({blcf.vocabulary.branching}^{blcf.vocabulary.depth}), {blcf.query_assignments} words per query "
+             f"position; whitening and vocabulary learned on the other dataset.", "",
              "| pipeline | eval set | score | query ms median | query ms p95 | whitening + vocab s |",
              "|---|---|---|---|---|---|"]
     for name, dataset in datasets.items():
