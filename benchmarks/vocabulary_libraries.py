@@ -4,7 +4,7 @@ Compares, on real RootSIFT descriptors of ``holidays`` and ``ukbench``:
 
 * training (time and peak memory):
   - our ``VocabularyTree`` (faiss k-means per node) at 10k / 100k / 1M words, plus
-    1M words on a synthetic 2M-descriptor set when fewer real descriptors exist
+    100k and 1M words on a synthetic 2M-descriptor set when fewer real descriptors exist
     (real descriptors sampled with replacement, Gaussian noise sigma 0.01, then
     L2-renormalised);
   - the same tree built with scikit-learn ``KMeans`` per node (defined here only);
@@ -12,7 +12,7 @@ Compares, on real RootSIFT descriptors of ``holidays`` and ``ukbench``:
     and FLANN's flat ``kmeans`` (estimated from a pilot, run only if it fits the cap);
   - FLANN's hierarchical k-means (``compute_cluster_centers``).
 * quantization of held-out descriptors into the 100k and 1M vocabularies:
-  tree descent (beam 0, 3, 10), faiss exact flat search, faiss HNSW and FLANN
+  tree descent (beam 0, 3, 10, 30), faiss exact flat search, faiss HNSW and FLANN
   randomised kd-trees; throughput and agreement with exact nearest-word assignment.
 
 Each training runs in its own child process ('spawn'); its peak memory is the
@@ -51,10 +51,10 @@ if REPO not in sys.path:
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 FULL = dict(holdout=50_000, gt_queries=10_000, train_max=0, tree_depths=[4, 5, 6], synth=2_000_000,
-            synth_depth=6, sk_tree_depths=[4, 5], flat_k=10_000, flat_n=200_000,
+            synth_depths=[5, 6], sk_tree_depths=[4, 5], flat_k=10_000, flat_n=200_000,
             flann_words=[10_000, 100_000, 1_000_000], quant_depths=[5, 6], cap=600.0)
 QUICK = dict(holdout=5_000, gt_queries=2_000, train_max=100_000, tree_depths=[3, 4], synth=0,
-             synth_depth=4, sk_tree_depths=[3], flat_k=1_000, flat_n=20_000,
+             synth_depths=[4], sk_tree_depths=[3], flat_k=1_000, flat_n=20_000,
              flann_words=[1_000, 10_000], quant_depths=[3, 4], cap=120.0)
 
 
@@ -346,7 +346,7 @@ def quantization_rows(label: str, levels: list[np.ndarray], queries: np.ndarray,
 
     rows.append([label, "faiss IndexFlatL2 (exact)", "-", f"{n_gt / exact_s:,.0f}", "100.0", "+0.00"])
     log(" | ".join(rows[-1]) + f"   ({n_gt} queries)")
-    for beam in (0, 3, 10):
+    for beam in (0, 3, 10, 30):
         t0 = time.perf_counter()
         words = tree.quantize(queries, beam=beam)
         add(f"tree descent, beam={beam}" + (" (greedy)" if beam == 0 else ""), None, words,
@@ -355,7 +355,7 @@ def quantization_rows(label: str, levels: list[np.ndarray], queries: np.ndarray,
     hnsw = faiss.IndexHNSWFlat(leaves.shape[1], 32)
     hnsw.add(leaves)
     build = time.perf_counter() - t0
-    for ef in (64, 128):
+    for ef in (16, 32, 64, 128):
         hnsw.hnsw.efSearch = ef
         t0 = time.perf_counter()
         _, i = hnsw.search(queries, 1)
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="held-out descriptors with exact ground truth, for agreement and "
                              f"distortion (default {FULL['gt_queries']}, quick {QUICK['gt_queries']})")
     parser.add_argument("--synth", type=int, default=None,
-                        help="size of the synthetic set for the 1M-word tree when fewer real "
+                        help="size of the synthetic set for the 100k- and 1M-word trees when fewer real "
                              f"training descriptors exist; 0 disables (default {FULL['synth']})")
     parser.add_argument("--cap", type=float, default=None,
                         help="seconds allowed per training run; longer ones are killed or "
@@ -509,10 +509,9 @@ def main(argv: list[str] | None = None) -> None:
         for depth in cfg["tree_depths"]:
             specs.append(dict(name="VocabularyTree (faiss k-means per node)", lib="faiss",
                               method="faiss-tree", b=10, depth=depth, k=10 ** depth, data="train"))
-        if use_synth:
+        for depth in cfg["synth_depths"] if use_synth else []:
             specs.append(dict(name="VocabularyTree (faiss k-means per node)", lib="faiss",
-                              method="faiss-tree", b=10, depth=cfg["synth_depth"],
-                              k=10 ** cfg["synth_depth"], data="synth"))
+                              method="faiss-tree", b=10, depth=depth, k=10 ** depth, data="synth"))
         for depth in cfg["sk_tree_depths"]:
             specs.append(dict(name="same tree, sklearn KMeans per node", lib="sklearn",
                               method="sklearn-tree", b=10, depth=depth, k=10 ** depth, data="train"))
