@@ -156,8 +156,11 @@ class VocabularyTree:
                             self.depth, max(k, beam))[:, :k]
 
         parts = np.array_split(descriptors, max(1, min(n_jobs, len(descriptors) // 1000)))
-        with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL
-            words = np.concatenate(list(pool.map(descend, parts)))
+        if len(parts) == 1:  # the usual query: no thread pool to start
+            words = descend(descriptors)
+        else:
+            with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL
+                words = np.concatenate(list(pool.map(descend, parts)))
         return words[:, 0] if k == 1 else words
 
     def state_dict(self) -> tuple[dict, dict]:

@@ -194,11 +194,11 @@ class RetrievalIndex:
         quantization threads."""
         if not len(features):
             return
-        descriptors = [self._descriptors(f) for f in features]
-        stacked = np.concatenate([d for d in descriptors if len(d)] or [np.zeros((0, self.vocabulary.dim), np.float32)])
-        all_words = self.vocabulary.quantize(stacked, beam=self.pipeline.beam, n_jobs=n_jobs)
-        words = np.split(all_words.astype(np.int32), np.cumsum([len(d) for d in descriptors])[:-1])
-        payload = {SIGNATURE: [self.hamming.signatures(d, w) for d, w in zip(descriptors, words)]} \
+        descriptors = np.concatenate([self._descriptors(f) for f in features])
+        all_words = self.vocabulary.quantize(descriptors, beam=self.pipeline.beam, n_jobs=n_jobs).astype(np.int32)
+        bounds = np.cumsum([len(f) for f in features])[:-1]
+        words = np.split(all_words, bounds)
+        payload = {SIGNATURE: np.split(self.hamming.signatures(descriptors, all_words), bounds)} \
             if self.hamming is not None else None
         with self._lock.writing():
             self.images.add(list(names), [f.image_size for f in features], [f.keypoints for f in features], words,
