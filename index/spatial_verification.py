@@ -22,6 +22,8 @@ import cv2
 import numba
 import numpy as np
 
+from bovw.hamming import hamming_distance
+
 #: ``VerificationConfig.estimator`` name -> OpenCV ``findHomography`` method.
 ESTIMATORS = {"similarity-lo": None, "ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC, "usac-default": cv2.USAC_DEFAULT,
               "usac-accurate": cv2.USAC_ACCURATE}
@@ -288,7 +290,7 @@ def hamming_filter(pairs: np.ndarray, query_words: np.ndarray, database_words: n
     query_words = np.asarray(query_words).reshape(len(query_words), -1)
     query_signatures = np.asarray(query_signatures, np.uint64).reshape(query_words.shape)
     shared = np.argmax(query_words[pairs[:, 0]] == np.asarray(database_words)[pairs[:, 1], None], axis=1)
-    distance = np.bitwise_count(query_signatures[pairs[:, 0], shared] ^ database_signatures[pairs[:, 1]])
+    distance = hamming_distance(query_signatures[pairs[:, 0], shared], database_signatures[pairs[:, 1]])
     return pairs[distance <= threshold]
 
 
