@@ -1,5 +1,6 @@
 import numpy as np
 
+from index.inverted_file import InvertedFile
 from index.window_search import best_window_score, candidate_windows
 
 
@@ -11,15 +12,21 @@ def grid(words: np.ndarray, stride: int = 16):
 
 
 def test_object_in_a_corner_is_found_by_a_window():
+    """The object fills 16 of 144 cells: the inverted file's whole-image cosine is
+    16 * 0.25 / 12 = 1/3, the best window (the 4x4 one on the object) scores 1."""
     words = np.arange(100, 100 + 12 * 12).reshape(12, 12)  # clutter: words the query does not have
     words[:4, :4] = np.arange(16).reshape(4, 4)            # the object: the query's 16 words
     keypoints, flat = grid(words)
-    idf = np.ones(300)
-    query_words, query_values = np.arange(16), np.full(16, 0.25)
-    whole = (query_values @ np.ones(16)) / np.sqrt(words.size)
-    best = best_window_score(query_words, query_values, idf, keypoints, flat)
+    inverted = InvertedFile(300)
+    inverted.add([flat, np.array([299])])  # a second image, so that every word's idf is log 2
+    whole = float(inverted.scores(np.arange(16))[0])
+    query_words, query_values = inverted.query_vector(np.arange(16))
     assert np.isclose(whole, 1 / 3)
-    assert np.isclose(best, 1.0)  # the 4x4 window on the object
+    only_whole = best_window_score(query_words, query_values, inverted.idf, keypoints, flat,
+                                   steps=1, min_fraction=1.0)
+    assert np.isclose(only_whole, whole)  # the whole map as the only window: the same cosine
+    best = best_window_score(query_words, query_values, inverted.idf, keypoints, flat)
+    assert best > whole and np.isclose(best, 1.0)
 
 
 def test_exact_window_scores_one():

@@ -1,0 +1,56 @@
+import os
+
+import numpy as np
+import pytest
+
+from bovw.images import ImageOptions, load_image
+from cnn.backbone import BackboneOptions
+from cnn.local_features import ConvLocalOptions, conv_local_features, conv_local_from_image
+
+
+def test_one_feature_per_cell_in_row_major_order(rng):
+    """A 3x4 map (not square, so rows and columns cannot be swapped unnoticed)."""
+    local_map = rng.random((5, 3, 4)).astype(np.float32)
+    features = conv_local_features(local_map, stride=16, image_size=(48, 64))
+    assert len(features) == 12 and features.image_size == (48, 64)
+    for i, (x, y, scale, angle) in enumerate(features.keypoints):
+        row, col = divmod(i, 4)
+        assert (x, y, scale, angle) == ((col + 0.5) * 16, (row + 0.5) * 16, 16, 0)
+        cell = local_map[:, row, col]
+        assert np.allclose(features.descriptors[i], cell / np.linalg.norm(cell), atol=1e-6)
+    assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-6)
+
+
+def test_fractional_stride_and_zero_cells():
+    """An up-scaled image gives a fractional stride; an all-zero cell keeps a zero descriptor."""
+    local_map = np.ones((2, 2, 2), np.float32)
+    local_map[:, 1, 0] = 0
+    features = conv_local_features(local_map, stride=7.5, image_size=(15, 15))
+    assert features.keypoints[:, :2].tolist() == [[3.75, 3.75], [11.25, 3.75], [3.75, 11.25], [11.25, 11.25]]
+    assert np.array_equal(features.descriptors[2], [0, 0]) and np.all(np.isfinite(features.descriptors))
+
+
+@pytest.fixture(scope="module")
+def photo(data_dir):
+    return load_image(os.path.join(data_dir, "ukbench", "ukbench00008.jpg"), ImageOptions(), color=True)
+
+
+def test_a_shifted_crop_matches_the_same_places(photo):
+    """Real backbone: a crop starting 64 px (4 cells) to the right. Away from the
+    borders, each crop descriptor's nearest neighbour in the full image is the
+    feature whose keypoint lies at the same place of the scene (x + 64, same y)."""
+    full, crop = conv_local_from_image(photo), conv_local_from_image(photo[:, 64:])
+    assert (len(full), len(crop)) == (15 * 20, 15 * 16)
+    assert np.allclose(np.linalg.norm(full.descriptors, axis=1), 1.0, atol=1e-5)
+    x, y = crop.keypoints[:, 0], crop.keypoints[:, 1]
+    inner = (x > 32) & (x < 256 - 32) & (y > 32) & (y < 240 - 32)
+    nearest = np.argmax(crop.descriptors[inner] @ full.descriptors.T, axis=1)
+    same_place = np.all(full.keypoints[nearest, :2] == crop.keypoints[inner, :2] + [64, 0], axis=1)
+    assert inner.sum() == 11 * 12 and same_place.mean() > 0.8
+
+
+def test_upscaled_input_gives_keypoints_in_the_original_pixels(photo):
+    """Up-scaled to 640 px, the map has twice the cells and the stride halves to 8 image pixels."""
+    features = conv_local_from_image(photo, ConvLocalOptions(BackboneOptions(max_side=640, upscale=True)))
+    assert len(features) == 30 * 40 and features.image_size == (240, 320)
+    assert tuple(features.keypoints[0]) == (4, 4, 8, 0) and tuple(features.keypoints[-1, :2]) == (316, 236)
