@@ -6,12 +6,19 @@ order (an image with tf occurrences of ``w`` appears tf times). Optional
 per-feature payload arrays run parallel to ``image_slots`` (e.g. a Hamming
 embedding signature per posting); they are kept aligned through add and remove.
 
+Adding is amortised linear-time: ``add`` only buffers its images, and the next
+read (or an explicit ``consolidate``) merges everything pending with one
+counting sort and one linear pass over the postings, into exactly the layout
+that adding the batches one at a time would give.
+
 Scores are exact cosine similarities of L2-normalised tf-idf vectors:
 ``score(q, i) = sum_w q_w * idf_w * tf_{w,i} / ||d_i||`` with ``d_i`` the
-unnormalised tf-idf vector of image i. idf and the image norms follow every
-add and remove.
+unnormalised tf-idf vector of image i. idf and the image norms are recomputed
+once per consolidation and after every remove.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -27,6 +34,19 @@ class InvertedFile:
     Images are addressed by *slot*, 0..n_images-1 in order of addition;
     removing images renumbers the slots that follow (see ``remove``).
 
+    ``add`` assigns slots at once but only buffers the postings; they are
+    merged by ``consolidate``, which every read (``offsets``, ``image_slots``,
+    ``payload``, the statistics, scores, ``remove``, ``state_dict``) calls first
+    when something is ``pending``.
+
+    Thread safety: the owner (a searchable index) holds its write lock during
+    ``add``, ``remove`` and ``consolidate``, and calls ``consolidate()`` under
+    that write lock before taking its read lock to search, so concurrent readers
+    never find pending work and only read. A read that does find pending work
+    consolidates first: fine single-threaded, and readers racing there merge once
+    (an internal lock), but a read concurrent with ``add`` or ``remove`` is not
+    supported.
+
     Args:
         n_words: vocabulary size.
         payload_dtypes: name -> dtype of per-feature payload arrays (optional).
@@ -35,10 +55,39 @@ class InvertedFile:
     def __init__(self, n_words: int, payload_dtypes: dict | None = None):
         self.n_words = int(n_words)
         self.n_images = 0
-        self.offsets = np.zeros(self.n_words + 1, dtype=np.int64)
-        self.image_slots = np.zeros(0, dtype=np.int32)
-        self.payload = {name: np.zeros((0,), dtype) for name, dtype in (payload_dtypes or {}).items()}
-        self._stats = None
+        self._offsets = np.zeros(self.n_words + 1, dtype=np.int64)
+        self._image_slots = np.zeros(0, dtype=np.int32)
+        self._payload = {name: np.zeros((0,), dtype) for name, dtype in (payload_dtypes or {}).items()}
+        # Added, not yet merged: per add() call, its words (int32 below 2^31 words),
+        # slots (int32) and payload arrays; _pending_images counts its images.
+        self._pending_words, self._pending_slots = [], []
+        self._pending_payload = {name: [] for name in self._payload}
+        self._pending_images = 0
+        self._consolidation_lock = threading.Lock()
+        self._set_statistics(np.zeros(self.n_words, np.int64), np.zeros(0, np.float64))
+
+    @property
+    def pending(self) -> bool:
+        """True when added images await ``consolidate`` (the next read does it)."""
+        return self._pending_images > 0
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n_words + 1,) int64 word boundaries in ``image_slots``."""
+        self.consolidate()
+        return self._offsets
+
+    @property
+    def image_slots(self) -> np.ndarray:
+        """(n_postings,) int32 image slot of every posting, by word then slot."""
+        self.consolidate()
+        return self._image_slots
+
+    @property
+    def payload(self) -> dict:
+        """name -> (n_postings,) payload array, aligned with ``image_slots``."""
+        self.consolidate()
+        return self._payload
 
     @property
     def n_postings(self) -> int:
@@ -67,18 +116,22 @@ class InvertedFile:
         return float(self.n_words * np.square(counts / total).sum()) if total else 0.0
 
     def _statistics(self):
-        """(df, idf, image norms), recomputed after every change (kept, so searches only read)."""
-        if self._stats is None:
-            df = kernels.document_frequency(self.offsets, self.image_slots)
-            self._set_statistics(df, np.sqrt(kernels.squared_norms(self.offsets, self.image_slots,
-                                                                   idf(df, self.n_images), self.n_images)))
+        """(df, idf, image norms) of the consolidated postings (kept, so searches only read)."""
+        self.consolidate()
         return self._stats
+
+    def _statistics_of(self, offsets: np.ndarray, image_slots: np.ndarray) -> tuple:
+        """(df (n_words,) int64, idf (n_words,) float32, norms (n_images,) float64) of postings
+        ``offsets``, ``image_slots`` of all ``n_images`` images."""
+        df = kernels.document_frequency(offsets, image_slots)
+        weights = idf(df, self.n_images)
+        return df, weights, np.sqrt(kernels.squared_norms(offsets, image_slots, weights, self.n_images))
 
     def _set_statistics(self, df: np.ndarray, norms: np.ndarray) -> None:
         self._stats = (df, idf(df, self.n_images), norms)
 
     def add(self, words_per_image: list[np.ndarray], payload_per_image: dict | None = None) -> np.ndarray:
-        """Append images; returns their slots.
+        """Append images; returns their slots. Their postings wait for ``consolidate``.
 
         Args:
             words_per_image: per image, (n_i,) int word ids of its features.
@@ -90,29 +143,52 @@ class InvertedFile:
         """
         counts = np.array([len(w) for w in words_per_image], dtype=np.int64)
         slots = np.arange(self.n_images, self.n_images + len(words_per_image), dtype=np.int64)
-        words = np.concatenate([np.asarray(w, np.int64).ravel() for w in words_per_image]) \
-            if len(words_per_image) else np.zeros(0, np.int64)
+        payload_per_image = payload_per_image or {}
+        if set(payload_per_image) != set(self._payload):
+            raise ValueError(f"payload {sorted(payload_per_image)} given, {sorted(self._payload)} expected")
+        if not len(words_per_image):
+            return slots
+        words = np.concatenate([np.asarray(w, np.int64).ravel() for w in words_per_image])
         if len(words) and (words.min() < 0 or words.max() >= self.n_words):
             raise ValueError(f"word ids must lie in [0, {self.n_words})")
-        new_slots = np.repeat(slots, counts).astype(np.int32)
-        payload_per_image = payload_per_image or {}
-        if set(payload_per_image) != set(self.payload):
-            raise ValueError(f"payload {sorted(payload_per_image)} given, {sorted(self.payload)} expected")
-        order, new_counts = kernels.counting_order(words, self.n_words)
-        new_offsets = np.r_[0, np.cumsum(new_counts)].astype(np.int64)
-
-        def merged(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-            return kernels.merge_postings(self.offsets, old, new_offsets, new.astype(old.dtype)[order])
-
-        self.image_slots = merged(self.image_slots, new_slots)
-        for name in self.payload:
-            self.payload[name] = merged(self.payload[name], np.concatenate(payload_per_image[name])
-                                        if len(words_per_image) else self.payload[name][:0])
-        self.offsets = self.offsets + new_offsets
+        for name, values in payload_per_image.items():
+            if len(values) != len(counts) or np.any(np.array([len(v) for v in values]) != counts):
+                raise ValueError(f"payload {name!r} does not match the words image by image")
+        for name, values in payload_per_image.items():
+            self._pending_payload[name].append(np.concatenate(values).astype(self._payload[name].dtype, copy=False))
+        self._pending_words.append(words.astype(np.int32) if self.n_words <= 2 ** 31 else words)
+        self._pending_slots.append(np.repeat(slots, counts).astype(np.int32))
+        self._pending_images += len(words_per_image)
         self.n_images += len(words_per_image)
-        self._stats = None
-        self._statistics()
         return slots
+
+    def consolidate(self) -> None:
+        """Merge every pending image into the postings, then recompute the statistics.
+
+        One stable counting sort of the pending postings by word and one linear
+        merge after the existing postings of each word: the result is exactly
+        that of adding the batches one at a time. A no-op when nothing is pending.
+        """
+        if not self._pending_images:
+            return
+        with self._consolidation_lock:
+            if not self._pending_images:  # a racing reader merged meanwhile
+                return
+            order, new_counts = kernels.counting_order(np.concatenate(self._pending_words), self.n_words)
+            new_offsets = np.r_[0, np.cumsum(new_counts)].astype(np.int64)
+
+            def merged(old: np.ndarray, pending: list[np.ndarray]) -> np.ndarray:
+                return kernels.merge_postings(self._offsets, old, new_offsets, np.concatenate(pending)[order])
+
+            image_slots = merged(self._image_slots, self._pending_slots)
+            payload = {name: merged(values, self._pending_payload[name]) for name, values in self._payload.items()}
+            offsets = self._offsets + new_offsets
+            stats = self._statistics_of(offsets, image_slots)
+            # Nothing changes until here, so a failed merge (out of memory) leaves the work pending.
+            self._offsets, self._image_slots, self._payload, self._stats = offsets, image_slots, payload, stats
+            self._pending_words, self._pending_slots = [], []
+            self._pending_payload = {name: [] for name in self._payload}
+            self._pending_images = 0  # last: readers that see nothing pending find everything merged
 
     def remove(self, slots) -> np.ndarray:
         """Remove images; the remaining ones keep their order and are renumbered.
@@ -120,18 +196,18 @@ class InvertedFile:
         Returns:
             (n_images_before,) int64 map old slot -> new slot (-1 if removed).
         """
+        self.consolidate()
         removed = np.zeros(self.n_images, dtype=bool)
         removed[np.asarray(slots, dtype=np.int64)] = True
         new_slot = np.cumsum(~removed) - 1
         new_slot[removed] = -1
-        keep = ~removed[self.image_slots]
+        keep = ~removed[self._image_slots]
         kept_before = np.r_[0, np.cumsum(keep)]
-        self.image_slots = new_slot[self.image_slots[keep]].astype(np.int32)
-        self.payload = {name: values[keep] for name, values in self.payload.items()}
-        self.offsets = kept_before[self.offsets].astype(np.int64)
+        self._image_slots = new_slot[self._image_slots[keep]].astype(np.int32)
+        self._payload = {name: values[keep] for name, values in self._payload.items()}
+        self._offsets = kept_before[self._offsets].astype(np.int64)
         self.n_images = int((~removed).sum())
-        self._stats = None
-        self._statistics()
+        self._stats = self._statistics_of(self._offsets, self._image_slots)
         return new_slot
 
     def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
@@ -185,7 +261,8 @@ class InvertedFile:
         """Rebuild from ``state_dict()`` output, checking consistency (raises ValueError)."""
         if meta.get("kind") != "inverted-file" or meta.get("version") != STATE_VERSION:
             raise ValueError(f"not a version-{STATE_VERSION} inverted file")
-        inverted = cls(int(meta["n_words"]))
+        payload = {name: arrays[f"payload_{name}"] for name in meta.get("payload", [])}
+        inverted = cls(int(meta["n_words"]), {name: values.dtype for name, values in payload.items()})
         inverted.n_images = int(meta["n_images"])
         offsets = np.asarray(arrays["offsets"], dtype=np.int64)
         slots = np.asarray(arrays["image_slots"])
@@ -195,16 +272,18 @@ class InvertedFile:
         # The compiled kernels index by slot without bounds checks: every slot is checked here.
         if slots.dtype != np.int32 or (len(slots) and (slots.min() < 0 or slots.max() >= inverted.n_images)):
             raise ValueError("inverted file postings refer to images that do not exist")
-        inverted.offsets, inverted.image_slots = offsets, slots
-        for name in meta.get("payload", []):
-            values = arrays[f"payload_{name}"]
+        inverted._offsets, inverted._image_slots = offsets, slots
+        for name, values in payload.items():
             if len(values) != len(slots):
                 raise ValueError(f"payload {name!r} does not match the postings")
-            inverted.payload[name] = values
-        if "document_frequency" in arrays:  # saved statistics (absent from saves before 0.2)
+        inverted._payload = payload
+        # Saved statistics; absent from saves made before the statistics were saved
+        # (early format-1 saves of 0.1.0), for which they are recomputed.
+        if "document_frequency" in arrays:
             df, norms = np.asarray(arrays["document_frequency"]), np.asarray(arrays["image_norms"])
             if df.shape != (inverted.n_words,) or norms.shape != (inverted.n_images,):
                 raise ValueError("inverted file statistics do not match its words and images")
             inverted._set_statistics(df, norms)
-        inverted._statistics()
+        else:
+            inverted._stats = inverted._statistics_of(offsets, slots)
         return inverted

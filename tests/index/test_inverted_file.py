@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from index import kernels
 from index.inverted_file import InvertedFile
 
 N_WORDS = 50
@@ -21,6 +22,30 @@ def dense_tfidf_scores(images: list[np.ndarray], query: np.ndarray) -> np.ndarra
 
 def random_images(rng, n):
     return [rng.integers(0, N_WORDS, rng.integers(1, 40)) for _ in range(n)]
+
+
+def feature_tags(images):
+    """Per image, a distinct tag per feature: 1000 * image index + feature index."""
+    return [1000 * i + np.arange(len(w)) for i, w in enumerate(images)]
+
+
+def tagged(images, tags=None):
+    """An inverted file of ``images`` added at once, tagged by ``feature_tags`` unless given."""
+    inverted = InvertedFile(N_WORDS, {"tag": np.int64})
+    inverted.add(images, {"tag": feature_tags(images) if tags is None else tags})
+    return inverted
+
+
+def assert_identical(a: InvertedFile, b: InvertedFile, query: np.ndarray):
+    """Same postings, payload, statistics and scores, bit for bit."""
+    assert a.n_images == b.n_images
+    for name in ("offsets", "image_slots", "document_frequency", "idf", "image_norms"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert getattr(a, name).dtype == getattr(b, name).dtype, name
+    assert a.payload.keys() == b.payload.keys()
+    for name in a.payload:
+        assert np.array_equal(a.payload[name], b.payload[name]), name
+    assert np.array_equal(a.scores(query), b.scores(query))
 
 
 def test_scores_equal_dense_cosine(rng):
@@ -66,14 +91,20 @@ def test_remove_keeps_idf_right(rng):
 
 def test_payload_stays_aligned_with_postings(rng):
     images = random_images(rng, 12)
+    tags = feature_tags(images)
     inverted = InvertedFile(N_WORDS, {"tag": np.int64})
-    tags = [np.full(len(w), i) for i, w in enumerate(images)]
     inverted.add(images[:6], {"tag": tags[:6]})
     inverted.add(images[6:], {"tag": tags[6:]})
-    inverted.remove([2])
-    new_slot = np.r_[0, 1, 2:11]
-    assert np.array_equal(inverted.payload["tag"], np.array([0, 1, *range(3, 12)])[inverted.image_slots])
-    assert len(new_slot) == inverted.n_images
+    mapping = inverted.remove([2])
+    original = np.flatnonzero(mapping >= 0)  # original image of each new slot
+    assert np.array_equal(mapping[original], np.arange(11)) and inverted.n_images == 11
+    tag = inverted.payload["tag"]
+    posting_words = np.repeat(np.arange(N_WORDS), np.diff(inverted.offsets))
+    # every posting's tag names a feature of the image its slot now points to, quantized to its word
+    assert np.array_equal(tag // 1000, original[inverted.image_slots])
+    assert np.array_equal([images[t // 1000][t % 1000] for t in tag], posting_words)
+    fresh = tagged([images[i] for i in original], [tags[i] for i in original])
+    assert_identical(inverted, fresh, rng.integers(0, N_WORDS, 20))
 
 
 def test_multiple_assignment_weights(rng):
@@ -92,19 +123,22 @@ def test_empty_collection_and_unknown_words():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10 ** 6)), min_size=1, max_size=12))
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "read"]), st.integers(0, 10 ** 6)),
+                min_size=1, max_size=12))
 def test_any_add_remove_sequence_matches_brute_force(operations):
     rng = np.random.default_rng(len(operations))
     inverted, model = InvertedFile(N_WORDS), []
-    for is_add, seed in operations:
-        if is_add or not model:
+    for operation, seed in operations:
+        if operation == "add" or not model:
             batch = random_images(np.random.default_rng(seed), 1 + seed % 4)
             inverted.add(batch)
             model += batch
-        else:
+        elif operation == "remove":
             victim = seed % len(model)
             inverted.remove([victim])
             model.pop(victim)
+        else:
+            assert inverted.n_postings == sum(map(len, model)) and not inverted.pending
     query = rng.integers(0, N_WORDS, 20)
     if model:
         assert np.allclose(inverted.scores(query), dense_tfidf_scores(model, query), atol=1e-6)
@@ -120,3 +154,107 @@ def test_state_dict_round_trip_and_validation(rng):
     bad = dict(arrays, image_slots=arrays["image_slots"] + 100)
     with pytest.raises(ValueError, match="do not exist"):
         InvertedFile.from_state_dict(meta, bad)
+
+
+def test_state_dict_without_statistics_loads_the_same(rng):
+    """Early format-1 saves carry no document_frequency / image_norms: they are recomputed."""
+    inverted = tagged(random_images(rng, 25))
+    meta, arrays = inverted.state_dict()
+    early = {name: values for name, values in arrays.items() if name not in ("document_frequency", "image_norms")}
+    assert_identical(InvertedFile.from_state_dict(meta, early), InvertedFile.from_state_dict(meta, arrays),
+                     rng.integers(0, N_WORDS, 20))
+
+
+def test_many_small_adds_equal_one_add(rng):
+    images = random_images(rng, 200)
+    images[17] = np.zeros(0, np.int64)  # images without features take a slot too
+    bounds = np.r_[0, np.sort(rng.choice(np.arange(1, 200), 49, replace=False)), 200]  # 50 batches
+    tags = feature_tags(images)
+    batched = InvertedFile(N_WORDS, {"tag": np.int64})
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        assert np.array_equal(batched.add(images[start:end], {"tag": tags[start:end]}), np.arange(start, end))
+        assert batched.n_images == end
+    assert batched.pending
+    query = rng.integers(0, N_WORDS, 30)
+    assert_identical(batched, tagged(images), query)
+    assert not batched.pending
+    batched.add([np.zeros(0, np.int64)], {"tag": [np.zeros(0, np.int64)]})  # pending work without postings
+    assert batched.pending
+    assert_identical(batched, tagged([*images, np.zeros(0, np.int64)]), query)
+    assert batched.image_norms.shape == (201,)
+
+
+def test_interleaved_add_remove_add_equals_fresh_build(rng):
+    images = random_images(rng, 60)
+    tags = feature_tags(images)
+    inverted = InvertedFile(N_WORDS, {"tag": np.int64})
+    inverted.add(images[:20], {"tag": tags[:20]})
+    inverted.add(images[20:30], {"tag": tags[20:30]})
+    inverted.remove([3, 25])  # removes from pending work
+    inverted.add(images[30:45], {"tag": tags[30:45]})
+    inverted.scores(images[0])
+    inverted.add(images[45:], {"tag": tags[45:]})
+    inverted.remove([0, 50])  # slots 0 and 50 are images 0 and 52 now
+    kept = [i for i in range(60) if i not in (0, 3, 25, 52)]
+    assert_identical(inverted, tagged([images[i] for i in kept], [tags[i] for i in kept]),
+                     rng.integers(0, N_WORDS, 30))
+
+
+def test_state_dict_with_pending_work_saves_everything(rng):
+    images = random_images(rng, 30)
+    tags = feature_tags(images)
+    inverted = InvertedFile(N_WORDS, {"tag": np.int64})
+    inverted.add(images[:10], {"tag": tags[:10]})
+    inverted.scores(images[0])
+    inverted.add(images[10:], {"tag": tags[10:]})
+    assert inverted.pending
+    meta, arrays = inverted.state_dict()
+    fresh = tagged(images)
+    assert meta == fresh.state_dict()[0] and meta["n_images"] == 30
+    assert all(np.array_equal(values, fresh.state_dict()[1][name]) for name, values in arrays.items())
+    assert_identical(InvertedFile.from_state_dict(meta, arrays), fresh, rng.integers(0, N_WORDS, 20))
+
+
+def test_consolidation_is_lazy_and_merges_once(rng, monkeypatch):
+    calls = {"counting_order": 0, "merge_postings": 0, "squared_norms": 0}
+
+    def counted(name):
+        kernel = getattr(kernels, name)
+
+        def wrapper(*args):
+            calls[name] += 1
+            return kernel(*args)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(kernels, name, counted(name))
+    images = random_images(rng, 100)
+    tags = feature_tags(images)
+    inverted = InvertedFile(N_WORDS, {"tag": np.int64})
+    for start in range(0, 100, 5):
+        inverted.add(images[start:start + 5], {"tag": tags[start:start + 5]})
+    assert inverted.pending and inverted.n_images == 100
+    assert calls == {"counting_order": 0, "merge_postings": 0, "squared_norms": 0}
+    scores = inverted.scores(images[7])
+    # one counting sort, one merge of the slots and one of the payload, statistics once
+    assert calls == {"counting_order": 1, "merge_postings": 2, "squared_norms": 1}
+    assert not inverted.pending and int(np.argmax(scores)) == 7
+    inverted.scores(images[8])
+    inverted.state_dict()
+    assert calls == {"counting_order": 1, "merge_postings": 2, "squared_norms": 1}
+
+
+def test_invalid_add_changes_nothing(rng):
+    inverted = tagged(random_images(rng, 5))
+    before = inverted.state_dict()[1]
+    images = random_images(rng, 3)
+    for words, tags, message in ((images, feature_tags(images)[:2], "does not match"),
+                                 (images, [t[:-1] for t in feature_tags(images)], "does not match"),
+                                 ([*images[:2], np.array([N_WORDS])], feature_tags(images), "word ids")):
+        with pytest.raises(ValueError, match=message):
+            inverted.add(words, {"tag": tags})
+        assert not inverted.pending and inverted.n_images == 5
+    with pytest.raises(ValueError, match="payload"):
+        inverted.add(images)
+    after = inverted.state_dict()[1]
+    assert all(np.array_equal(after[name], values) for name, values in before.items())

@@ -17,6 +17,27 @@ def test_merge_puts_new_postings_after_old_ones_per_word():
     assert merged.tolist() == [1, 4, 9, 8, 9, 7]
 
 
+def test_one_merge_of_many_batches_equals_merging_them_one_by_one(rng):
+    """What InvertedFile.consolidate relies on: batches concatenated in order, counting-sorted and
+    merged after existing postings at once, give what merging each batch in turn gives."""
+    n_words = 30
+    batches = [rng.integers(0, n_words, rng.integers(0, 60)) for _ in range(8)]
+    ids = np.split(np.arange(sum(map(len, batches))), np.cumsum([len(b) for b in batches])[:-1])
+
+    def merge(offsets, values, words, new_values):
+        order, counts = kernels.counting_order(words, n_words)
+        new_offsets = np.r_[0, np.cumsum(counts)]
+        return offsets + new_offsets, kernels.merge_postings(offsets, values, new_offsets, new_values[order])
+
+    base = merge(np.zeros(n_words + 1, np.int64), np.zeros(0, np.int32), batches[0], ids[0].astype(np.int32))
+    one_by_one = base
+    for words, batch_ids in zip(batches[1:], ids[1:]):
+        one_by_one = merge(*one_by_one, words, batch_ids.astype(np.int32))
+    at_once = merge(*base, np.concatenate(batches[1:]), np.concatenate(ids[1:]).astype(np.int32))
+    assert np.array_equal(at_once[0], one_by_one[0]) and np.array_equal(at_once[1], one_by_one[1])
+    assert len(at_once[1]) == sum(map(len, batches)) and len(base[1]) > 0
+
+
 def test_top_k_matches_a_full_sort_with_ties_by_index(rng):
     scores = rng.integers(0, 20, 1000).astype(np.float32)  # many ties
     full = np.lexsort((np.arange(len(scores)), -scores))
