@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 DATA ?= ../shared/data
 WORK ?= work
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-quick clean
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(WORK) $(VENV)

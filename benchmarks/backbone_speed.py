@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from bovw.images import ImageOptions, load_image
-from cnn.backbone import Backbone, BackboneOptions
+from cnn.backbone import Backbone
+from cnn.options import BackboneOptions
 
 
 def main():
@@ -29,7 +30,7 @@ def main():
     images = [load_image(p, ImageOptions(max_side=args.max_side), color=True) for p in paths]
     reference = None
     for device in args.devices.split(","):
-        backbone = Backbone(BackboneOptions(max_side=args.max_side, device=device, cpu_threads=args.cpu_threads))
+        backbone = Backbone(BackboneOptions(max_side=args.max_side), device=device, cpu_threads=args.cpu_threads)
         maps = backbone.feature_maps(images[0])
         if reference is None:
             reference = maps

@@ -17,9 +17,10 @@ import numpy as np
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig
+from cbir.build import learn_local_whitening, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import RetrievalIndex, learn_local_whitening, train_vocabulary
+from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 
 
 def parse_args():
@@ -38,38 +39,41 @@ def parse_args():
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
-    changes = {}
+    changes, search_changes = {}, {}
     if args.shape:
         b, depth = (int(v) for v in args.shape.split("x"))
         changes["vocabulary"] = VocabularyConfig(branching=b, depth=depth)
     if args.assignments:
-        changes["query_assignments"] = args.assignments
+        search_changes["query_assignments"] = args.assignments
     if args.whitening_dim:
         changes["local_whitening_dim"] = args.whitening_dim
-    blcf, blcf_ls = (dataclasses.replace(get_pipeline(name), **changes) for name in ("blcf", "blcf-ls"))
+    base = get_pipeline("blcf")
+    blcf = dataclasses.replace(base, build=dataclasses.replace(base.build, **changes),
+                               search=dataclasses.replace(base.search, **search_changes))
+    searches = {name: dataclasses.replace(get_pipeline(name).search, **search_changes) for name in ("blcf", "blcf-ls")}
+    build = blcf.build
     for dataset in datasets.values():  # extract once, in parallel
-        for _ in iter_features(dataset.database_paths, blcf.read_features, blcf.feature_cache(args.cache),
-                               n_jobs=args.jobs, verbose=False):
+        for _ in iter_features(dataset.database_paths, lambda path: read_local_features(build, path),
+                               local_feature_cache(build, args.cache), n_jobs=args.jobs, verbose=False):
             pass
-    lines = [f"Local features: {blcf.conv.backbone.name} block-11 expansion conv (672-d, stride 16), "
-             f"PCA-whitened to {blcf.local_whitening_dim} dims; vocabulary {blcf.vocabulary.n_words} words "
-             f"({blcf.vocabulary.branching}^{blcf.vocabulary.depth}), {blcf.query_assignments} words per query "
-             f"position; whitening and vocabulary learned on the other dataset.", "",
+    lines = [f"Local features: {build.conv.backbone.name} block-11 expansion conv (672-d, stride 16), "
+             f"PCA-whitened to {build.local_whitening_dim} dims; vocabulary {build.vocabulary.n_words} words "
+             f"({build.vocabulary.branching}^{build.vocabulary.depth}), {blcf.search.query_assignments} words per "
+             f"query position; whitening and vocabulary learned on the other dataset.", "",
              "| pipeline | eval set | score | query ms median | query ms p95 | whitening + vocab s |",
              "|---|---|---|---|---|---|"]
     for name, dataset in datasets.items():
         start = time.perf_counter()
         train = datasets[OTHER[name]].database_paths
-        whitening, _ = learn_local_whitening(train, blcf, args.cache, verbose=False)
-        vocabulary, _ = train_vocabulary(train, blcf, cache_dir=args.cache, verbose=False, whitening=whitening)
+        whitening, _ = learn_local_whitening(train, blcf, args.cache, progress=False)
+        vocabulary, _ = train_vocabulary(train, blcf, cache_dir=args.cache, progress=False, whitening=whitening)
         learn_s = time.perf_counter() - start
-        index = RetrievalIndex(vocabulary, blcf, args.cache, whitening)
-        index_dataset(index, dataset, verbose=False)
-        for pipeline in (blcf, blcf_ls):
-            index.pipeline = pipeline
-            result = run_queries(index, dataset, verbose=False)
+        index = RetrievalIndex(blcf, vocabulary, whitening, cache_dir=args.cache)
+        index_dataset(index, dataset, progress=False)
+        for search_name, options in searches.items():
+            result = run_queries(index, dataset, options, progress=False)
             (metric, score), = result.scores.items()
-            lines.append(f"| {pipeline.name} | {name} | {metric} {score:.4f} | {np.median(result.query_ms):.1f} "
+            lines.append(f"| {search_name} | {name} | {metric} {score:.4f} | {np.median(result.query_ms):.1f} "
                          f"| {np.percentile(result.query_ms, 95):.1f} | {learn_s:.0f} |")
             print(lines[-1], flush=True)
     print(f"written to {write_result(args.name, chr(10).join(lines))}")

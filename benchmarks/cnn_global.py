@@ -16,10 +16,13 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
+from cbir.build import learn_global_whitening
 from cbir.evaluate import index_dataset, run_queries
+from cbir.global_index import GlobalIndex
+from cbir.pipelines import PIPELINES, get_pipeline
 from cnn.feature_maps import FeatureMapExtractor
-from cnn.global_index import GlobalIndex, learn_whitening
-from cnn.pipelines import GLOBAL_PIPELINES
+
+GLOBAL_PIPELINES = [name for name, p in PIPELINES.items() if p.kind == "global"]
 
 
 def parse_args():
@@ -37,32 +40,33 @@ def parse_args():
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
-    first = GLOBAL_PIPELINES[args.methods.split(",")[0]]
-    extractor = FeatureMapExtractor(first.backbone, None)
+    backbone = get_pipeline(args.methods.split(",")[0]).build.backbone
+    extractor = FeatureMapExtractor(backbone, None)
     timed = datasets["holidays"].database_paths[:args.timing_images]
     extractor(timed[0])
     start = time.perf_counter()
     for path in timed[1:]:
         extractor(path)
     backbone_ms = (time.perf_counter() - start) / (len(timed) - 1) * 1e3
-    cached = FeatureMapExtractor(first.backbone, args.cache)
+    cached = FeatureMapExtractor(backbone, args.cache)
     for dataset in datasets.values():  # fill the cache once, in parallel
         for _ in iter_features(dataset.database_paths, cached, None, n_jobs=args.jobs, verbose=False):
             pass
-    lines = [f"Backbone {first.backbone.name}, images at their own size up to {first.backbone.max_side} px "
+    lines = [f"Backbone {backbone.name}, images at their own size up to {backbone.max_side} px "
              f"(Holidays 325x243, UKBench 320x240): {backbone_ms:.0f} ms per image on the CPU "
              f"(1 torch thread, {len(timed) - 1} Holidays images, no cache).",
              "Whitening learned on the other dataset (UKBench for Holidays, Holidays for UKBench).", "",
              "| pipeline | Holidays-811 mAP | UKBench-1000 N-S | bytes per image | query ms median (H / U) |",
              "|---|---|---|---|---|"]
     for method in args.methods.split(","):
-        pipeline = GLOBAL_PIPELINES[method]
+        pipeline = get_pipeline(method)
         cells, times, size = [], [], 0
         for name, dataset in datasets.items():
-            whitening, _ = learn_whitening(datasets[OTHER[name]].database_paths, pipeline, args.cache, verbose=False)
+            whitening, _ = learn_global_whitening(datasets[OTHER[name]].database_paths, pipeline, args.cache,
+                                                  progress=False)
             index = GlobalIndex(pipeline, whitening, args.cache)
-            index_dataset(index, dataset, verbose=False)
-            result = run_queries(index, dataset, verbose=False)
+            index_dataset(index, dataset, progress=False)
+            result = run_queries(index, dataset, progress=False)
             (metric, score), = result.scores.items()
             cells.append(f"{score:.4f}")
             times.append(f"{np.median(result.query_ms):.2f}")

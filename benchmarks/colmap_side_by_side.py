@@ -35,7 +35,7 @@ from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyTree
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import RetrievalIndex
+from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 from index.datasets import Dataset
 
 
@@ -93,8 +93,8 @@ def ukbench_head(dataset: Dataset, n_images: int) -> Dataset:
 
 def database_features(dataset: Dataset, pipeline, cache: str, jobs: int) -> list[LocalFeatures]:
     """Features of every database image, in ``dataset.database`` order (from the cache when there)."""
-    features = [f for _, f in iter_features(dataset.database_paths, pipeline.read_features,
-                                            pipeline.feature_cache(cache), n_jobs=jobs, verbose=False)]
+    features = [f for _, f in iter_features(dataset.database_paths, lambda path: read_local_features(pipeline.build, path),
+                                            local_feature_cache(pipeline.build, cache), n_jobs=jobs, verbose=False)]
     if len(features) != len(dataset.database):
         raise RuntimeError(f"{dataset.name}: {len(dataset.database) - len(features)} images could not be read")
     return features
@@ -276,24 +276,24 @@ def run_engine(pipeline_names: list[str], datasets: dict, features: dict, args) 
     vocabularies, runs = {}, []
     for pipeline_name in pipeline_names:
         pipeline = get_pipeline(pipeline_name)
-        key = (pipeline.vocabulary, pipeline.hamming is not None)
+        key = (pipeline.build.vocabulary, pipeline.build.hamming)
         if key not in vocabularies:
             start = time.perf_counter()
-            vocabulary = VocabularyTree.train(descriptors, pipeline.vocabulary, verbose=False)
-            hamming = HammingEmbedding.learn(descriptors, vocabulary.quantize(descriptors, beam=pipeline.beam),
-                                             vocabulary.n_words, pipeline.hamming.seed) if pipeline.hamming else None
+            vocabulary = VocabularyTree.train(descriptors, pipeline.build.vocabulary, verbose=False)
+            hamming = HammingEmbedding.learn(descriptors, vocabulary.quantize(descriptors, beam=pipeline.build.beam),
+                                             vocabulary.n_words, pipeline.build.hamming_seed) \
+                if pipeline.build.hamming else None
             vocabularies[key] = (vocabulary, hamming, time.perf_counter() - start, {}, {})
         vocabulary, hamming, vocabulary_s, indexes, index_s = vocabularies[key]
-        run = MethodRun(pipeline_name, {}, vocabulary_s, index_s, {}, 0.0, pipeline.verification is not None)
+        run = MethodRun(pipeline_name, {}, vocabulary_s, index_s, {}, 0.0, pipeline.search.verification is not None)
         for name, dataset in datasets.items():
             if name not in indexes:
-                indexes[name] = RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, hamming=hamming)
+                indexes[name] = RetrievalIndex(pipeline, vocabulary, hamming=hamming, cache_dir=args.cache)
                 start = time.perf_counter()
-                index_dataset(indexes[name], dataset, n_jobs=args.jobs, verbose=False)
+                index_dataset(indexes[name], dataset, n_jobs=args.jobs, progress=False)
                 index_s[name] = time.perf_counter() - start
             index = indexes[name]
-            index.pipeline = pipeline
-            result = run_queries(index, dataset, verbose=False)
+            result = run_queries(index, dataset, pipeline_name, progress=False)
             run.scores[name] = score(dataset, result.rankings)
             run.query_ms[name] = result.query_ms
             inverted = index.inverted_file
@@ -346,8 +346,8 @@ def main():
     sets = " / ".join(n[0].upper() for n in datasets)
     lines = [
         (f"Same RootSIFT features for both systems ({n_descriptors} descriptors of the database images of "
-         f"{' + '.join(datasets)}; OpenCV SIFT, contrast threshold {base.features.contrast_threshold}, images "
-         f"down-scaled to {base.features.image.max_side} px max). Both vocabularies are trained "
+         f"{' + '.join(datasets)}; OpenCV SIFT, contrast threshold {base.build.sift.contrast_threshold}, images "
+         f"down-scaled to {base.build.sift.image.max_side} px max). Both vocabularies are trained "
          "on all of them. COLMAP gets the descriptors as it stores SIFT, uint8 = min(255, round(512 x)) of the "
          "unit-norm RootSIFT (and casts them back to float), and the keypoints as x + 0.5, y + 0.5, scale, angle."),
         "",

@@ -37,10 +37,10 @@ def write_result(name: str, body: str) -> str:
     return path
 
 
-def shared_index_row(label: str, pipeline, datasets: dict, indexes: dict, new_index, jobs: int) -> str:
-    """One markdown row: ``pipeline`` run on every dataset, reusing one index per dataset.
+def shared_index_row(label: str, pipeline, options, datasets: dict, indexes: dict, new_index, jobs: int) -> str:
+    """One markdown row: ``pipeline`` searched with ``options`` on every dataset, one index per dataset.
 
-    Pipelines that differ only in how they rank share the index built for the first
+    Pipelines that differ only in how they search share the index built for the first
     one (``new_index(pipeline)`` -> empty index); the row holds each dataset's score
     and the query time median and p95 (ms), datasets in ``datasets`` order.
     """
@@ -51,10 +51,8 @@ def shared_index_row(label: str, pipeline, datasets: dict, indexes: dict, new_in
     for name, dataset in datasets.items():
         if name not in indexes:
             indexes[name] = new_index(pipeline)
-            index_dataset(indexes[name], dataset, n_jobs=jobs, verbose=False)
-        index = indexes[name]
-        index.pipeline = pipeline
-        result = run_queries(index, dataset, verbose=False)
+            index_dataset(indexes[name], dataset, n_jobs=jobs, progress=False)
+        result = run_queries(indexes[name], dataset, options, progress=False)
         (_, score), = result.scores.items()
         cells.append(f"{score:.4f}")
         medians.append(f"{np.median(result.query_ms):.1f}")

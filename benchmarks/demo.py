@@ -14,50 +14,43 @@ import time
 
 import numpy as np
 
+from cbir.build import build_index
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import (RetrievalIndex, learn_hamming, load_index, load_vocabulary, save_vocabulary,
-                                  train_vocabulary)
-from cnn.global_index import GlobalIndex, learn_whitening
-from cnn.pipelines import GlobalPipeline
+from cbir.retrieval_index import load_vocabulary, save_vocabulary
+from cbir.searchable import load_index
 from index.datasets import holidays, ukbench
 from index.persistence import MANIFEST
 
 
-def sift_index(pipeline, dataset, datasets, work, cache, jobs):
-    """The dataset's local-feature index, built once: the vocabulary (and Hamming
-    embedding) are trained on all datasets' images; pipelines differing only in
-    re-ranking share one index."""
-    shape = f"{pipeline.vocabulary.branching}x{pipeline.vocabulary.depth}"
-    directory = os.path.join(work, f"index-sift-{shape}{'-he' if pipeline.hamming else ''}-{dataset.name}")
-    if os.path.exists(os.path.join(directory, MANIFEST)):
-        index = load_index(directory, cache_dir=cache)
-        index.pipeline = pipeline
-        return index
-    paths = [p for d in datasets for p in d.database_paths]
-    vocab_dir = os.path.join(work, f"vocabulary-sift-{shape}")
-    if os.path.exists(os.path.join(vocab_dir, MANIFEST)):
-        vocabulary = load_vocabulary(vocab_dir)
+def dataset_index(pipeline, dataset, datasets, other, work, cache, jobs):
+    """The dataset's index for ``pipeline``, built once and reused by every pipeline built the same way.
+
+    Local-feature pipelines train their vocabulary (and Hamming embedding) on all datasets'
+    images, the vocabulary shared by every pipeline of that shape; global pipelines learn
+    their whitening on the ``other`` dataset.
+    """
+    if pipeline.kind == "global":
+        directory = os.path.join(work, f"index-{pipeline.name}-{dataset.name}")
     else:
-        print(f"training a {pipeline.vocabulary.n_words}-word vocabulary on {len(paths)} images (Holidays + UKBench)")
-        start = time.perf_counter()
-        vocabulary, report = train_vocabulary(paths, pipeline, cache_dir=cache, n_jobs=jobs)
-        print(f"  {time.perf_counter() - start:.0f} s; {report.summary()}")
-        save_vocabulary(vocabulary, vocab_dir)
-    hamming = learn_hamming(paths, pipeline, vocabulary, cache, jobs)[0] if pipeline.hamming else None
-    index = RetrievalIndex(vocabulary, pipeline, cache_dir=cache, hamming=hamming)
-    index_dataset(index, dataset, n_jobs=jobs)
-    index.save(directory)
-    return index
-
-
-def cnn_index(pipeline, dataset, other, work, cache, jobs):
-    """The dataset's global-descriptor index, whitening learned on ``other``, built once."""
-    directory = os.path.join(work, f"index-{pipeline.name}-{dataset.name}")
+        shape = f"{pipeline.build.vocabulary.branching}x{pipeline.build.vocabulary.depth}"
+        directory = os.path.join(work, f"index-sift-{shape}{'-he' if pipeline.build.hamming else ''}-{dataset.name}")
     if os.path.exists(os.path.join(directory, MANIFEST)):
         return load_index(directory, cache_dir=cache)
-    whitening, _ = learn_whitening(other.database_paths, pipeline, cache)
-    index = GlobalIndex(pipeline, whitening, cache)
+    if pipeline.kind == "global":
+        index = build_index(pipeline, whiten_paths=other.database_paths, cache_dir=cache, n_jobs=jobs)
+    else:
+        paths = [p for d in datasets for p in d.database_paths]
+        vocab_dir = os.path.join(work, f"vocabulary-sift-{shape}")
+        vocabulary = load_vocabulary(vocab_dir) if os.path.exists(os.path.join(vocab_dir, MANIFEST)) else None
+        if vocabulary is None:
+            print(f"training a {pipeline.build.vocabulary.n_words}-word vocabulary on {len(paths)} images "
+                  f"(Holidays + UKBench)")
+        start = time.perf_counter()
+        index = build_index(pipeline, vocabulary, train_paths=paths, cache_dir=cache, n_jobs=jobs)
+        if vocabulary is None:
+            print(f"  {time.perf_counter() - start:.0f} s")
+            save_vocabulary(index.vocabulary, vocab_dir)
     index_dataset(index, dataset, n_jobs=jobs)
     index.save(directory)
     return index
@@ -78,14 +71,11 @@ def main():
     for method in args.methods.split(","):
         pipeline = get_pipeline(method)
         for dataset, other in zip(datasets, datasets[::-1]):
-            if isinstance(pipeline, GlobalPipeline):
-                index = cnn_index(pipeline, dataset, other, args.work, cache, args.jobs)
-            else:
-                index = sift_index(pipeline, dataset, datasets, args.work, cache, args.jobs)
-            result = run_queries(index, dataset)
+            index = dataset_index(pipeline, dataset, datasets, other, args.work, cache, args.jobs)
+            result = run_queries(index, dataset, method)
             (metric, score), = result.scores.items()
             rows.append((method, dataset.name, metric, score, np.median(result.query_ms)))
-            top = index.search(dataset.queries[0].path, top_k=4)
+            top = index.search(dataset.queries[0].path, top_k=4, options=method)
             print(f"{method} {dataset.name}: {dataset.queries[0].name} -> "
                   + ", ".join(f"{r.name} ({r.score:.3f})" for r in top))
 

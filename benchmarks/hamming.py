@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, benchmark_datasets, shared_index_row, write_result
-from bovw.extraction import iter_features
 from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.build import local_descriptors
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
 
@@ -38,49 +38,51 @@ def parse_args():
 
 
 def variant(spec: str, contrast: float | None = None):
-    """``sift-he:assignments=1:threshold=20`` -> that pipeline with those options (and SIFT
-    contrast threshold, if given)."""
-    name, *options = spec.split(":")
+    """``sift-he:assignments=1:threshold=20`` -> (that pipeline, with the SIFT contrast threshold
+    if given; its search options with those changes)."""
+    name, *changes = spec.split(":")
     pipeline = get_pipeline(name)
     if contrast is not None:
-        pipeline = dataclasses.replace(pipeline, features=dataclasses.replace(pipeline.features,
-                                                                              contrast_threshold=contrast))
-    for option in options:
-        key, value = option.split("=")
+        sift = dataclasses.replace(pipeline.build.sift, contrast_threshold=contrast)
+        pipeline = dataclasses.replace(pipeline, build=dataclasses.replace(pipeline.build, sift=sift))
+    options = pipeline.search
+    for change in changes:
+        key, value = change.split("=")
         if key == "assignments":
-            pipeline = dataclasses.replace(pipeline, query_assignments=int(value))
+            options = dataclasses.replace(options, query_assignments=int(value))
         else:
-            kind = type(getattr(pipeline.hamming, key))
-            pipeline = dataclasses.replace(pipeline, hamming=dataclasses.replace(
-                pipeline.hamming, **{key: kind(int(value)) if kind is bool else kind(value)}))
-    return pipeline
+            kind = type(getattr(options.hamming, key))
+            options = dataclasses.replace(options, hamming=dataclasses.replace(
+                options.hamming, **{key: kind(int(value)) if kind is bool else kind(value)}))
+    return pipeline, options
 
 
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
-    base = variant("sift-he", args.contrast)
-    descriptors = np.concatenate([f.descriptors for d in datasets.values() for _, f in iter_features(
-        d.database_paths, base.read_features, base.feature_cache(args.cache), n_jobs=args.jobs, verbose=False)])
+    base, _ = variant("sift-he", args.contrast)
+    descriptors = np.concatenate([local_descriptors(d.database_paths, base, args.cache, args.jobs, False)[0]
+                                  for d in datasets.values()])
     b, depth = (int(v) for v in args.shape.split("x"))
     start = time.perf_counter()
     vocabulary = VocabularyTree.train(descriptors, VocabularyConfig(branching=b, depth=depth, seed=0), verbose=False)
     vocab_s = time.perf_counter() - start
     start = time.perf_counter()
-    hamming = HammingEmbedding.learn(descriptors, vocabulary.quantize(descriptors, beam=base.beam),
-                                     vocabulary.n_words, base.hamming.seed)
+    hamming = HammingEmbedding.learn(descriptors, vocabulary.quantize(descriptors, beam=base.build.beam),
+                                     vocabulary.n_words, base.build.hamming_seed)
     he_s = time.perf_counter() - start
     lines = [f"Vocabulary {vocabulary.n_words} words ({b}^{depth}, {vocab_s:.0f} s) and 64-bit Hamming embedding "
              f"({he_s:.0f} s), both learned on Holidays + UKBench ({len(descriptors)} RootSIFT descriptors, "
-             f"SIFT contrast threshold {base.features.contrast_threshold}). "
+             f"SIFT contrast threshold {base.build.sift.contrast_threshold}). "
              f"A posting is an int32 image slot + a uint64 signature: 12 bytes.", "",
              "| pipeline | Holidays-811 mAP | UKBench-1000 N-S | query ms median (H / U) | query ms p95 (H / U) |",
              "|---|---|---|---|---|"]
     indexes = {}
     for spec in args.methods.split(","):
-        pipeline = variant(spec, args.contrast)
-        lines.append(shared_index_row(spec, pipeline, datasets, indexes,
-                                      lambda p: RetrievalIndex(vocabulary, p, cache_dir=args.cache, hamming=hamming), args.jobs))
+        pipeline, options = variant(spec, args.contrast)
+        lines.append(shared_index_row(spec, pipeline, options, datasets, indexes,
+                                      lambda p: RetrievalIndex(p, vocabulary, hamming=hamming, cache_dir=args.cache),
+                                      args.jobs))
         print(lines[-1], flush=True)
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
 

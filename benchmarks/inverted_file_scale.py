@@ -26,6 +26,7 @@ from benchmarks.common import DEFAULT_DATA, RESULTS_DIR, benchmark_datasets, wri
 from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import get_pipeline
+from cbir.retrieval_index import local_feature_cache, read_local_features
 from index.inverted_file import InvertedFile
 from index.kernels import top_indices
 from index.persistence import load_arrays, save_arrays
@@ -58,14 +59,14 @@ def real_word_statistics(args) -> tuple[np.ndarray, np.ndarray, int, float]:
     """
     pipeline = get_pipeline("sift-bow")
     features = [f for d in benchmark_datasets(args.data).values() for _, f in iter_features(
-        d.database_paths, pipeline.read_features, pipeline.feature_cache(args.cache), n_jobs=args.jobs,
-        verbose=False)]
+        d.database_paths, lambda path: read_local_features(pipeline.build, path),
+        local_feature_cache(pipeline.build, args.cache), n_jobs=args.jobs, verbose=False)]
     descriptors = np.concatenate([f.descriptors for f in features])
     b, depth = (int(v) for v in args.shape.split("x"))
     start = time.perf_counter()
     vocabulary = VocabularyTree.train(descriptors, VocabularyConfig(branching=b, depth=depth, seed=0), verbose=False)
     train_s = time.perf_counter() - start
-    words = vocabulary.quantize(descriptors, beam=pipeline.beam)
+    words = vocabulary.quantize(descriptors, beam=pipeline.build.beam)
     frequency = np.bincount(words, minlength=vocabulary.n_words).astype(np.float64)
     return frequency / frequency.sum(), np.array([len(f) for f in features]), vocabulary.n_words, train_s
 

@@ -16,11 +16,12 @@ import time
 import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, benchmark_datasets, shared_index_row, write_result
-from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.build import local_descriptors
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
-from index.reranking import RankedImage, spatial_rerank
+from index.ranking import shortlist
+from index.reranking import spatial_rerank
 
 
 def parse_args():
@@ -44,8 +45,8 @@ def main():
     args = parse_args()
     base = get_pipeline("sift-bow")
     datasets = benchmark_datasets(args.data)
-    descriptors = np.concatenate([f.descriptors for d in datasets.values() for _, f in iter_features(
-        d.database_paths, base.read_features, base.feature_cache(args.cache), n_jobs=args.jobs, verbose=False)])
+    descriptors = np.concatenate([local_descriptors(d.database_paths, base, args.cache, args.jobs, False)[0]
+                                  for d in datasets.values()])
     b, depth = (int(v) for v in args.shape.split("x"))
     start = time.perf_counter()
     vocabulary = VocabularyTree.train(descriptors, VocabularyConfig(branching=b, depth=depth, seed=0), verbose=False)
@@ -57,18 +58,20 @@ def main():
     indexes = {}
     for method in args.methods.split(","):
         pipeline_name, _, estimator = method.partition(":")
-        pipeline = dataclasses.replace(get_pipeline(pipeline_name), query_assignments=args.assignments)
+        pipeline = get_pipeline(pipeline_name)
+        options = dataclasses.replace(pipeline.search, query_assignments=args.assignments)
         if estimator:
-            pipeline = dataclasses.replace(
-                pipeline, verification=dataclasses.replace(pipeline.verification, estimator=estimator))
-        lines.append(shared_index_row(method, pipeline, datasets, indexes,
-                                      lambda p: RetrievalIndex(vocabulary, p, cache_dir=args.cache), args.jobs))
+            options = dataclasses.replace(options, verification=dataclasses.replace(options.verification,
+                                                                                    estimator=estimator))
+        lines.append(shared_index_row(method, pipeline, options, datasets, indexes,
+                                      lambda p: RetrievalIndex(p, vocabulary, cache_dir=args.cache), args.jobs))
         print(lines[-1], flush=True)
 
     lines += ["", f"Re-ranking the top 100 of the first {args.timing_queries} queries of each set "
                   f"(bow ranking, same vocabulary), per estimator:", "",
               "| estimator | jobs | ms per query median | ms p95 | verified per query (mean) |", "|---|---|---|---|---|"]
-    sv = get_pipeline("sift-sv").verification
+    sv = get_pipeline("sift-sv").search.verification
+    bow = dataclasses.replace(base.search, query_assignments=args.assignments)
     for estimator in args.estimators.split(","):
         for n_jobs in (1, 2):
             config = dataclasses.replace(sv, estimator=estimator)
@@ -76,12 +79,10 @@ def main():
             for name, dataset in datasets.items():
                 index = indexes[name]
                 for query in dataset.queries[:args.timing_queries]:
-                    features = index.extract(query.path)
-                    words = index.query_words(features)
-                    scores = index.inverted_file.scores(words)
-                    ranking = [RankedImage(int(i), float(scores[i])) for i in np.argsort(-scores)[:config.top_k]]
+                    prepared = index.prepare_query(query.path, options=bow)
+                    ranking = shortlist(index.inverted_file.scores(prepared.words), config.top_k)
                     start = time.perf_counter()
-                    reranked = spatial_rerank(features.keypoints, words[:, 0], ranking, index.images, config,
+                    reranked = spatial_rerank(prepared.keypoints, prepared.words[:, 0], ranking, index.images, config,
                                               n_jobs=n_jobs)
                     times.append((time.perf_counter() - start) * 1e3)
                     verified.append(sum(e.verified for e in reranked))

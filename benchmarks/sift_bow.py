@@ -18,9 +18,10 @@ import numpy as np
 from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
 from bovw.extraction import ExtractionReport, iter_features
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.build import local_descriptors
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import RetrievalIndex
+from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 
 
 def parse_args():
@@ -52,17 +53,15 @@ def main():
             paths = datasets["holidays"].database_paths
             start = time.perf_counter()
             report = ExtractionReport()
-            for _ in iter_features(paths, pipeline.read_features, pipeline.feature_cache(empty), report,
-                                   n_jobs=args.jobs, verbose=False):
+            for _ in iter_features(paths, lambda path: read_local_features(pipeline.build, path),
+                                   local_feature_cache(pipeline.build, empty), report, n_jobs=args.jobs, verbose=False):
                 pass
             seconds = time.perf_counter() - start
             lines.append(f"Extraction (RootSIFT, {args.jobs} threads, no cache): {len(paths) / seconds:.1f} "
                          f"images/s on Holidays ({len(paths)} images, {seconds:.1f} s)\n")
     descriptors = {}
     for name, dataset in datasets.items():
-        descriptors[name] = np.concatenate([f.descriptors for _, f in iter_features(
-            dataset.database_paths, pipeline.read_features, pipeline.feature_cache(args.cache),
-            n_jobs=args.jobs, verbose=False)])
+        descriptors[name] = local_descriptors(dataset.database_paths, pipeline, args.cache, args.jobs, False)[0]
     lines.append(f"Training descriptors: Holidays {len(descriptors['holidays'])}, "
                  f"UKBench {len(descriptors['ukbench'])} (RootSIFT).\n")
     lines.append("| words (b^L) | trained on | vocab train s | eval set | MA | score | index img/s "
@@ -81,13 +80,13 @@ def main():
             train_s = time.perf_counter() - start
             for eval_name in eval_names:
                 dataset = datasets[eval_name]
+                index = RetrievalIndex(pipeline, vocabulary, cache_dir=args.cache)
+                start = time.perf_counter()
+                index_dataset(index, dataset, n_jobs=args.jobs, progress=False)
+                index_rate = len(index) / (time.perf_counter() - start)
                 for ma in assignments:
-                    index = RetrievalIndex(vocabulary, dataclasses.replace(pipeline, query_assignments=ma),
-                                           cache_dir=args.cache)
-                    start = time.perf_counter()
-                    index_dataset(index, dataset, n_jobs=args.jobs, verbose=False)
-                    index_rate = len(index) / (time.perf_counter() - start)
-                    result = run_queries(index, dataset, verbose=False)
+                    options = dataclasses.replace(pipeline.search, query_assignments=ma)
+                    result = run_queries(index, dataset, options, progress=False)
                     (metric, score), = result.scores.items()
                     lines.append(f"| {config.n_words} ({b}^{depth}) | {train_name} | {train_s:.1f} | {eval_name} "
                                  f"| {ma} | {metric} {score:.4f} | {index_rate:.0f} | "

@@ -91,6 +91,13 @@ class SiftOptions:
         return (f"sift-v1-root{int(self.root)}-max{self.max_features}-c{self.contrast_threshold}"
                 f"-e{self.edge_threshold}-side{self.image.max_side}")
 
+    #: SIFT describes grayscale images.
+    color = False
+
+    def extract(self, gray: np.ndarray) -> "LocalFeatures":
+        """Features of an (h, w) uint8 grayscale image (``sift_from_array``)."""
+        return sift_from_array(gray, self)
+
 
 def sift_from_array(gray: np.ndarray, options: SiftOptions = SiftOptions()) -> LocalFeatures:
     """Detect and describe SIFT keypoints of a grayscale image.

@@ -17,7 +17,7 @@ BITS = 64
 
 @dataclass(frozen=True)
 class HammingConfig:
-    """Hamming-embedding matching.
+    """Hamming-embedding matching: query-time settings (the projection's seed is a build setting).
 
     Attributes:
         threshold: largest Hamming distance (of 64 bits) that still votes.
@@ -27,14 +27,12 @@ class HammingConfig:
             Jegou, Douze & Schmid, CVPR 2009).
         inter_image: weigh each query feature's votes by ``log(N / N_f)``, N_f the
             images it votes in (inter-image burstiness, same paper).
-        seed: random projection seed.
     """
 
     threshold: int = 24
     sigma: float = 16.0
     burstiness: bool = True
     inter_image: bool = False
-    seed: int = 0
 
 
 class HammingEmbedding:

@@ -5,8 +5,25 @@ faiss was chosen by measurement over scikit-learn and FLANN: see
 """
 from __future__ import annotations
 
+import contextlib
+
 import faiss
 import numpy as np
+
+
+@contextlib.contextmanager
+def faiss_threads(count: int):
+    """Run faiss with ``count`` OpenMP threads in the calling thread, then restore its setting.
+
+    The vocabulary tree parallelises over tree nodes with Python threads, each
+    running a one-thread faiss k-means: nested OpenMP teams oversubscribe the cores.
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20,

@@ -12,12 +12,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import faiss
 import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from bovw.kmeans import kmeans, nearest
+from bovw.kmeans import faiss_threads, kmeans, nearest
 
 #: Version of the layout returned by ``VocabularyTree.state_dict``.
 STATE_VERSION = 1
@@ -111,15 +110,16 @@ class VocabularyTree:
             parents = centers[-1] if centers else descriptors.mean(axis=0, keepdims=True)
 
             def split(node: int) -> None:
-                faiss.omp_set_num_threads(1)
                 members = order[bounds[node]:bounds[node + 1]]
                 if len(members) == 0:
                     level_centers[node * b:(node + 1) * b] = parents[node]
                     return
                 seed = (config.seed * 1_000_003 + level * 7919 + node) % (2 ** 31)
-                node_centers = kmeans(descriptors[members], b, seed=seed, niter=config.niter)
+                with faiss_threads(1):
+                    node_centers = kmeans(descriptors[members], b, seed=seed, niter=config.niter)
+                    nearest_child = nearest(descriptors[members], node_centers)[1][:, 0]
                 level_centers[node * b:(node + 1) * b] = node_centers
-                child_of_point[members] = node * b + nearest(descriptors[members], node_centers)[1][:, 0]
+                child_of_point[members] = node * b + nearest_child
 
             with ThreadPoolExecutor(n_jobs) as pool:
                 list(tqdm(pool.map(split, range(n_nodes)), total=n_nodes, disable=not verbose, leave=False,

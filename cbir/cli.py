@@ -1,30 +1,30 @@
-"""``cbir``: train vocabularies, build and query indexes, evaluate on benchmarks.
+"""``cbir``: train vocabularies, build, inspect and query indexes, evaluate on benchmarks.
 
 Every subcommand has ``--help``. Image arguments may be files, folders (searched
 recursively for image files) or ``@list.txt`` files with one path per line.
+
+Exit codes: 0 success; 1 an error (the message names the file and the problem);
+2 a usage error (bad or missing arguments); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import sys
 
-import numpy as np
-
 from bovw.extraction import ExtractionReport
 from bovw.images import ImageReadError
-from bovw.vocabulary import VocabularyConfig
-from cbir.evaluate import index_dataset, run_queries
-from cbir.pipelines import ALL_PIPELINES, get_pipeline
-from cbir.retrieval_index import (RetrievalIndex, learn_hamming, learn_local_whitening, load_index, load_vocabulary,
-                                  save_vocabulary, train_vocabulary)
-from cnn.global_index import GlobalIndex, learn_whitening
-from cnn.pipelines import GlobalPipeline
-from index.datasets import load_dataset
-from index.persistence import IndexFormatError, MANIFEST
+from index.persistence import MANIFEST, IndexFormatError, read_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+logger = logging.getLogger("cbir")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given (exit code 1, one line)."""
 
 
 def default_cache_dir() -> str:
@@ -53,37 +53,89 @@ def expand_images(arguments: list[str]) -> list[str]:
 
 def _refuse_overwrite(directory: str, force: bool) -> None:
     if os.path.exists(os.path.join(directory, MANIFEST)) and not force:
-        raise SystemExit(f"cbir: {directory}: already holds a saved index or vocabulary; "
-                         f"use --force to overwrite it")
+        raise UsageError(f"{directory}: already holds a saved index or vocabulary; use --force to overwrite it")
 
 
 def _print_report(report: ExtractionReport) -> None:
     print(report.summary(), file=sys.stderr)
 
 
+def search_options(index, args):
+    """The index's search options, with the pipeline given by ``--search`` and each override applied."""
+    from bovw.hamming import HammingConfig
+    from index.search_options import ExpansionConfig
+    from index.spatial_verification import VerificationConfig
+    options = index.search_options(args.search)
+    changes = {}
+    if args.assignments is not None:
+        changes["query_assignments"] = args.assignments
+    if args.verify is not None:
+        changes["verification"] = dataclasses.replace(options.verification or VerificationConfig(),
+                                                      top_k=args.verify) if args.verify else None
+        if not args.verify:
+            changes["expansion"] = None
+    if args.expand is not None:
+        changes["expansion"] = dataclasses.replace(options.expansion or ExpansionConfig(),
+                                                   max_results=args.expand) if args.expand else None
+    if args.he_threshold is not None:
+        changes["hamming"] = dataclasses.replace(options.hamming or HammingConfig(), threshold=args.he_threshold)
+    if args.window_search is not None:
+        changes["window_search"] = args.window_search
+    if args.region_rerank is not None:
+        changes["region_rerank"] = args.region_rerank
+    return index.search_options(dataclasses.replace(options, **changes))
+
+
 def cmd_vocab(args) -> None:
+    from bovw.vocabulary import VocabularyConfig
+    from cbir.build import train_vocabulary
+    from cbir.pipelines import get_pipeline
+    from cbir.retrieval_index import save_vocabulary
     pipeline = get_pipeline(args.method)
-    if isinstance(pipeline, GlobalPipeline) or pipeline.local_whitening_dim is not None:
-        raise SystemExit(f"cbir: {pipeline.name} has no separately trained vocabulary; give --train-root "
+    if pipeline.kind != "local" or pipeline.build.local_whitening_dim is not None:
+        raise UsageError(f"{pipeline.name} has no separately trained vocabulary; give --train-root "
                          f"to cbir index or cbir eval instead")
     _refuse_overwrite(args.output, args.force)
-    config = VocabularyConfig(branching=args.branching, depth=args.depth, niter=args.niter,
-                              seed=args.seed, max_descriptors=args.max_descriptors)
-    vocabulary, report = train_vocabulary(expand_images(args.images), pipeline, config, args.cache, args.jobs)
+    default = pipeline.build.vocabulary
+    config = VocabularyConfig(branching=args.branching or default.branching, depth=args.depth or default.depth,
+                              niter=args.niter, seed=args.seed, max_descriptors=args.max_descriptors)
+    paths = expand_images(args.images)
+    logger.info("training a %d-word vocabulary (%d^%d) for %s on %d images", config.n_words, config.branching,
+                config.depth, pipeline.name, len(paths))
+    vocabulary, report = train_vocabulary(paths, pipeline, config, args.cache, args.jobs)
     _print_report(report)
     save_vocabulary(vocabulary, args.output)
     print(f"saved a {vocabulary.n_words}-word vocabulary ({config.branching}^{config.depth}) to {args.output}")
 
 
+def _new_index(args, pipeline):
+    """An empty index for ``pipeline`` from the command line's learned parts."""
+    from cbir.build import build_index
+    from cbir.retrieval_index import load_vocabulary
+    from bovw.vocabulary import VocabularyConfig
+    vocabulary = load_vocabulary(args.vocab) if getattr(args, "vocab", None) else None
+    config = None
+    if pipeline.kind == "local" and (args.branching or args.depth):
+        default = pipeline.build.vocabulary
+        config = VocabularyConfig(branching=args.branching or default.branching, depth=args.depth or default.depth,
+                                  seed=args.seed)
+    return build_index(pipeline, vocabulary, expand_images(args.train_root) if args.train_root else None,
+                       expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs)
+
+
 def cmd_index(args) -> None:
+    from cbir.pipelines import get_pipeline
+    from cbir.searchable import load_index
     exists = os.path.exists(os.path.join(args.output, MANIFEST))
     if exists and not (args.add or args.force):
-        raise SystemExit(f"cbir: {args.output}: an index is already there; use --add to extend it "
-                         f"or --force to replace it")
+        raise UsageError(f"{args.output}: an index is already there; use --add to extend it or --force to replace it")
     if exists and args.add:
         index = load_index(args.output, cache_dir=args.cache)
+        if args.method is not None and args.method != index.pipeline.name:
+            raise UsageError(f"{args.output} was built with {index.pipeline.name}; --add keeps its method "
+                             f"(drop --method {args.method})")
     else:
-        index = _new_index(args, get_pipeline(args.method))
+        index = _new_index(args, get_pipeline(args.method or "sift-bow"))
     paths = expand_images(args.images)
     report = index.add_images(paths, n_jobs=args.jobs)
     index.save(args.output)
@@ -92,93 +144,92 @@ def cmd_index(args) -> None:
 
 
 def cmd_query(args) -> None:
+    from cbir.searchable import load_index, parse_box
     index = load_index(args.index, cache_dir=args.cache, verify=not args.mmap, mmap=args.mmap)
-    bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
-    try:
-        results = index.search(args.image, top_k=args.top_k, bbox=bbox, n_jobs=args.n_jobs)
-    except ImageReadError as exc:
-        raise SystemExit(f"cbir: {exc}") from None
-    if args.draw:
-        if not isinstance(index, RetrievalIndex):
-            raise SystemExit("cbir: --draw needs a local-feature index (matches are drawn)")
-        _draw(index, args, results, bbox)
-    if args.json:
-        print(json.dumps([{"name": r.name, "score": r.score, "inliers": r.inliers,
-                           "homography": None if r.homography is None else r.homography.tolist()}
-                          for r in results]))
-        return
-    for rank, result in enumerate(results, 1):
-        verified = f"  {result.inliers} inliers" if result.inliers is not None else ""
-        print(f"{rank:4d}  {result.score:.4f}  {result.name}{verified}")
+    box = parse_box(args.box) if args.box else None
+    options = search_options(index, args)
+    queries = expand_images(args.images)
+    failed = 0
+    for query in queries:
+        try:
+            prepared = index.prepare_query(query, box, options)
+            results = index.search(prepared, top_k=args.top_k, options=options, n_jobs=args.jobs)
+        except ImageReadError as exc:
+            print(f"cbir: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.draw:
+            _draw(index, query, box, prepared, results, args)
+        if args.json:
+            for rank, r in enumerate(results, 1):
+                print(json.dumps({"query": query, "rank": rank, "name": r.name, "score": r.score,
+                                  "inliers": r.inliers,
+                                  "homography": None if r.homography is None else r.homography.tolist()}))
+            continue
+        if len(queries) > 1:
+            print(f"# {query}")
+        for rank, result in enumerate(results, 1):
+            verified = f"  {result.inliers} inliers" if result.inliers is not None else ""
+            print(f"{rank:4d}  {result.score:.4f}  {result.name}{verified}")
+    if failed == len(queries):
+        raise UsageError("no query image could be read")
 
 
-def _draw(index: RetrievalIndex, args, results, bbox) -> None:
+def _draw(index, query, box, prepared, results, args) -> None:
     """Write the query beside its top results, inlier matches drawn, as a PNG."""
     import cv2
+    from cbir.retrieval_index import RetrievalIndex
     from cbir.visualize import draw_results
-    features = index.query_features(args.image, bbox)
-    query_image = index.query_image(args.image, bbox)
-    if query_image.ndim == 2:
-        query_image = np.repeat(query_image[..., None], 3, axis=2)
+    if not isinstance(index, RetrievalIndex):
+        raise UsageError("--draw needs a local-feature index (matches are drawn)")
     shown = results[:args.draw_top]
     paths = []
     for result in shown:
         candidate = os.path.join(args.image_root, result.name) if args.image_root else result.name
         paths.append(candidate if os.path.isfile(candidate) else None)
-    picture = draw_results(query_image, features, shown, paths,
-                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.image_options)
-    cv2.imwrite(args.draw, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    print(f"wrote {args.draw}", file=sys.stderr)
+    picture = draw_results(index.extracted_query_image(query, box), prepared.keypoints, shown, paths,
+                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.build.image_options)
+    target = args.draw if len(expand_images(args.images)) == 1 else \
+        f"{os.path.splitext(args.draw)[0]}-{os.path.splitext(os.path.basename(query))[0]}.png"
+    cv2.imwrite(target, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    print(f"wrote {target}", file=sys.stderr)
 
 
-def _new_index(args, pipeline):
-    """An empty index for ``pipeline``: a vocabulary (--vocab, or trained on --train-root)
-    for local features, a whitening learned on --whiten-root for CNN global descriptors."""
-    if isinstance(pipeline, GlobalPipeline):
-        whitening = None
-        if args.whiten_root:
-            paths = expand_images(args.whiten_root)
-            print(f"learning the {pipeline.name} whitening on {len(paths)} images", file=sys.stderr)
-            whitening, _ = learn_whitening(paths, pipeline, args.cache)
-        else:
-            print("cbir: no --whiten-root given: descriptors are L2-normalised, not whitened", file=sys.stderr)
-        return GlobalIndex(pipeline, whitening, args.cache)
-    whitening = None
-    if pipeline.local_whitening_dim is not None:
-        roots = args.whiten_root or args.train_root
-        if not roots:
-            raise SystemExit(f"cbir: pipeline {pipeline.name} learns a descriptor whitening: give --train-root "
-                             f"(or --whiten-root) images, ideally not the ones indexed")
-        whitening, _ = learn_local_whitening(expand_images(roots), pipeline, args.cache, args.jobs)
-    if args.vocab:
-        if whitening is not None:
-            raise SystemExit(f"cbir: pipeline {pipeline.name} trains its vocabulary on whitened descriptors: "
-                             f"use --train-root instead of --vocab")
-        vocabulary = load_vocabulary(args.vocab)
-    elif args.train_root:
-        config = VocabularyConfig(branching=args.branching or pipeline.vocabulary.branching,
-                                  depth=args.depth or pipeline.vocabulary.depth, seed=args.seed)
-        train_paths = expand_images(args.train_root)
-        print(f"training a {config.n_words}-word vocabulary on {len(train_paths)} images", file=sys.stderr)
-        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, args.cache, args.jobs, whitening=whitening)
+def cmd_info(args) -> None:
+    from cbir.retrieval_index import load_vocabulary
+    from cbir.searchable import load_index
+    manifest = read_manifest(args.path)
+    if manifest.get("format") == "cbir-vocabulary":
+        vocabulary = load_vocabulary(args.path)
+        facts = {"format": "cbir-vocabulary", "words": vocabulary.n_words, "branching": vocabulary.branching,
+                 "depth": vocabulary.depth, "dim": vocabulary.dim}
     else:
-        raise SystemExit("cbir: --vocab or --train-root is required for a new index")
-    hamming = None
-    if pipeline.hamming is not None:
-        if not args.train_root:
-            raise SystemExit(f"cbir: pipeline {pipeline.name} learns a Hamming embedding: give --train-root images")
-        hamming, _ = learn_hamming(expand_images(args.train_root), pipeline, vocabulary, args.cache, args.jobs,
-                                   whitening=whitening)
-    return RetrievalIndex(vocabulary, pipeline, cache_dir=args.cache, whitening=whitening, hamming=hamming)
+        facts = load_index(args.path, verify=False, mmap=True).info()
+    if args.json:
+        print(json.dumps(facts, indent=1))
+        return
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, item in value.items():
+                print(f"  {name}: {item:.1f}" if isinstance(item, float) else f"  {name}: {item}")
+        else:
+            print(f"{key}: {value}")
 
 
 def cmd_eval(args) -> None:
+    import numpy as np
+    from cbir.evaluate import index_dataset, run_queries
+    from cbir.pipelines import get_pipeline
+    from cbir.searchable import load_index
+    from index.datasets import load_dataset
     dataset = load_dataset(args.dataset, args.root)
     pipeline = get_pipeline(args.method)
     if args.index and os.path.exists(os.path.join(args.index, MANIFEST)):
         index = load_index(args.index, cache_dir=args.cache)
     else:
-        if not (args.vocab or args.train_root or isinstance(pipeline, GlobalPipeline)):
+        if pipeline.kind == "local" and not (args.vocab or args.train_root):
+            logger.info("no --vocab or --train-root: training on the evaluated images (--root)")
             args.train_root = [args.root]
         index = _new_index(args, pipeline)
     report = index_dataset(index, dataset, n_jobs=args.jobs)
@@ -186,23 +237,26 @@ def cmd_eval(args) -> None:
         _print_report(report)
     if args.index:
         index.save(args.index)
-    result = run_queries(index, dataset)
+    if args.search is None and index.serves(pipeline):
+        args.search = pipeline.name
+    result = run_queries(index, dataset, search_options(index, args))
     if args.rankings:
         result.write_rankings(dataset, args.rankings)
     scores = "  ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
     print(f"{dataset.name} ({len(dataset.database)} images, {len(dataset.queries)} queries)  "
-          f"{pipeline.name}  {scores}  query ms median {np.median(result.query_ms):.2f}")
+          f"{args.search or index.pipeline.name}  {scores}  query ms median {np.median(result.query_ms):.2f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cbir.pipelines import PIPELINES
     parser = argparse.ArgumentParser(prog="cbir", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    methods = ", ".join(f"{p.name} ({p.description})" for p in ALL_PIPELINES.values())
+    methods = ", ".join(f"{p.name} ({p.description})" for p in PIPELINES.values())
 
-    def vocabulary_training(p):
+    def learned_parts(p):
         p.add_argument("--train-root", nargs="+",
-                       help="images/folders to train a vocabulary (and a BLCF whitening) on; "
+                       help="images/folders to train a vocabulary, Hamming embedding (and a BLCF whitening) on; "
                             "eval's default: --root")
         p.add_argument("--whiten-root", nargs="+",
                        help="images to learn a CNN pipeline's whitening on (use other images than the indexed)")
@@ -210,18 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--depth", type=int, help="vocabulary depth when training (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
 
-    def common(p, method=True):
-        if method:
-            p.add_argument("--method", default="sift-bow", help=f"pipeline name: {methods}")
+    def search_settings(p):
+        g = p.add_argument_group("search options (default: the index's pipeline)")
+        g.add_argument("--search", metavar="PIPELINE",
+                       help="use the search options of another pipeline built like the index "
+                            "(e.g. sift-sv-qe on a sift-bow index)")
+        g.add_argument("--assignments", type=int, help="visual words per query descriptor")
+        g.add_argument("--verify", type=int, metavar="N", help="spatially verify the top N (0: off)")
+        g.add_argument("--expand", type=int, metavar="N", help="expand the query with up to N verified results (0: off)")
+        g.add_argument("--he-threshold", type=int, help="Hamming distance threshold (of 64 bits)")
+        g.add_argument("--window-search", type=int, metavar="N", help="BLCF local search over the top N (0: off)")
+        g.add_argument("--region-rerank", type=int, metavar="N", help="R-MAC region re-ranking of the top N (0: off)")
+
+    def common(p):
         p.add_argument("--cache", default=default_cache_dir(),
-                       help="feature cache folder (default: %(default)s); '' disables it")
-        p.add_argument("--jobs", type=int, default=1, help="extraction threads (-1: all cores)")
+                       help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it); '' disables it")
+        p.add_argument("--jobs", type=int, default=1, help="threads (-1: all cores)")
 
     p = sub.add_parser("vocab", help="train a vocabulary tree from images")
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
     p.add_argument("-o", "--output", required=True, help="vocabulary directory to write")
-    p.add_argument("--branching", type=int, default=10, help="children per node, b (default 10)")
-    p.add_argument("--depth", type=int, default=5, help="levels, L; words = b^L (default 5)")
+    p.add_argument("--method", default="sift-bow", help=f"pipeline whose features and vocabulary shape to use: {methods}")
+    p.add_argument("--branching", type=int, help="children per node, b (default: the pipeline's)")
+    p.add_argument("--depth", type=int, help="levels, L; words = b^L (default: the pipeline's)")
     p.add_argument("--niter", type=int, default=20, help="k-means iterations per node")
     p.add_argument("--max-descriptors", type=int, default=0,
                    help="sample at most this many training descriptors (0: all)")
@@ -233,36 +298,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build an index, or extend one with --add")
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")
     p.add_argument("-o", "--output", required=True, help="index directory")
+    p.add_argument("--method", help=f"pipeline of a new index (default sift-bow): {methods}")
     p.add_argument("--vocab", help="vocabulary directory (for a new local-feature index)")
-    vocabulary_training(p)
-    p.add_argument("--add", action="store_true", help="add the images to the existing index")
+    learned_parts(p)
+    p.add_argument("--add", action="store_true", help="add the images to the existing index (keeps its method)")
     p.add_argument("--force", action="store_true", help="replace an existing index")
     common(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("query", help="search an index with an image")
-    p.add_argument("image", help="query image file")
+    p = sub.add_parser("query", help="search an index with one or more images")
+    p.add_argument("images", nargs="+", help="query image files, folders, or @list.txt")
     p.add_argument("--index", required=True, help="index directory")
-    p.add_argument("--top-k", type=int, default=10, help="results to print (default 10)")
-    p.add_argument("--bbox", help="query region x0,y0,x1,y1 in pixels")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--top-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--box", help="query region x0,y0,x1,y1 in pixels")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON lines {"query", "rank", "name", "score", "inliers", "homography"}')
     p.add_argument("--draw", metavar="PNG", help="write a picture of the query beside its top results, "
                                                   "inlier matches drawn")
     p.add_argument("--draw-top", type=int, default=5, help="results in the picture (default 5)")
     p.add_argument("--image-root", help="folder the indexed image names are relative to (for --draw)")
-    p.add_argument("--n-jobs", type=int, default=1, help="threads for spatial verification")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it, without "
                    "checksums (fast start for a large index; shapes and bounds are still checked)")
-    common(p, method=False)
+    search_settings(p)
+    common(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("info", help="describe a saved index or vocabulary")
+    p.add_argument("path", help="index or vocabulary directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("eval", help="score a method on a benchmark")
     p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])
     p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--method", default="sift-bow", help=f"pipeline name: {methods}")
     p.add_argument("--vocab", help="vocabulary directory; without it one is trained (on --train-root)")
-    vocabulary_training(p)
+    learned_parts(p)
     p.add_argument("--index", help="index directory to reuse, or to save the built index in")
     p.add_argument("--rankings", help="write one JSON line per query with its full ranking")
+    search_settings(p)
     common(p)
     p.set_defaults(func=cmd_eval)
     return parser
@@ -272,11 +346,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "cache", None) == "":
         args.cache = None
+    if getattr(args, "top_k", 1) < 1:
+        print(f"cbir: --top-k must be at least 1 (got {args.top_k})", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cbir: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         args.func(args)
-    except (IndexFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"cbir: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("cbir: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, IndexFormatError, ImageReadError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cbir: {message}", file=sys.stderr)
         return 1
+    finally:
+        logger.removeHandler(handler)
     return 0
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,8 @@ class EvaluationResult:
     Attributes:
         scores: metric name -> value (mAP, N-S, or revisitop E/M/H).
         rankings: per query, database names best first.
-        query_ms: per query, search time in milliseconds (features from cache excluded).
+        query_ms: per query, search time in milliseconds from its extracted features
+            (decoding and extraction excluded; quantization and ranking included).
         report: what happened to the database images.
     """
 
@@ -36,22 +36,28 @@ class EvaluationResult:
                 handle.write(json.dumps({"query": query.name, "ranking": ranking}) + "\n")
 
 
-def index_dataset(index, dataset: Dataset, n_jobs: int = 1, verbose: bool = True) -> ExtractionReport:
+def index_dataset(index, dataset: Dataset, n_jobs: int = 1, progress: bool = True) -> ExtractionReport:
     """Add the dataset's database images not yet indexed (named by their dataset names) to a
-    RetrievalIndex or GlobalIndex."""
-    todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index.images]
-    return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, verbose=verbose)
+    searchable index."""
+    todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index]
+    return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, progress=progress)
 
 
-def run_queries(index, dataset: Dataset, verbose: bool = True) -> EvaluationResult:
-    """Search every query of ``dataset`` in ``index`` and score the rankings."""
+def run_queries(index, dataset: Dataset, options=None, progress: bool = True) -> EvaluationResult:
+    """Search every query of ``dataset`` in ``index`` and score the rankings.
+
+    Args:
+        index: a searchable index holding the dataset's database.
+        dataset: queries (with optional boxes) and ground truth.
+        options: search options or a pipeline name built like the index (default: the index's).
+        progress: progress bar.
+    """
+    options = index.search_options(options)
     rankings, times = [], []
-    for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=not verbose):
+    for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=not progress):
         features = index.query_features(query.path, query.bbox)
         start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a query without features simply ranks nothing
-            results = index.search(features)
+        results = index.search(features, options=options)
         times.append((time.perf_counter() - start) * 1e3)
         rankings.append([r.name for r in results])
     return EvaluationResult(dataset.score(rankings), rankings, np.asarray(times))

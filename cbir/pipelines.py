@@ -1,170 +1,248 @@
-"""Named pipeline configurations: a retrieval method is one name.
+"""Named pipelines: a retrieval method is one name.
 
-Like hloc's ``confs``: ``PIPELINES["sift-bow"]`` fixes the feature extractor,
-the default vocabulary shape and the query-side options, so that a run is
-reproducible from its name.
+Like hloc's ``confs``: ``get_pipeline("sift-he-sv-qe")`` fixes how an index is
+built (``LocalBuild`` / ``GlobalBuild``: features, vocabulary shape, embedding,
+descriptor) and how it is searched by default (``SearchOptions``), so that a run
+is reproducible from its name. Pipelines with the same build share an index:
+``sift-bow``, ``sift-sv`` and ``sift-sv-qe`` differ only in their search options.
+
+Importing this module does not import torch: CNN settings are plain dataclasses.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
-
-from bovw.feature_cache import FeatureCache
+from bovw.features import SiftOptions
 from bovw.hamming import HammingConfig
-from bovw.features import LocalFeatures, SiftOptions, sift_from_array
-from bovw.images import ImageOptions, load_image
+from bovw.images import ImageOptions
 from bovw.vocabulary import VocabularyConfig
-from cnn.local_features import ConvLocalOptions, conv_local_from_image
-from cnn.pipelines import GLOBAL_PIPELINES
+from cnn.global_descriptors import GlobalDescriptorConfig
+from cnn.options import BackboneOptions, ConvLocalOptions
 from index.persistence import dataclass_from_dict
-from index.spatial_verification import ESTIMATORS, VerificationConfig
+from index.search_options import ExpansionConfig, SearchOptions
+from index.spatial_verification import VerificationConfig
 
 
 @dataclass(frozen=True)
-class ExpansionConfig:
-    """Query expansion with spatially verified results.
+class LocalBuild:
+    """How a local-feature index (SIFT, BLCF) is built; saved with it.
 
     Attributes:
-        max_results: verified results (best first) added to the query.
-        alpha: 0 for average query expansion (Chum et al. 2007); > 0 weights each
-            result by its similarity to the query to the power alpha (alpha-QE).
+        sift: SIFT extraction settings (None for conv features).
+        conv: conv-map local features (BLCF) instead of SIFT, or None.
+        vocabulary: shape and training of the vocabulary.
+        beam: nodes kept per tree level while quantizing (0 = greedy descent),
+            for the database and the queries alike.
+        local_whitening_dim: PCA-whitening dimensions of the local descriptors
+            before quantization (BLCF); None: descriptors are quantized as extracted.
+        hamming: store a 64-bit Hamming-embedding signature per feature.
+        hamming_seed: seed of the embedding's random projection.
     """
 
-    max_results: int = 50
-    alpha: float = 0.0
+    sift: SiftOptions | None = None
+    conv: ConvLocalOptions | None = None
+    vocabulary: VocabularyConfig = VocabularyConfig()
+    beam: int = 0
+    local_whitening_dim: int | None = None
+    hamming: bool = False
+    hamming_seed: int = 0
+
+    def __post_init__(self):
+        if (self.sift is None) == (self.conv is None):
+            raise ValueError("set exactly one of sift and conv")
+
+    @property
+    def extractor(self) -> SiftOptions | ConvLocalOptions:
+        """The feature extractor: ``key``, ``image`` (decoding), ``color`` and ``extract(image)``."""
+        return self.sift if self.sift is not None else self.conv
+
+    @property
+    def image_options(self) -> ImageOptions:
+        """How images are decoded for extraction."""
+        return self.extractor.image
+
+
+@dataclass(frozen=True)
+class GlobalBuild:
+    """How a CNN global-descriptor index is built; saved with it.
+
+    Attributes:
+        backbone: network and input size.
+        descriptor: pooling and whitening dimensions.
+        regions: store each image's whitened R-MAC regions (for region re-ranking).
+    """
+
+    backbone: BackboneOptions = BackboneOptions()
+    descriptor: GlobalDescriptorConfig = GlobalDescriptorConfig()
+    regions: bool = False
+
+    def __post_init__(self):
+        if self.regions and self.descriptor.method != "rmac":
+            raise ValueError("only R-MAC descriptors have regions to store")
+
+    @property
+    def image_options(self) -> ImageOptions:
+        """How images are decoded for the network."""
+        return ImageOptions(max_side=self.backbone.max_side)
+
+
+BUILD_KINDS = {"local": LocalBuild, "global": GlobalBuild}
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A retrieval method.
+    """A retrieval method: how its index is built and how it is searched by default.
 
     Attributes:
         name: the name users type (``sift-bow``).
         description: one line for ``--help``.
-        features: SIFT extraction settings (None for conv features).
-        vocabulary: shape and training of the vocabulary used when none is given.
-        query_assignments: words per query descriptor (multiple assignment, 1 = hard).
-        beam: nodes kept per tree level while quantizing (0 = greedy descent).
-        verification: spatial re-ranking of the top results, or None.
-        expansion: query expansion with the verified results, or None (needs verification).
-        window_search: re-rank this many top results by BLCF local search (0: off).
-        conv: conv-map local features (BLCF) instead of SIFT, or None.
-        local_whitening_dim: PCA-whitening dimensions of local descriptors before
-            quantization (BLCF); None: descriptors are quantized as extracted.
-        hamming: score with the Hamming-embedding match kernel instead of tf-idf cosine.
+        build: ``LocalBuild`` or ``GlobalBuild``.
+        search: default search options.
     """
 
     name: str
     description: str
-    features: SiftOptions | None = SiftOptions()
-    vocabulary: VocabularyConfig = VocabularyConfig()
-    query_assignments: int = 1
-    beam: int = 0
-    verification: VerificationConfig | None = None
-    expansion: ExpansionConfig | None = None
-    window_search: int = 0
-    conv: ConvLocalOptions | None = None
-    local_whitening_dim: int | None = None
-    hamming: HammingConfig | None = None
+    build: LocalBuild | GlobalBuild
+    search: SearchOptions = SearchOptions()
 
     def __post_init__(self):
-        if (self.features is None) == (self.conv is None):
-            raise ValueError(f"pipeline {self.name!r}: set exactly one of features (SIFT) and conv")
-        if self.expansion is not None and self.verification is None:
-            raise ValueError(f"pipeline {self.name!r}: query expansion needs spatial verification")
-        if self.verification is not None and self.verification.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.verification.estimator!r}; known: {', '.join(ESTIMATORS)}")
+        check_search_options(self.build, self.search)
 
     @property
-    def image_options(self) -> ImageOptions:
-        """How this pipeline decodes images."""
-        return self.features.image if self.features else ImageOptions(max_side=self.conv.backbone.max_side)
-
-    @property
-    def color(self) -> bool:
-        """Whether the extractor takes RGB (conv features) rather than grayscale (SIFT)."""
-        return self.conv is not None
-
-    def features_from_image(self, image: np.ndarray) -> LocalFeatures:
-        """Local features of a decoded image (grayscale for SIFT, RGB for conv features)."""
-        if self.conv is not None:
-            return conv_local_from_image(image, self.conv)
-        return sift_from_array(image, self.features)
-
-    def read_features(self, path: str) -> LocalFeatures:
-        """Decode an image file and extract this pipeline's local features (no cache).
-
-        Raises:
-            bovw.images.ImageReadError: the file cannot be used.
-        """
-        return self.features_from_image(load_image(path, self.image_options, color=self.color))
-
-    def feature_cache(self, directory: str | None) -> FeatureCache | None:
-        """The feature cache of this pipeline's extractor in ``directory`` (None: no cache)."""
-        key = self.conv.key if self.conv is not None else self.features.key
-        return FeatureCache(directory, key) if directory else None
+    def kind(self) -> str:
+        """``local`` (inverted file of local features) or ``global`` (dense descriptors)."""
+        return "local" if isinstance(self.build, LocalBuild) else "global"
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (saved in index manifests)."""
-        return dataclasses.asdict(self)
+        return {"name": self.name, "description": self.description, "kind": self.kind,
+                "build": dataclasses.asdict(self.build), "search": self.search.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Pipeline":
-        """Inverse of ``to_dict`` (raises ValueError on unknown or missing fields)."""
+        """Inverse of ``to_dict`` (ValueError on unknown or malformed fields)."""
         try:
-            return dataclass_from_dict(cls, data)
+            build = dataclass_from_dict(BUILD_KINDS[data["kind"]], data["build"])
+            return cls(data["name"], data["description"], build, SearchOptions.from_dict(data["search"]))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"invalid pipeline description: {exc}") from exc
+            raise ValueError(f"invalid pipeline description: {exc!r}") from exc
+
+
+def check_search_options(build: LocalBuild | GlobalBuild, options: SearchOptions) -> None:
+    """ValueError naming the first option an index built with ``build`` cannot apply."""
+    if isinstance(build, GlobalBuild):
+        local_only = [name for name, off in (("query assignments", options.query_assignments == 1),
+                                              ("Hamming matching", options.hamming is None),
+                                              ("window search", not options.window_search),
+                                              ("spatial verification", options.verification is None))
+                      if not off]
+        if local_only:
+            raise ValueError(f"{local_only[0]} needs a local-feature index; this one holds global descriptors")
+        if options.region_rerank and not build.regions:
+            raise ValueError("region re-ranking needs an index that stores R-MAC regions (built as rmac-rr)")
+        return
+    if options.region_rerank:
+        raise ValueError("region re-ranking needs an R-MAC index; this one holds local features")
+    if build.hamming != (options.hamming is not None):
+        raise ValueError("Hamming matching settings are needed exactly for indexes with a Hamming embedding "
+                         f"(this one has {'one' if build.hamming else 'none'})")
+    if options.window_search and build.conv is None:
+        raise ValueError("window search needs conv-map features on a grid (a BLCF index)")
 
 
 #: Features of every SIFT pipeline: RootSIFT with a detector threshold 8x below OpenCV's 0.04. The
 #: shared images are small (about 320x240); the extra ~450 keypoints per image raised sift-he from
 #: 0.804 to 0.846 Holidays mAP and 3.62 to 3.77 UKBench N-S (benchmarks/RESULTS.md).
 SIFT_FEATURES = SiftOptions(root=True, contrast_threshold=0.005)
-#: Default vocabulary of the SIFT pipelines: 10^6 words (best measured size, benchmarks/RESULTS.md).
-SIFT_VOCABULARY = VocabularyConfig(branching=10, depth=6)
-#: Vocabulary of the Hamming-embedding pipelines: ~20k words, as in the HE literature (COLMAP: 16k).
-HE_VOCABULARY = VocabularyConfig(branching=141, depth=2)
+#: Build of the tf-idf SIFT pipelines: 10^6 words (best measured size, benchmarks/RESULTS.md), beam 3.
+SIFT_BUILD = LocalBuild(sift=SIFT_FEATURES, vocabulary=VocabularyConfig(branching=10, depth=6), beam=3)
+#: Build of the Hamming-embedding pipelines: ~20k words, as in the HE literature (COLMAP: 16k).
+HE_BUILD = LocalBuild(sift=SIFT_FEATURES, vocabulary=VocabularyConfig(branching=141, depth=2), beam=3, hamming=True)
+#: BLCF: block-11 conv positions, whitened to 256 dims, 25k words.
+BLCF_BUILD = LocalBuild(conv=ConvLocalOptions(), vocabulary=VocabularyConfig(branching=158, depth=2),
+                        local_whitening_dim=256)
 
-PIPELINES: dict[str, Pipeline] = {
-    pipeline.name: pipeline for pipeline in [
-        Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^6 words, beam 3), query multiple assignment 3, "
-                 "tf-idf inverted file", SIFT_FEATURES, SIFT_VOCABULARY, query_assignments=3, beam=3),
-        Pipeline("sift-sv", "sift-bow + homography re-ranking of the top 100 (one-point similarity + LO)",
-                 SIFT_FEATURES, SIFT_VOCABULARY, query_assignments=3, beam=3,
-                 verification=VerificationConfig()),
-        Pipeline("sift-sv-qe", "sift-sv + average query expansion with the verified results",
-                 SIFT_FEATURES, SIFT_VOCABULARY, query_assignments=3, beam=3,
-                 verification=VerificationConfig(), expansion=ExpansionConfig()),
-        Pipeline("sift-he", "RootSIFT, 20k-word vocabulary (141^2, beam 3), 3 words per query descriptor, "
-                 "Hamming embedding (64 bits, threshold 24, burstiness)", SIFT_FEATURES, HE_VOCABULARY,
-                 query_assignments=3, beam=3, hamming=HammingConfig()),
-        Pipeline("sift-he-sv", "sift-he + homography re-ranking of the top 100", SIFT_FEATURES,
-                 HE_VOCABULARY, query_assignments=3, beam=3, hamming=HammingConfig(),
-                 verification=VerificationConfig()),
-        Pipeline("sift-he-sv-qe", "sift-he-sv + average query expansion", SIFT_FEATURES,
-                 HE_VOCABULARY, query_assignments=3, beam=3, hamming=HammingConfig(),
-                 verification=VerificationConfig(), expansion=ExpansionConfig()),
-        Pipeline("blcf", "BLCF: EfficientNet-Lite0 block-11 conv positions as local features, L2-PCAw(256)-L2, "
-                 "25k-word vocabulary (158^2), 3 words per query position, tf-idf inverted file (global search)",
-                 features=None, conv=ConvLocalOptions(), local_whitening_dim=256,
-                 vocabulary=VocabularyConfig(branching=158, depth=2), query_assignments=3),
-        Pipeline("blcf-ls", "blcf + local search: the top 100 re-ranked by their best window",
-                 features=None, conv=ConvLocalOptions(), local_whitening_dim=256,
-                 vocabulary=VocabularyConfig(branching=158, depth=2), query_assignments=3, window_search=100),
-    ]
-}
+_VERIFY = VerificationConfig()
+_BOW = SearchOptions(query_assignments=3)
+_HE = SearchOptions(query_assignments=3, hamming=HammingConfig())
+
+# Single-vector CNN methods keep 512 whitened dimensions: whitening learned on ~1000 images cannot
+# support all 1280 (it fits noise, UKBench N-S fell from 3.93 to 1.8-2.9 with MAC/GeM). R-MAC
+# learns from ~20 regions per image and keeps all of them.
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
+    Pipeline("sift-bow", "RootSIFT, vocabulary tree (10^6 words, beam 3), query multiple assignment 3, "
+             "tf-idf inverted file", SIFT_BUILD, _BOW),
+    Pipeline("sift-sv", "sift-bow + homography re-ranking of the top 100 (one-point similarity + LO)",
+             SIFT_BUILD, dataclasses.replace(_BOW, verification=_VERIFY)),
+    Pipeline("sift-sv-qe", "sift-sv + average query expansion with the verified results",
+             SIFT_BUILD, dataclasses.replace(_BOW, verification=_VERIFY, expansion=ExpansionConfig())),
+    Pipeline("sift-he", "RootSIFT, 20k-word vocabulary (141^2, beam 3), 3 words per query descriptor, "
+             "Hamming embedding (64 bits, threshold 24, burstiness)", HE_BUILD, _HE),
+    Pipeline("sift-he-sv", "sift-he + homography re-ranking of the top 100", HE_BUILD,
+             dataclasses.replace(_HE, verification=_VERIFY)),
+    Pipeline("sift-he-sv-qe", "sift-he-sv + average query expansion", HE_BUILD,
+             dataclasses.replace(_HE, verification=_VERIFY, expansion=ExpansionConfig())),
+    Pipeline("blcf", "BLCF: EfficientNet-Lite0 block-11 conv positions as local features, L2-PCAw(256)-L2, "
+             "25k-word vocabulary (158^2), 3 words per query position, tf-idf inverted file (global search)",
+             BLCF_BUILD, SearchOptions(query_assignments=3)),
+    Pipeline("blcf-ls", "blcf + local search: the top 100 re-ranked by their best window",
+             BLCF_BUILD, SearchOptions(query_assignments=3, window_search=100)),
+    Pipeline("spoc", "EfficientNet-Lite0 head map, sum pooling, L2-PCAw(512)-L2",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("spoc", whitening_dim=512))),
+    Pipeline("mac", "EfficientNet-Lite0 head map, max pooling, L2-PCAw(512)-L2",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("mac", whitening_dim=512))),
+    Pipeline("gem", "EfficientNet-Lite0 head map, GeM pooling (p=3), L2-PCAw(512)-L2",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("gem", whitening_dim=512))),
+    Pipeline("rmac", "EfficientNet-Lite0 head map, R-MAC (3 scales, regions whitened then summed)",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"))),
+    Pipeline("rmac-rr", "rmac + re-ranking of the top 100 by best region match",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), regions=True), SearchOptions(region_rerank=100)),
+    Pipeline("crow", "EfficientNet-Lite0 head map, CroW weighting, L2-PCAw(512)-L2",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("crow", whitening_dim=512))),
+]}
 
 
-ALL_PIPELINES: dict = {**PIPELINES, **GLOBAL_PIPELINES}
-
-
-def get_pipeline(name: str):
-    """The pipeline called ``name``: a local-feature ``Pipeline`` or a CNN ``GlobalPipeline``
-    (ValueError listing the known names otherwise)."""
+def get_pipeline(name: str | Pipeline) -> Pipeline:
+    """The pipeline called ``name`` (ValueError listing the known names otherwise); a Pipeline
+    is returned as is."""
+    if isinstance(name, Pipeline):
+        return name
     try:
-        return ALL_PIPELINES[name]
+        return PIPELINES[name]
     except KeyError:
-        raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(ALL_PIPELINES)}") from None
+        raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}") from None
+
+
+def pipeline_from_format1(data: dict, index_format: str) -> Pipeline:
+    """The pipeline of an index saved in format 1 (build and query settings in one record).
+
+    Args:
+        data: the manifest's ``pipeline`` entry.
+        index_format: ``cbir-index`` (local features) or ``cbir-global-index``.
+    """
+    try:
+        name, description = data["name"], data["description"]
+        if index_format == "cbir-global-index":
+            backbone = {k: v for k, v in data["backbone"].items() if k not in ("device", "cpu_threads")}
+            build = GlobalBuild(dataclass_from_dict(BackboneOptions, backbone),
+                                dataclass_from_dict(GlobalDescriptorConfig, data["descriptor"]),
+                                regions=bool(data["region_rerank"]))
+            return Pipeline(name, description, build, SearchOptions(region_rerank=data["region_rerank"]))
+        conv = None
+        if data["conv"] is not None:
+            backbone = {k: v for k, v in data["conv"]["backbone"].items() if k not in ("device", "cpu_threads")}
+            conv = ConvLocalOptions(dataclass_from_dict(BackboneOptions, backbone))
+        hamming = dict(data["hamming"]) if data["hamming"] is not None else None
+        seed = hamming.pop("seed", 0) if hamming is not None else 0
+        build = LocalBuild(dataclass_from_dict(SiftOptions, data["features"]) if data["features"] else None, conv,
+                           dataclass_from_dict(VocabularyConfig, data["vocabulary"]), data["beam"],
+                           data["local_whitening_dim"], hamming is not None, seed)
+        search = SearchOptions(
+            data["query_assignments"], dataclass_from_dict(HammingConfig, hamming) if hamming is not None else None,
+            data["window_search"],
+            dataclass_from_dict(VerificationConfig, data["verification"]) if data["verification"] else None,
+            dataclass_from_dict(ExpansionConfig, data["expansion"]) if data["expansion"] else None)
+        return Pipeline(name, description, build, search)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"invalid format-1 pipeline description: {exc!r}") from exc

@@ -6,7 +6,6 @@ import os
 import cv2
 import numpy as np
 
-from bovw.features import LocalFeatures
 from bovw.images import ImageOptions, ImageReadError, load_image
 
 
@@ -15,13 +14,13 @@ def _panel(image: np.ndarray, height: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), height)), scale
 
 
-def draw_results(query_image: np.ndarray, query_features: LocalFeatures, results, result_paths: list[str | None],
+def draw_results(query_image: np.ndarray, query_keypoints: np.ndarray, results, result_paths: list[str | None],
                  result_keypoints: list[np.ndarray], image_options: ImageOptions, row_height: int = 240) -> np.ndarray:
     """One row per result: the query on the left, the result on the right, inlier matches as lines.
 
     Args:
         query_image: (h, w, 3) uint8 RGB, the image the query keypoints refer to.
-        query_features: the query's features.
+        query_keypoints: (n, 4) float32 keypoints of the query, in pixels of ``query_image``.
         results: SearchResult list (``matches`` set for verified results).
         result_paths: image file of each result, or None when it cannot be found.
         result_keypoints: (n_i, 4) keypoints of each result, as stored in the index.
@@ -44,7 +43,7 @@ def draw_results(query_image: np.ndarray, query_features: LocalFeatures, results
         row = np.concatenate([left, right], axis=1).copy()
         if result.matches is not None:
             for qi, di in result.matches:
-                p = tuple(int(v) for v in query_features.keypoints[qi, :2] * q_scale)
+                p = tuple(int(v) for v in query_keypoints[qi, :2] * q_scale)
                 q = tuple(int(v) for v in keypoints[di, :2] * r_scale + [left.shape[1], 0])
                 cv2.line(row, p, q, (0, 255, 0), 1, cv2.LINE_AA)
         label = f"{os.path.basename(result.name)}  score {result.score:.3f}" + \

@@ -10,47 +10,46 @@ file installed with it; nothing is downloaded) and are read with
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass
+import threading
 
 import cv2
 import numpy as np
 import torch
 
-#: Stride in pixels of each exposed map.
-STRIDES = {"local": 16, "global": 32}
-#: Channels of each exposed map.
-CHANNELS = {"local": 672, "global": 1280}
+from cnn.options import BackboneOptions
+
 _LOCAL_BLOCK = 11
+#: Serialises changes of torch's process-wide thread count (see ``_torch_threads``).
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0
+_threads_before = 0
 
 
-@dataclass(frozen=True)
-class BackboneOptions:
-    """How images go through the network.
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """Run torch with ``count`` intra-op threads, restoring the caller's setting afterwards.
 
-    Attributes:
-        name: backbone (only ``efficientnet-lite0`` has offline weights).
-        max_side: longest image side in pixels fed to the network (aspect kept;
-            larger images are down-scaled to it).
-        upscale: also up-scale smaller images to ``max_side`` (conv maps of small
-            photos are otherwise only a few cells wide).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        cpu_threads: torch intra-op threads on the CPU (process-wide). 1 by default:
-            on a busy 2-core machine, 2 threads made Lite0 30x slower (spinning
-            OpenMP workers); parallelise over images instead (``n_jobs``).
+    torch's thread count is process-wide: concurrent users share one setting, the
+    first one in saves the caller's value and the last one out restores it.
     """
-
-    name: str = "efficientnet-lite0"
-    max_side: int = 1024
-    upscale: bool = False
-    device: str = "auto"
-    cpu_threads: int = 1
-
-    @property
-    def key(self) -> str:
-        """Changes whenever the feature maps would."""
-        # device and threads do not change the maps
-        return f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
+    global _threads_users, _threads_before
+    if count <= 0:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(count)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_before)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,10 +70,14 @@ class Backbone(torch.nn.Module):
     """EfficientNet-Lite with its ImageNet weights; ``forward`` returns the exposed maps.
 
     Args:
-        options: backbone name, input size and device.
+        options: backbone name and input size.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        cpu_threads: torch intra-op threads while this backbone runs on the CPU
+            (restored afterwards). 1 by default: on a busy 2-core machine, 2 threads
+            made Lite0 30x slower (spinning OpenMP workers); parallelise over images instead.
     """
 
-    def __init__(self, options: BackboneOptions = BackboneOptions()):
+    def __init__(self, options: BackboneOptions = BackboneOptions(), device: str = "auto", cpu_threads: int = 1):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
         self.options = options
@@ -82,9 +85,8 @@ class Backbone(torch.nn.Module):
         state = torch.load(_weights_path(options.name), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state, strict=True)
         self.net.eval()
-        self.device = resolve_device(options.device)
-        if self.device.type == "cpu" and options.cpu_threads > 0:
-            torch.set_num_threads(options.cpu_threads)
+        self.device = resolve_device(device)
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else 0
         self.to(self.device)
 
     @staticmethod
@@ -130,11 +132,12 @@ class Backbone(torch.nn.Module):
         height, width = self.input_size(*image.shape[:2])
         if (height, width) != image.shape[:2]:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        out = self(self.preprocess(image).to(self.device))
+        with _torch_threads(self.cpu_threads):
+            out = self(self.preprocess(image).to(self.device))
         return {name: value[0].float().cpu().numpy() for name, value in out.items()}
 
 
 @functools.lru_cache(maxsize=4)
-def get_backbone(options: BackboneOptions = BackboneOptions()) -> Backbone:
-    """One shared Backbone per options (the weights are loaded once per process)."""
-    return Backbone(options)
+def get_backbone(options: BackboneOptions = BackboneOptions(), device: str = "auto") -> Backbone:
+    """One shared Backbone per options and device (the weights are loaded once per process)."""
+    return Backbone(options, device)

@@ -5,7 +5,8 @@ import numpy as np
 
 from bovw.feature_cache import FeatureCache
 from bovw.images import ImageOptions, load_image
-from cnn.backbone import Backbone, BackboneOptions, get_backbone
+from cnn.backbone import Backbone, get_backbone
+from cnn.options import BackboneOptions
 
 
 class FeatureMapExtractor:
@@ -17,15 +18,18 @@ class FeatureMapExtractor:
     Args:
         options: backbone settings (its ``max_side`` sizes the input).
         cache_dir: feature cache folder, or None.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, options: BackboneOptions = BackboneOptions(), cache_dir: str | None = None):
+    def __init__(self, options: BackboneOptions = BackboneOptions(), cache_dir: str | None = None,
+                 device: str = "auto"):
         self.options = options
+        self.device = device
         self.cache = FeatureCache(cache_dir, options.key) if cache_dir else None
 
     @property
     def backbone(self) -> Backbone:
-        return get_backbone(self.options)
+        return get_backbone(self.options, self.device)
 
     def image(self, path: str) -> np.ndarray:
         """(h, w, 3) uint8 RGB as fed to the network (longest side at most ``max_side``).
@@ -35,15 +39,16 @@ class FeatureMapExtractor:
         """
         return load_image(path, ImageOptions(max_side=self.options.max_side), color=True)
 
-    def __call__(self, path: str) -> dict[str, np.ndarray]:
-        """Feature maps of an image file (cached)."""
+    def __call__(self, path: str, store: bool = True) -> dict[str, np.ndarray]:
+        """Feature maps of an image file, from the cache when there; computed maps are
+        cached when ``store`` (queries pass False)."""
         found = self.cache.get_arrays(path) if self.cache else None
         if found is None:
             image = self.image(path)
             maps = self.backbone.feature_maps(image)
             found = {"local": maps["local"].astype(np.float16), "global": maps["global"].astype(np.float16),
                      "image_size": np.asarray(image.shape[:2], np.int64)}
-            if self.cache:
+            if self.cache and store:
                 self.cache.put_arrays(path, found)
         return {name: value.astype(np.float32) if value.dtype == np.float16 else value
                 for name, value in found.items()}

@@ -8,28 +8,12 @@ and re-ranking code then treat it like any other local feature.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from bovw.features import LocalFeatures
-from cnn.backbone import STRIDES, BackboneOptions, get_backbone
+from cnn.backbone import get_backbone
+from cnn.options import STRIDES, ConvLocalOptions
 from cnn.pooling import l2_normalize
-
-
-@dataclass(frozen=True)
-class ConvLocalOptions:
-    """Which network and map give the local features.
-
-    Attributes:
-        backbone: network and input size.
-    """
-
-    backbone: BackboneOptions = BackboneOptions()
-
-    @property
-    def key(self) -> str:
-        return f"convlocal-v1-{self.backbone.key}"
 
 
 def conv_local_features(local_map: np.ndarray, stride: float, image_size: tuple) -> LocalFeatures:
@@ -45,10 +29,11 @@ def conv_local_features(local_map: np.ndarray, stride: float, image_size: tuple)
     return LocalFeatures(keypoints, descriptors, image_size)
 
 
-def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions()) -> LocalFeatures:
+def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions(),
+                          device: str = "auto") -> LocalFeatures:
     """Local conv features of an (h, w, 3) uint8 RGB image; keypoints in its pixels
     (the stride shrinks accordingly when the backbone up-scales the image)."""
-    backbone = get_backbone(options.backbone)
+    backbone = get_backbone(options.backbone, device)
     local_map = backbone.feature_maps(image)["local"]
     scale = backbone.input_size(*image.shape[:2])[0] / image.shape[0]
     return conv_local_features(local_map, STRIDES["local"] / scale, image.shape[:2])

@@ -2,6 +2,10 @@
 
 Optionally each image also carries a variable number of region vectors (e.g.
 R-MAC regions) for re-ranking: ``regions[region_offsets[i]:region_offsets[i+1]]``.
+
+Adding is amortised linear: new vectors wait in a pending list and are joined
+once, by ``consolidate()`` or the first read (the owning index consolidates under
+its write lock, so concurrent readers never find pending work).
 """
 from __future__ import annotations
 
@@ -15,12 +19,37 @@ class DenseIndex:
 
     def __init__(self, dim: int):
         self.dim = int(dim)
-        self.vectors = np.zeros((0, self.dim), np.float32)
-        self.region_offsets = np.zeros(1, np.int64)
-        self.regions = np.zeros((0, self.dim), np.float32)
+        self._n = 0
+        self._vectors = np.zeros((0, self.dim), np.float32)
+        self._region_offsets = np.zeros(1, np.int64)
+        self._regions = np.zeros((0, self.dim), np.float32)
+        self._pending: list[tuple] = []
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return self._n
+
+    @property
+    def pending(self) -> bool:
+        """Whether vectors were added since the arrays were last joined."""
+        return bool(self._pending)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(n, d) float32 unit vectors."""
+        self.consolidate()
+        return self._vectors
+
+    @property
+    def region_offsets(self) -> np.ndarray:
+        """(n + 1,) int64 offsets of each image's regions."""
+        self.consolidate()
+        return self._region_offsets
+
+    @property
+    def regions(self) -> np.ndarray:
+        """(r, d) float32 region vectors of all images."""
+        self.consolidate()
+        return self._regions
 
     def add(self, vectors: np.ndarray, regions: list[np.ndarray] | None = None) -> None:
         """Append (m, d) vectors and, optionally, each one's (r_i, d) region vectors."""
@@ -28,20 +57,31 @@ class DenseIndex:
         regions = regions if regions is not None else [np.zeros((0, self.dim), np.float32)] * len(vectors)
         if len(regions) != len(vectors):
             raise ValueError("one region array per vector is needed")
-        self.vectors = np.concatenate([self.vectors, vectors])
         counts = np.array([len(r) for r in regions], np.int64)
-        self.region_offsets = np.r_[self.region_offsets, self.region_offsets[-1] + np.cumsum(counts)]
-        self.regions = np.concatenate([self.regions] + [np.asarray(r, np.float32).reshape(-1, self.dim)
-                                                        for r in regions])
+        self._pending.append((vectors, counts, np.concatenate(
+            [np.asarray(r, np.float32).reshape(-1, self.dim) for r in regions] or [self._regions[:0]])))
+        self._n += len(vectors)
+
+    def consolidate(self) -> None:
+        """Join the pending vectors to the arrays (one concatenation for any number of adds)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        counts = np.concatenate([p[1] for p in pending])
+        self._vectors = np.concatenate([self._vectors] + [p[0] for p in pending])
+        self._region_offsets = np.r_[self._region_offsets, self._region_offsets[-1] + np.cumsum(counts)]
+        self._regions = np.concatenate([self._regions] + [p[2] for p in pending])
 
     def remove(self, slots) -> None:
         """Remove images by slot; the others keep their order."""
+        self.consolidate()
         removed = np.zeros(len(self), bool)
         removed[np.asarray(slots, np.int64)] = True
-        per_region = np.repeat(removed, np.diff(self.region_offsets))
-        self.vectors = self.vectors[~removed]
-        self.regions = self.regions[~per_region]
-        self.region_offsets = np.r_[0, np.cumsum(np.diff(self.region_offsets)[~removed])].astype(np.int64)
+        per_region = np.repeat(removed, np.diff(self._region_offsets))
+        self._vectors = self._vectors[~removed]
+        self._regions = self._regions[~per_region]
+        self._region_offsets = np.r_[0, np.cumsum(np.diff(self._region_offsets)[~removed])].astype(np.int64)
+        self._n = len(self._vectors)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(n,) float32 inner products with a (d,) query."""
@@ -58,11 +98,13 @@ class DenseIndex:
         return best
 
     def state_dict(self) -> tuple[dict, dict]:
+        """(metadata, arrays) for persistence."""
         return ({"kind": "dense-index", "version": STATE_VERSION, "dim": self.dim, "n_images": len(self)},
                 {"vectors": self.vectors, "region_offsets": self.region_offsets, "regions": self.regions})
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "DenseIndex":
+        """Rebuild from ``state_dict()`` output (ValueError when inconsistent)."""
         if meta.get("kind") != "dense-index" or meta.get("version") != STATE_VERSION:
             raise ValueError(f"not a version-{STATE_VERSION} dense index")
         index = cls(int(meta["dim"]))
@@ -71,5 +113,6 @@ class DenseIndex:
         if vectors.shape != (n, index.dim) or offsets.shape != (n + 1,) or offsets[0] != 0 \
                 or offsets[-1] != len(regions) or np.any(np.diff(offsets) < 0) or regions.shape[1:] != (index.dim,):
             raise ValueError("dense index arrays are inconsistent")
-        index.vectors, index.region_offsets, index.regions = vectors, offsets, regions
+        index._vectors, index._region_offsets, index._regions = vectors, offsets, regions
+        index._n = n
         return index

@@ -27,6 +27,8 @@ def hamming_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.nda
         signatures: (n, k) uint64 signature of each feature relative to each word.
         config: threshold, sigma, burstiness.
     """
+    if len(words) == 0:
+        return np.zeros(inverted.n_images, np.float32)
     words = np.asarray(words, np.int64).reshape(len(words), -1)
     signatures = np.asarray(signatures, np.uint64).reshape(words.shape)
     idf = inverted.idf.astype(np.float64)

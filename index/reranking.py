@@ -2,18 +2,20 @@
 
 Independent of how the initial list was scored (tf-idf, Hamming embedding, ...):
 it needs only the candidates' slots and scores, their stored keypoints and
-words, and a function that scores an expanded query.
+words, and the inverted file that scores an expanded query.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 from joblib import Parallel, delayed
 
+from bovw.hamming import HammingConfig
 from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
 from index.kernels import top_indices
+from index.match_kernel import hamming_scores
+from index.search_options import ExpansionConfig
 from index.spatial_verification import Verification, VerificationConfig, verify_pair
 
 
@@ -119,26 +121,54 @@ def average_query_expansion(query_vector: tuple[np.ndarray, np.ndarray],
     return words, (values / norm if norm > 0 else values).astype(np.float32)
 
 
-def expand_and_requery(ranking: list[RankedImage], query_vector, image_vector: Callable[[int], tuple],
-                       score_vector: Callable[[tuple], np.ndarray], n_words: int, max_results: int = 50,
-                       alpha: float = 0.0, limit: int | None = None) -> list[RankedImage]:
-    """Expand the query with the verified results, search again; verified results stay on top.
+def bow_expansion(ranking: list[RankedImage], query_vector: tuple[np.ndarray, np.ndarray],
+                  inverted: InvertedFile, images: ImageStore, config: ExpansionConfig = ExpansionConfig(),
+                  limit: int | None = None) -> list[RankedImage]:
+    """Expand a tf-idf query with its verified results, search again; verified results stay on top.
 
     Args:
         ranking: spatially re-ranked list (verified entries first).
-        query_vector: (words, values) of the query.
-        image_vector: slot -> (words, values) of a database image.
-        score_vector: (words, values) -> (n_images,) scores of the expanded query.
-        n_words: vocabulary size.
-        max_results: at most this many verified results expand the query.
-        alpha: 0 for AQE, > 0 for alpha-QE.
+        query_vector: (words (u,), values (u,)) L2-normalised tf-idf vector of the query.
+        inverted: the inverted file searched.
+        images: the words of the database images.
+        config: how many verified results expand the query, and their weighting.
         limit: return at most this many (None: every image).
     """
-    verified = [e for e in ranking if e.verified][:max_results]
+    verified = [e for e in ranking if e.verified][:config.max_results]
     if not verified:
         return ranking
-    expanded = average_query_expansion(query_vector, [image_vector(e.slot) for e in verified], n_words, alpha)
-    return verified_first(ranking, score_vector(expanded), limit)
+    expanded = average_query_expansion(
+        query_vector, [inverted.query_vector(images.features(e.slot)[1]) for e in verified], inverted.n_words,
+        config.alpha)
+    return verified_first(ranking, inverted.vector_scores(*expanded), limit)
+
+
+def hamming_expansion(ranking: list[RankedImage], words: np.ndarray, signatures: np.ndarray,
+                      inverted: InvertedFile, images: ImageStore, matching: HammingConfig,
+                      config: ExpansionConfig = ExpansionConfig(), limit: int | None = None) -> list[RankedImage]:
+    """Query expansion in Hamming-embedding space: the query's features plus the inlier
+    features of up to ``config.max_results`` verified images, searched again; verified stay on top.
+
+    Args:
+        ranking: spatially re-ranked list (verified entries carry their inlier ``matches``).
+        words: (n, k) int word ids of the query features.
+        signatures: (n, k) uint64 their signatures.
+        inverted: the inverted file searched (with a signature payload).
+        images: the words and signatures of the database images.
+        matching: Hamming matching settings.
+        config: how many verified results expand the query.
+        limit: return at most this many (None: every image).
+    """
+    verified = [e for e in ranking if e.verified][:config.max_results]
+    if not verified:
+        return ranking
+    all_words, all_signatures = [words.reshape(-1, 1)], [signatures.reshape(-1, 1)]
+    for entry in verified:
+        inliers = np.unique(entry.matches[:, 1])
+        all_words.append(images.features(entry.slot)[1][inliers].reshape(-1, 1))
+        all_signatures.append(images.feature_signatures(entry.slot)[inliers].reshape(-1, 1))
+    scores = hamming_scores(inverted, np.concatenate(all_words), np.concatenate(all_signatures), matching)
+    return verified_first(ranking, scores, limit)
 
 
 def verified_first(ranking: list[RankedImage], scores: np.ndarray, limit: int | None = None) -> list[RankedImage]:

@@ -8,7 +8,11 @@ window score is the cosine of L2-normalised tf-idf vectors, as for whole images.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from index.image_store import ImageStore
 
 
 def candidate_windows(height: int, width: int, steps: int = 5, min_fraction: float = 1 / 3) -> np.ndarray:
@@ -61,3 +65,23 @@ def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np
     dots = query @ weighted
     scores = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     return float(scores.max())
+
+
+def window_rerank(ranking: list, query_vector: tuple[np.ndarray, np.ndarray], idf: np.ndarray,
+                  images: ImageStore, top: int) -> list:
+    """BLCF local search: the top ``top`` entries re-scored by their best window, re-sorted.
+
+    Args:
+        ranking: ``index.reranking.RankedImage`` list, best first.
+        query_vector: (words (u,), values (u,)) L2-normalised tf-idf vector of the query.
+        idf: (n_words,) idf of the collection.
+        images: keypoints (grid positions) and words of the database images.
+        top: entries re-scored.
+
+    Returns:
+        the re-scored head, by decreasing score (ties keep their order), then the rest unchanged.
+    """
+    head = [dataclasses.replace(e, score=max(e.score, best_window_score(*query_vector, idf, *images.features(e.slot))))
+            for e in ranking[:top]]
+    head.sort(key=lambda e: -e.score)
+    return head + ranking[top:]

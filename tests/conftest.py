@@ -37,11 +37,10 @@ def feature_cache_dir(tmp_path_factory) -> str:
 def small_vocabulary(ukbench_subset, feature_cache_dir):
     """A 1000-word (10^3) tree trained on the subset's RootSIFT descriptors."""
     from bovw.vocabulary import VocabularyConfig
-    from cbir.pipelines import get_pipeline
-    from cbir.retrieval_index import train_vocabulary
-    vocabulary, _ = train_vocabulary(ukbench_subset.database_paths, get_pipeline("sift-bow"),
+    from cbir.build import train_vocabulary
+    vocabulary, _ = train_vocabulary(ukbench_subset.database_paths, "sift-bow",
                                      VocabularyConfig(branching=10, depth=3, seed=0),
-                                     feature_cache_dir, n_jobs=2, verbose=False)
+                                     feature_cache_dir, n_jobs=2, progress=False)
     return vocabulary
 
 
@@ -49,8 +48,8 @@ def small_vocabulary(ukbench_subset, feature_cache_dir):
 def built_index(ukbench_subset, small_vocabulary, feature_cache_dir):
     from cbir.evaluate import index_dataset
     from cbir.retrieval_index import RetrievalIndex
-    index = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=feature_cache_dir)
-    index_dataset(index, ukbench_subset, n_jobs=2, verbose=False)
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
+    index_dataset(index, ukbench_subset, n_jobs=2, progress=False)
     return index
 
 

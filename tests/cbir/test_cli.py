@@ -24,10 +24,17 @@ def test_vocab_index_query_eval(image_folder, tmp_path, capsys):
     assert main(["index", str(image_folder), "-o", index, "--vocab", vocab, "--cache", cache]) == 0
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "skipped" in err
-    assert main(["query", str(image_folder / "ukbench00005.jpg"), "--index", index, "--json",
-                 "--top-k", "3", "--cache", cache]) == 0
-    results = json.loads(capsys.readouterr().out)
-    assert results[0]["name"].endswith("ukbench00005.jpg") and len(results) == 3
+    assert main(["query", str(image_folder / "ukbench00005.jpg"), str(image_folder / "ukbench00010.jpg"),
+                 "--index", index, "--json", "--top-k", "3", "--cache", cache]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["query"][-9:], r["rank"]) for r in results] == [("00005.jpg", 1), ("00005.jpg", 2), ("00005.jpg", 3),
+                                                             ("00010.jpg", 1), ("00010.jpg", 2), ("00010.jpg", 3)]
+    assert results[0]["name"].endswith("ukbench00005.jpg") and results[3]["name"].endswith("ukbench00010.jpg")
+    assert main(["info", index, "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["images"] == 16 and facts["vocabulary_words"] == 32 ** 2 and facts["pipeline"] == "sift-bow"
+    assert main(["index", str(image_folder), "-o", index, "--add", "--method", "sift-he", "--cache", cache]) == 1
+    assert "built with sift-bow; --add keeps its method" in capsys.readouterr().err
 
     rankings = str(tmp_path / "rankings.jsonl")
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--vocab", vocab,
@@ -42,8 +49,8 @@ def test_refuses_to_overwrite_without_force(image_folder, tmp_path, capsys):
     args = ["vocab", str(image_folder / "ukbench00000.jpg"), "-o", vocab, "--branching", "4", "--depth", "1",
             "--cache", ""]
     assert main(args) == 0
-    with pytest.raises(SystemExit, match="--force"):
-        main(args)
+    assert main(args) == 1
+    assert "use --force to overwrite it" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0
 
 
@@ -52,6 +59,20 @@ def test_errors_name_the_file(tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().err
 
 
+def test_user_mistakes_end_in_one_line_and_an_exit_code(image_folder, tmp_path, capsys):
+    index = os.path.join(os.path.dirname(__file__), "..", "data", "format-v1", "sift-bow")
+    query = str(image_folder / "ukbench00005.jpg")
+    for extra, code, message in ((["--box", "1,2,3"], 1, "a box is four numbers"),
+                                 (["--box", "300,10,20,40"], 1, "is empty"),
+                                 (["--top-k", "0"], 2, "--top-k must be at least 1"),
+                                 (["--window-search", "10"], 1, "window search needs conv-map features"),
+                                 (["--search", "sift-he"], 1, "'sift-he' is built differently")):
+        assert main(["query", query, "--index", index, "--cache", ""] + extra) == code
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
 def test_query_draws_matches(image_folder, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     vocab, index = str(tmp_path / "vocab"), str(tmp_path / "index")
@@ -67,6 +88,7 @@ def test_query_draws_matches(image_folder, tmp_path, capsys):
     assert Image.open(picture).size[1] == 2 * 240
 
 
+@pytest.mark.slow
 def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     other = str(tmp_path / "other")
@@ -79,12 +101,12 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     capsys.readouterr()
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--json", "--top-k", "2",
                  "--cache", cache]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["name"].endswith("ukbench00006.jpg")
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "blcf",
                  "--train-root", other, "--branching", "12", "--cache", cache]) == 0
     assert "blcf  N-S" in capsys.readouterr().out
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "sift-he",
                  "--branching", "20", "--cache", cache]) == 0
     assert "sift-he  N-S" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no separately trained vocabulary"):
-        main(["vocab", other, "-o", str(tmp_path / "v"), "--method", "blcf"])
+    assert main(["vocab", other, "-o", str(tmp_path / "v"), "--method", "blcf"]) == 1
+    assert "no separately trained vocabulary" in capsys.readouterr().err

@@ -1,18 +1,21 @@
+import dataclasses
+import logging
 import os
 import shutil
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.evaluate import run_queries
+from cbir.build import learn_hamming
+from cbir.evaluate import index_dataset, run_queries
+from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, load_vocabulary, save_vocabulary
 from index.persistence import MANIFEST, IndexFormatError
 
 
 def test_right_ukbench_images_rank_first(built_index, ukbench_subset):
-    result = run_queries(built_index, ukbench_subset, verbose=False)
+    result = run_queries(built_index, ukbench_subset, progress=False)
     assert result.scores["N-S"] >= 3.0  # 15 objects x 4 views, 1000 words
     top = built_index.search(ukbench_subset.queries[5].path, top_k=4)
     # itself first (not exactly 1: the query's descriptors get 3 words each, the database's one)
@@ -42,16 +45,18 @@ def test_corrupted_index_is_refused(built_index, tmp_path):
         RetrievalIndex.load(directory)
     with pytest.raises(IndexFormatError, match="not a saved index"):
         RetrievalIndex.load(str(tmp_path))
+    with pytest.raises(IndexFormatError, match="expected 'cbir-index'"):
+        RetrievalIndex.load(os.path.join(os.path.dirname(__file__), "..", "data", "format-v1", "rmac-rr"))
 
 
 def test_vocabulary_directory_is_not_an_index(small_vocabulary, tmp_path):
     save_vocabulary(small_vocabulary, str(tmp_path / "voc"))
     assert load_vocabulary(str(tmp_path / "voc")).n_words == small_vocabulary.n_words
-    with pytest.raises(IndexFormatError, match="format 'cbir-vocabulary'"):
+    with pytest.raises(IndexFormatError, match="format 'cbir-vocabulary', expected 'cbir-index'"):
         RetrievalIndex.load(str(tmp_path / "voc"))
 
 
-def test_bad_images_are_reported_and_skipped(small_vocabulary, ukbench_subset, tmp_path, feature_cache_dir):
+def test_bad_images_are_reported_and_skipped(small_vocabulary, ukbench_subset, tmp_path, feature_cache_dir, caplog):
     folder = tmp_path / "mixed"
     folder.mkdir()
     for name in ukbench_subset.database[:4]:
@@ -62,38 +67,95 @@ def test_bad_images_are_reported_and_skipped(small_vocabulary, ukbench_subset, t
     (folder / "truncated.jpg").write_bytes(good[:1500])
     Image.new("RGB", (1, 1)).save(folder / "tiny.png")
     Image.new("RGB", (300, 200), (120, 120, 120)).save(folder / "flat.png")
-    index = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=feature_cache_dir)
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
     paths = sorted(str(p) for p in folder.iterdir())
-    report = index.add_images(paths, verbose=False)
+    report = index.add_images(paths, progress=False)
     skipped = {os.path.basename(p): reason for p, reason in report.skipped}
     assert set(skipped) == {"empty.jpg", "text.jpg", "truncated.jpg", "tiny.png"}
     assert len(index) == 5  # the four photos and the flat image (indexed with no features)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="cbir"):
         assert index.search(str(folder / "flat.png")) == []
-    assert any("no local features" in str(w.message) for w in caught)
+    assert "flat.png has no features" in caplog.text
     assert index.search(str(folder / ukbench_subset.database[1]), top_k=1)[0].name.endswith(ukbench_subset.database[1])
 
 
 def test_add_and_remove_by_name(small_vocabulary, ukbench_subset, feature_cache_dir):
-    index = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=feature_cache_dir)
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
     paths = ukbench_subset.database_paths[:8]
-    index.add_images(paths[:4], ukbench_subset.database[:4], verbose=False)
-    index.add_images(paths[4:], ukbench_subset.database[4:8], verbose=False)
+    index.add_images(paths[:4], ukbench_subset.database[:4], progress=False)
+    index.add_images(paths[4:], ukbench_subset.database[4:8], progress=False)
     index.remove([ukbench_subset.database[4]])
-    assert len(index) == 7 and ukbench_subset.database[4] not in index.images
-    fresh = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=feature_cache_dir)
+    assert len(index) == 7 and ukbench_subset.database[4] not in index
+    fresh = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
     keep = [i for i in range(8) if i != 4]
-    fresh.add_images([paths[i] for i in keep], [ukbench_subset.database[i] for i in keep], verbose=False)
-    assert np.allclose(index.scores(index.extract(paths[5])), fresh.scores(fresh.extract(paths[5])))
+    fresh.add_images([paths[i] for i in keep], [ukbench_subset.database[i] for i in keep], progress=False)
+    assert [(r.name, r.score) for r in index.search(paths[5])] == [(r.name, r.score) for r in fresh.search(paths[5])]
     with pytest.raises(KeyError, match="no image named"):
         index.remove(["nope.jpg"])
 
 
+def test_batches_wait_until_a_search_joins_them(small_vocabulary, ukbench_subset, feature_cache_dir):
+    """add_features only appends: the stores are joined once, by the next search, and the result
+    equals one add of everything."""
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
+    features = [index.query_features(p) for p in ukbench_subset.database_paths[:12]]
+    for start in range(0, 12, 3):
+        index.add_features(ukbench_subset.database[start:start + 3], features[start:start + 3])
+    assert index.inverted_file.pending and index.images.pending and len(index) == 12
+    whole = RetrievalIndex("sift-bow", small_vocabulary)
+    whole.add_features(ukbench_subset.database[:12], features)
+    batched = [(r.name, r.score) for r in index.search(features[3])]
+    assert not index.inverted_file.pending and not index.images.pending
+    assert batched == [(r.name, r.score) for r in whole.search(features[3])]
+
+
+def test_a_query_does_not_write_the_feature_cache(small_vocabulary, ukbench_subset, tmp_path):
+    cache = tmp_path / "cache"
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=str(cache))
+    index.add_images(ukbench_subset.database_paths[:2], progress=False)
+    written = sorted(p.name for p in cache.rglob("*.npz"))
+    assert len(written) == 2
+    index.search(ukbench_subset.database_paths[5])
+    assert sorted(p.name for p in cache.rglob("*.npz")) == written
+
+
+def test_search_options_change_per_call_without_another_index(built_index, ukbench_subset):
+    query = ukbench_subset.queries[9].path
+    default = built_index.search(query, top_k=5)
+    verified = built_index.search(query, top_k=5, options="sift-sv")
+    assert all(r.inliers is None for r in default) and verified[0].inliers is not None
+    assert built_index.search(query, top_k=5) == default  # the index's own defaults are unchanged
+    hard = dataclasses.replace(built_index.pipeline.search, query_assignments=1)
+    assert [r.name for r in built_index.search(query, top_k=5, options=hard)][0] == ukbench_subset.queries[9].name
+    with pytest.raises(ValueError, match="built differently"):
+        built_index.search(query, options="sift-he")
+    with pytest.raises(ValueError, match="window search needs conv-map features"):
+        built_index.search(query, options=dataclasses.replace(hard, window_search=10))
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        built_index.search(query, top_k=0)
+
+
+def test_a_pipeline_of_the_other_kind_is_refused_by_name(small_vocabulary):
+    with pytest.raises(ValueError, match="'gem' builds a global index"):
+        RetrievalIndex("gem", small_vocabulary)
+
+
+def test_info_reports_bytes_per_image(built_index):
+    facts = built_index.info()
+    assert facts["images"] == len(built_index) and facts["pipeline"] == "sift-bow"
+    assert facts["pipelines_served"] == ["sift-bow", "sift-sv", "sift-sv-qe"]
+    assert facts["bytes"]["inverted_file.image_slots"] == 4 * facts["postings"]
+    assert facts["bytes_per_image"]["images.keypoints"] == 16 * facts["features"] / facts["images"]
+
+
 def test_query_crop_keeps_the_object(built_index, ukbench_subset):
     query = ukbench_subset.queries[8]
-    results = built_index.search(query.path, top_k=3, bbox=(40, 30, 280, 210))
+    results = built_index.search(query.path, top_k=3, box=(40, 30, 280, 210))
     assert results[0].name in {f"ukbench0000{i}.jpg" for i in range(8, 12)}
+    with pytest.raises(ValueError, match="lies outside the 320x240 query image"):
+        built_index.search(query.path, box=(400, 300, 500, 400))
+    with pytest.raises(ValueError, match="is empty"):
+        built_index.search(query.path, box=(50, 50, 10, 80))
 
 
 def test_manifest_is_plain_json(built_index, tmp_path):
@@ -103,19 +165,17 @@ def test_manifest_is_plain_json(built_index, tmp_path):
     assert manifest["format"] == "cbir-index" and manifest["meta"]["pipeline"]["name"] == "sift-bow"
 
 
+@pytest.mark.slow
 def test_spatial_reranking_lifts_true_matches_on_real_queries(built_index, ukbench_subset):
-    from cbir.pipelines import get_pipeline
-    reranked = RetrievalIndex(built_index.vocabulary, get_pipeline("sift-sv"))
-    reranked.inverted_file, reranked.images = built_index.inverted_file, built_index.images
     lifted = 0
     for query, group in zip(ukbench_subset.queries, ukbench_subset._positives):
-        features = built_index.extract(query.path)
+        features = built_index.query_features(query.path)
         before = [r.name for r in built_index.search(features)]
-        after = reranked.search(features)
+        after = built_index.search(features, options="sift-sv")
         for result in after:
             if result.inliers is None:
                 break
-            assert result.inliers >= reranked.pipeline.verification.min_inliers
+            assert result.inliers >= get_pipeline("sift-sv").search.verification.min_inliers
         # a true match that was below some non-match and is now above all non-matches of the top 4
         for name in group - {query.name}:
             first_wrong_before = next(i for i, n in enumerate(before) if n not in group)
@@ -124,20 +184,16 @@ def test_spatial_reranking_lifts_true_matches_on_real_queries(built_index, ukben
             if before.index(name) > first_wrong_before and position_after < first_wrong_after:
                 lifted += 1
     assert lifted >= 3
-    bow = run_queries(built_index, ukbench_subset, verbose=False).scores["N-S"]
-    assert run_queries(reranked, ukbench_subset, verbose=False).scores["N-S"] >= bow
+    bow = run_queries(built_index, ukbench_subset, progress=False).scores["N-S"]
+    assert run_queries(built_index, ukbench_subset, "sift-sv", progress=False).scores["N-S"] >= bow
 
 
 def test_hamming_embedding_index(small_vocabulary, ukbench_subset, feature_cache_dir, tmp_path):
-    from cbir.pipelines import get_pipeline
-    from cbir.retrieval_index import learn_hamming
-    pipeline = get_pipeline("sift-he")
-    hamming, _ = learn_hamming(ukbench_subset.database_paths, pipeline, small_vocabulary, feature_cache_dir,
-                               verbose=False)
-    index = RetrievalIndex(small_vocabulary, pipeline, feature_cache_dir, hamming=hamming)
-    from cbir.evaluate import index_dataset
-    index_dataset(index, ukbench_subset, verbose=False)
-    result = run_queries(index, ukbench_subset, verbose=False)
+    hamming, _ = learn_hamming(ukbench_subset.database_paths, "sift-he", small_vocabulary, feature_cache_dir,
+                               progress=False)
+    index = RetrievalIndex("sift-he", small_vocabulary, hamming=hamming, cache_dir=feature_cache_dir)
+    index_dataset(index, ukbench_subset, progress=False)
+    result = run_queries(index, ukbench_subset, progress=False)
     assert result.scores["N-S"] >= 3.2
     query = ukbench_subset.queries[7].path
     top = index.search(query)
@@ -147,3 +203,10 @@ def test_hamming_embedding_index(small_vocabulary, ukbench_subset, feature_cache
     assert np.array_equal(loaded.hamming.medians, hamming.medians)
     assert np.array_equal(loaded.hamming.projection, hamming.projection)
     assert [(r.name, r.score) for r in loaded.search(query)] == [(r.name, r.score) for r in top]
+
+    def scores(threshold):  # without burstiness, a vote can only be lost by lowering the threshold
+        matching = dataclasses.replace(index.pipeline.search.hamming, threshold=threshold, burstiness=False)
+        results = index.search(query, options=dataclasses.replace(index.pipeline.search, hamming=matching))
+        return np.array([r.score for r in sorted(results, key=lambda r: r.slot)])
+    loose, strict = scores(24), scores(8)
+    assert np.all(strict <= loose + 1e-6) and strict.sum() < loose.sum()

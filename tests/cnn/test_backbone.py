@@ -7,7 +7,8 @@ from bovw.images import ImageOptions, load_image
 
 torch = pytest.importorskip("torch")
 
-from cnn.backbone import CHANNELS, Backbone, BackboneOptions  # noqa: E402
+from cnn.backbone import Backbone  # noqa: E402
+from cnn.options import CHANNELS, BackboneOptions  # noqa: E402
 
 # ImageNet classes of natural landscapes: alp, cliff, promontory, lakeside, seashore, valley, volcano.
 LANDSCAPE = {970, 972, 976, 975, 978, 979, 980}
@@ -15,7 +16,7 @@ LANDSCAPE = {970, 972, 976, 975, 978, 979, 980}
 
 @pytest.fixture(scope="module")
 def backbone():
-    return Backbone(BackboneOptions(device="cpu"))
+    return Backbone(BackboneOptions(), device="cpu")
 
 
 def test_weights_load_offline_and_classify_a_real_photo(backbone, data_dir):
@@ -39,3 +40,13 @@ def test_feature_map_shapes_and_strides(backbone, data_dir):
 def test_unknown_backbone_is_refused():
     with pytest.raises(ValueError, match="no offline weights"):
         Backbone(BackboneOptions(name="efficientnet-lite2"))
+
+
+def test_extraction_leaves_the_process_thread_setting_alone(backbone):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backbone.feature_maps(np.zeros((64, 64, 3), np.uint8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -8,9 +8,10 @@ pytest.importorskip("torch")
 
 from bovw.images import ImageOptions, load_image  # noqa: E402
 from bovw.vocabulary import VocabularyConfig  # noqa: E402
+from cbir.build import learn_local_whitening, train_vocabulary  # noqa: E402
 from cbir.evaluate import index_dataset, run_queries  # noqa: E402
 from cbir.pipelines import get_pipeline  # noqa: E402
-from cbir.retrieval_index import RetrievalIndex, learn_local_whitening, train_vocabulary  # noqa: E402
+from cbir.retrieval_index import RetrievalIndex  # noqa: E402
 from cnn.local_features import conv_local_from_image  # noqa: E402
 
 SMALL = VocabularyConfig(branching=20, depth=2)
@@ -20,10 +21,11 @@ SMALL = VocabularyConfig(branching=20, depth=2)
 def blcf_parts(data_dir, tmp_path_factory):
     """Whitening (64-d) and a 400-word vocabulary learned on UKBench objects 50-79 (not searched)."""
     cache = str(tmp_path_factory.mktemp("blcf"))
-    pipeline = dataclasses.replace(get_pipeline("blcf"), local_whitening_dim=64, vocabulary=SMALL)
+    blcf = get_pipeline("blcf")
+    pipeline = dataclasses.replace(blcf, build=dataclasses.replace(blcf.build, local_whitening_dim=64, vocabulary=SMALL))
     train = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
-    whitening, _ = learn_local_whitening(train, pipeline, cache, verbose=False)
-    vocabulary, _ = train_vocabulary(train, pipeline, cache_dir=cache, verbose=False, whitening=whitening)
+    whitening, _ = learn_local_whitening(train, pipeline, cache, progress=False)
+    vocabulary, _ = train_vocabulary(train, pipeline, cache_dir=cache, progress=False, whitening=whitening)
     return pipeline, whitening, vocabulary, cache
 
 
@@ -43,23 +45,28 @@ def test_words_of_a_shifted_crop_overlap_strongly(blcf_parts, data_dir):
     assert np.mean(words_other[2:-2, 6:-2] == aligned_full) < 0.1
 
 
-@pytest.mark.parametrize("name", ["blcf", "blcf-ls"])
-def test_blcf_ranks_the_right_ukbench_images_first(blcf_parts, ukbench_subset, name):
+@pytest.fixture(scope="module")
+def blcf_index(blcf_parts, ukbench_subset):
     pipeline, whitening, vocabulary, cache = blcf_parts
-    pipeline = dataclasses.replace(pipeline, name=name, window_search=get_pipeline(name).window_search)
-    index = RetrievalIndex(vocabulary, pipeline, cache, whitening)
-    index_dataset(index, ukbench_subset, verbose=False)
-    assert run_queries(index, ukbench_subset, verbose=False).scores["N-S"] >= 3.0
+    index = RetrievalIndex(pipeline, vocabulary, whitening, cache_dir=cache)
+    index_dataset(index, ukbench_subset, progress=False)
+    return index
+
+
+@pytest.mark.parametrize("name", ["blcf", "blcf-ls"])
+def test_blcf_ranks_the_right_ukbench_images_first(blcf_index, ukbench_subset, name):
+    """Global and local search run on one index: they differ only in their search options."""
+    assert run_queries(blcf_index, ukbench_subset, name, progress=False).scores["N-S"] >= 3.0
 
 
 def test_blcf_query_box_keeps_positions_inside(blcf_parts, ukbench_subset, tmp_path):
     pipeline, whitening, vocabulary, cache = blcf_parts
-    index = RetrievalIndex(vocabulary, pipeline, cache, whitening)
+    index = RetrievalIndex(pipeline, vocabulary, whitening, cache_dir=cache)
     full = index.query_features(ukbench_subset.queries[0].path)
-    boxed = index.query_features(ukbench_subset.queries[0].path, bbox=(0, 0, 160, 120))
+    boxed = index.query_features(ukbench_subset.queries[0].path, box=(0, 0, 160, 120))
     assert 0 < len(boxed) < len(full) / 2
     assert boxed.keypoints[:, 0].max() <= 160 and boxed.keypoints[:, 1].max() <= 120
-    index.add_images(ukbench_subset.database_paths[:8], ukbench_subset.database[:8], verbose=False)
+    index.add_images(ukbench_subset.database_paths[:8], ukbench_subset.database[:8], progress=False)
     index.save(str(tmp_path / "idx"))
     loaded = RetrievalIndex.load(str(tmp_path / "idx"), cache_dir=cache)
     query = ukbench_subset.queries[1].path

@@ -1,7 +1,8 @@
 import numpy as np
 
 from index.image_store import ImageStore
-from index.reranking import RankedImage, average_query_expansion, expand_and_requery, spatial_rerank
+from index.inverted_file import InvertedFile
+from index.reranking import RankedImage, average_query_expansion, bow_expansion, spatial_rerank
 from index.spatial_verification import VerificationConfig
 
 
@@ -12,7 +13,7 @@ def _store_with_copies(rng):
     moved = query.copy()
     moved[:, :2] = query[:, :2] * 0.8 + [20, 10]
     store = ImageStore()
-    store.add(["unrelated", "match", "weak"], [(300, 300)] * 3,
+    store.add([(300, 300)] * 3,
               [np.c_[rng.random((80, 2)) * 300, np.ones((80, 2))], moved, moved[:5]],
               [words, words, words[:5]])
     return query, words, store
@@ -45,9 +46,16 @@ def test_average_query_expansion_is_the_normalised_mean():
 
 
 def test_expansion_keeps_verified_results_on_top():
-    ranking = [RankedImage(3, 0.2, inliers=40), RankedImage(1, 0.9), RankedImage(0, 0.1), RankedImage(2, 0.0)]
-    scores = np.array([0.9, 0.1, 0.5, 0.95])
-    out = expand_and_requery(ranking, (np.array([0]), np.array([1.0])), lambda s: (np.array([1]), np.array([1.0])),
-                             lambda v: scores, n_words=2)
-    assert [e.slot for e in out] == [3, 0, 2, 1]
-    assert out[0].inliers == 40
+    """The verified entry stays first; the others follow the expanded query's scores."""
+    inverted = InvertedFile(4)
+    inverted.add([np.array([0, 1]), np.array([2]), np.array([1, 3]), np.array([1])])
+    images = ImageStore()
+    images.add([(10, 10)] * 4, [np.zeros((n, 4)) for n in (2, 1, 2, 1)],
+               [np.array([0, 1]), np.array([2]), np.array([1, 3]), np.array([1])])
+    ranking = [RankedImage(0, 0.2, inliers=40), RankedImage(1, 0.9), RankedImage(2, 0.1), RankedImage(3, 0.0)]
+    query = inverted.query_vector(np.array([0]))
+    out = bow_expansion(ranking, query, inverted, images)
+    assert [e.slot for e in out][0] == 0 and out[0].inliers == 40
+    expanded = inverted.vector_scores(*average_query_expansion(query, [inverted.query_vector(np.array([0, 1]))], 4))
+    assert [e.slot for e in out[1:]] == sorted([1, 2, 3], key=lambda s: (-expanded[s], s))
+    assert [e.slot for e in out[1:]] != [1, 2, 3]  # the expansion changed the order

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import index.persistence as persistence
-from cbir.pipelines import Pipeline
+import cbir.retrieval_index
 from cbir.retrieval_index import RetrievalIndex
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +26,7 @@ def saved_pair(built_index, ukbench_subset, tmp_path):
 
 
 def _names(directory):
-    return RetrievalIndex.load(directory).names
+    return list(RetrievalIndex.load(directory).names)
 
 
 def _count_writes(changed, tmp_path):
@@ -72,7 +72,7 @@ def test_oserror_at_every_write_leaves_the_old_index(saved_pair, tmp_path, monke
         assert _names(directory) == before
         assert not [f for f in os.listdir(directory) if f.endswith(".tmp")]
     changed.save(directory)
-    assert _names(directory) == changed.names
+    assert _names(directory) == list(changed.names)
 
 
 CHILD = textwrap.dedent("""
@@ -113,26 +113,26 @@ def test_killed_mid_save_leaves_the_old_index(saved_pair, tmp_path):
         assert result.returncode == -9, result.stderr.decode()[-500:]
         assert _names(directory) == before
     changed.save(directory)  # the next save cleans the orphans of the killed ones
-    assert _names(directory) == changed.names
+    assert _names(directory) == list(changed.names)
 
 
 def test_interrupted_build_resumes_from_the_feature_cache(small_vocabulary, ukbench_subset, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     paths, names = ukbench_subset.database_paths, ukbench_subset.database
-    original = Pipeline.read_features
+    original = cbir.retrieval_index.read_local_features
     done = []
 
-    def interrupted(self, path):
+    def interrupted(build, path):
         if len(done) == 40:
             raise KeyboardInterrupt
         done.append(path)
-        return original(self, path)
+        return original(build, path)
 
-    monkeypatch.setattr(Pipeline, "read_features", interrupted)
-    index = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=cache)
+    monkeypatch.setattr(cbir.retrieval_index, "read_local_features", interrupted)
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=cache)
     with pytest.raises(KeyboardInterrupt):
-        index.add_images(paths, names, verbose=False)
+        index.add_images(paths, names, progress=False)
     monkeypatch.undo()
-    resumed = RetrievalIndex(small_vocabulary, "sift-bow", cache_dir=cache)
-    report = resumed.add_images(paths, names, verbose=False)
+    resumed = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=cache)
+    report = resumed.add_images(paths, names, progress=False)
     assert report.cached == 40 and report.extracted == len(paths) - 40

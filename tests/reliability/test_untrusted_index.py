@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cbir.retrieval_index import RetrievalIndex, load_index
+from cbir.retrieval_index import RetrievalIndex
+from cbir.searchable import load_index
 from index.persistence import IndexFormatError
 
 ITERATIONS = int(os.environ.get("CBIR_FUZZ_ITERATIONS", "150"))
@@ -22,11 +23,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def small_index(small_vocabulary, ukbench_subset, feature_cache_dir, tmp_path_factory):
-    index = RetrievalIndex(small_vocabulary, "sift-sv", cache_dir=feature_cache_dir)
-    index.add_images(ukbench_subset.database_paths[:12], ukbench_subset.database[:12], verbose=False)
+    index = RetrievalIndex("sift-sv", small_vocabulary, cache_dir=feature_cache_dir)
+    index.add_images(ukbench_subset.database_paths[:12], ukbench_subset.database[:12], progress=False)
     directory = str(tmp_path_factory.mktemp("fuzz") / "idx")
     index.save(directory)
-    queries = [index.extract(p) for p in ukbench_subset.database_paths[:3]]
+    queries = [index.query_features(p) for p in ukbench_subset.database_paths[:3]]
     expected = [[(r.name, r.score, r.inliers) for r in index.search(q)] for q in queries]
     return directory, queries, expected
 
@@ -111,12 +112,12 @@ def test_object_array_planted_in_an_index_is_refused(small_index, tmp_path):
 ])
 def test_crafted_consistent_index_is_refused_without_checksums(small_index, tmp_path, array, change):
     """A file rewritten with a valid checksum still cannot steer the compiled kernels out of bounds."""
-    from cbir.retrieval_index import INDEX_FORMAT, INDEX_VERSION
+    from cbir.searchable import FORMAT_VERSION
     from index.persistence import load_arrays, save_arrays
     directory, _, _ = small_index
-    meta, arrays = load_arrays(directory, INDEX_FORMAT, INDEX_VERSION)
+    meta, arrays = load_arrays(directory, RetrievalIndex.FORMAT, FORMAT_VERSION)
     arrays[array] = change(np.asarray(arrays[array])).astype(arrays[array].dtype)
     crafted = str(tmp_path / "crafted")
-    save_arrays(crafted, INDEX_FORMAT, INDEX_VERSION, meta, arrays)
+    save_arrays(crafted, RetrievalIndex.FORMAT, FORMAT_VERSION, meta, arrays)
     with pytest.raises(IndexFormatError):
         load_index(crafted, verify=False, mmap=True)

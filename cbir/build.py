@@ -1,0 +1,186 @@
+"""Building an index, written once: learn what a pipeline needs, then make its empty index.
+
+Used by the CLI (``cbir vocab``, ``cbir index``, ``cbir eval``), the demo and the
+benchmarks. Every learned part (vocabulary, Hamming embedding, local or global
+whitening) is learned from a list of image paths; which images those are is
+the caller's choice (the benchmarks use the *other* dataset).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from bovw.extraction import ExtractionReport, iter_features
+from bovw.hamming import HammingEmbedding
+from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.global_index import GlobalIndex
+from cbir.pipelines import Pipeline, get_pipeline
+from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
+from cbir.searchable import SearchableIndex
+from cnn.global_descriptors import raw_vectors
+from cnn.whitening import PCAWhitening
+
+logger = logging.getLogger("cbir")
+
+
+class BuildError(ValueError):
+    """A pipeline cannot be built from what was given; the message says what is missing."""
+
+
+def _local_pipeline(pipeline: Pipeline | str) -> Pipeline:
+    pipeline = get_pipeline(pipeline)
+    if pipeline.kind != "local":
+        raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it has no vocabulary, "
+                         f"Hamming embedding or local whitening")
+    return pipeline
+
+
+def local_descriptors(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
+                      n_jobs: int = 1, progress: bool = True) -> tuple[np.ndarray, ExtractionReport]:
+    """(n, d) float32 local descriptors of every usable image of ``paths``, and the extraction report."""
+    build = _local_pipeline(pipeline).build
+    report = ExtractionReport()
+    descriptors = [f.descriptors for _, f in iter_features(
+        [str(p) for p in paths], lambda path: read_local_features(build, path), local_feature_cache(build, cache_dir),
+        report, n_jobs=n_jobs, verbose=progress)]
+    if sum(len(d) for d in descriptors) == 0:
+        raise BuildError(f"no descriptors could be extracted from the {len(paths)} training images")
+    return np.concatenate(descriptors), report
+
+
+def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
+                          n_jobs: int = 1, max_descriptors: int = 200_000, seed: int = 0,
+                          progress: bool = True) -> tuple[PCAWhitening, ExtractionReport]:
+    """PCA whitening of the pipeline's local descriptors (BLCF), learned on ``paths`` (at most
+    ``max_descriptors``, sampled with ``seed``); keeps the build's ``local_whitening_dim``."""
+    pipeline = _local_pipeline(pipeline)
+    descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
+    if len(descriptors) > max_descriptors:
+        keep = np.random.default_rng(seed).choice(len(descriptors), max_descriptors, replace=False)
+        descriptors = descriptors[np.sort(keep)]
+    return PCAWhitening.learn(descriptors, pipeline.build.local_whitening_dim), report
+
+
+def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: VocabularyConfig | None = None,
+                     cache_dir: str | None = None, n_jobs: int = 1, progress: bool = True,
+                     whitening: PCAWhitening | None = None) -> tuple[VocabularyTree, ExtractionReport]:
+    """Extract the pipeline's features from ``paths`` and train a vocabulary tree on them.
+
+    Args:
+        paths: training images (unusable ones are skipped and reported).
+        pipeline: gives the feature extractor, and the tree shape when ``config`` is None.
+        config: tree shape and training settings (default: the pipeline's).
+        cache_dir: feature cache folder.
+        n_jobs: extraction threads.
+        progress: progress bars.
+        whitening: applied to the descriptors first (the index must use the same one).
+    """
+    pipeline = _local_pipeline(pipeline)
+    descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress), report
+
+
+def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: VocabularyTree,
+                  cache_dir: str | None = None, n_jobs: int = 1, progress: bool = True,
+                  whitening: PCAWhitening | None = None) -> tuple[HammingEmbedding, ExtractionReport]:
+    """Learn a Hamming embedding's per-word medians from the descriptors of ``paths``."""
+    pipeline = _local_pipeline(pipeline)
+    descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    words = vocabulary.quantize(descriptors, beam=pipeline.build.beam, n_jobs=n_jobs)
+    return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, pipeline.build.hamming_seed), report
+
+
+def learn_global_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
+                           n_jobs: int = 1, progress: bool = True) -> tuple[PCAWhitening, ExtractionReport]:
+    """Learn a global pipeline's PCA whitening on images (use other images than the indexed ones)."""
+    pipeline = get_pipeline(pipeline)
+    if pipeline.kind != "global":
+        raise BuildError(f"pipeline {pipeline.name!r} uses local features: learn its whitening with "
+                         f"learn_local_whitening")
+    extractor = GlobalIndex(pipeline, None, cache_dir).extractor
+    report = ExtractionReport()
+    config = pipeline.build.descriptor
+    rows = [raw_vectors(maps["global"], config) for _, maps in iter_features(
+        [str(p) for p in paths], extractor, None, report, n_jobs=n_jobs, verbose=progress)]
+    if not rows:
+        raise BuildError(f"none of the {len(paths)} whitening images could be read")
+    return PCAWhitening.learn(np.concatenate(rows), config.whitening_dim), report
+
+
+def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
+                whitening: PCAWhitening | None = None, hamming: HammingEmbedding | None = None,
+                cache_dir: str | None = None) -> SearchableIndex:
+    """An empty index of the right kind for ``pipeline`` with the given learned parts."""
+    pipeline = get_pipeline(pipeline)
+    if pipeline.kind == "global":
+        if vocabulary is not None or hamming is not None:
+            raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it takes no vocabulary")
+        return GlobalIndex(pipeline, whitening, cache_dir)
+    if vocabulary is None:
+        raise BuildError(f"pipeline {pipeline.name!r} needs a vocabulary")
+    try:
+        return RetrievalIndex(pipeline, vocabulary, whitening, hamming, cache_dir)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+
+
+def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
+                train_paths: Sequence[str] | None = None, whiten_paths: Sequence[str] | None = None,
+                vocabulary_config: VocabularyConfig | None = None, cache_dir: str | None = None,
+                n_jobs: int = 1, progress: bool = True) -> SearchableIndex:
+    """Learn what ``pipeline`` needs and return its empty index.
+
+    Args:
+        pipeline: the method.
+        vocabulary: a trained vocabulary (local pipelines whose descriptors are not whitened).
+        train_paths: images to train the vocabulary (when none is given), the Hamming
+            embedding and, for BLCF, the local whitening on.
+        whiten_paths: images to learn a whitening on (global pipelines; BLCF: instead of
+            ``train_paths``). Use other images than the indexed ones.
+        vocabulary_config: vocabulary shape when training one (default: the pipeline's).
+        cache_dir: feature cache folder.
+        n_jobs: extraction threads.
+        progress: progress bars.
+
+    Raises:
+        BuildError: what is missing (e.g. a Hamming pipeline without training images).
+    """
+    pipeline = get_pipeline(pipeline)
+    if pipeline.kind == "global":
+        whitening = None
+        if whiten_paths:
+            logger.info("learning the %s whitening on %d images", pipeline.name, len(whiten_paths))
+            whitening, _ = learn_global_whitening(whiten_paths, pipeline, cache_dir, n_jobs, progress)
+        else:
+            logger.warning("no whitening images given: %s descriptors are L2-normalised, not whitened",
+                           pipeline.name)
+        return empty_index(pipeline, whitening=whitening, cache_dir=cache_dir)
+    build = pipeline.build
+    whitening = None
+    if build.local_whitening_dim is not None:
+        paths = whiten_paths or train_paths
+        if not paths:
+            raise BuildError(f"pipeline {pipeline.name} learns a descriptor whitening: give training images "
+                             f"(ideally not the ones indexed)")
+        if vocabulary is not None:
+            raise BuildError(f"pipeline {pipeline.name} trains its vocabulary on whitened descriptors: "
+                             f"give training images instead of a vocabulary")
+        whitening, _ = learn_local_whitening(paths, pipeline, cache_dir, n_jobs, progress=progress)
+    if vocabulary is None:
+        if not train_paths:
+            raise BuildError(f"pipeline {pipeline.name} needs a vocabulary or training images")
+        config = vocabulary_config or build.vocabulary
+        logger.info("training a %d-word vocabulary on %d images", config.n_words, len(train_paths))
+        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, cache_dir, n_jobs, progress, whitening)
+    hamming = None
+    if build.hamming:
+        if not train_paths:
+            raise BuildError(f"pipeline {pipeline.name} learns a Hamming embedding: give training images")
+        hamming, _ = learn_hamming(train_paths, pipeline, vocabulary, cache_dir, n_jobs, progress, whitening)
+    return empty_index(pipeline, vocabulary, whitening, hamming, cache_dir)

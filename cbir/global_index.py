@@ -1,0 +1,129 @@
+"""The CNN global-descriptor index: one whitened vector per image (plus R-MAC regions for
+``rmac-rr``), searched by inner product, saved as one directory. torch is imported only
+when images are described."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from cbir.pipelines import Pipeline
+from cbir.searchable import SearchableIndex, part_arrays
+from cnn.global_descriptors import embed, raw_vectors
+from cnn.options import CHANNELS
+from cnn.whitening import PCAWhitening
+from index.dense_index import DenseIndex
+from index.persistence import IndexFormatError
+from index.ranking import rank_global
+from index.search_options import SearchOptions
+
+#: Smallest query side in pixels (the head map has stride 32).
+MIN_QUERY_SIDE = 32
+
+
+@dataclass
+class GlobalQuery:
+    """A query prepared for a global index: its descriptor (k,) and whitened rows (r, k)
+    (R-MAC regions; one row for single-vector methods)."""
+
+    descriptor: np.ndarray
+    rows: np.ndarray
+
+
+class GlobalIndex(SearchableIndex):
+    """Images searchable by a CNN global descriptor.
+
+    Args:
+        pipeline: a global-descriptor pipeline (``gem``, ``rmac``...) or its name.
+        whitening: learned PCA whitening (None: L2 only).
+        cache_dir: feature-map cache folder.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``, for extraction.
+    """
+
+    FORMAT = "cbir-global-index"
+    KIND = "global"
+    QUERY_TYPE = GlobalQuery
+
+    def __init__(self, pipeline: Pipeline | str, whitening: PCAWhitening | None = None,
+                 cache_dir: str | None = None, device: str = "auto"):
+        super().__init__(pipeline, cache_dir)
+        self.whitening = whitening
+        self.device = device
+        self.dense = DenseIndex(whitening.output_dim if whitening is not None else CHANNELS["global"])
+        self._extractor = None
+
+    @property
+    def extractor(self):
+        """The feature-map extractor (built on first use: it imports torch)."""
+        if self._extractor is None:
+            from cnn.feature_maps import FeatureMapExtractor
+            self._extractor = FeatureMapExtractor(self.pipeline.build.backbone, self.cache_dir, self.device)
+        return self._extractor
+
+    def describe(self, maps: dict) -> GlobalQuery:
+        """Descriptor of an image from its feature maps."""
+        config = self.pipeline.build.descriptor
+        return GlobalQuery(*embed(raw_vectors(maps["global"], config), self.whitening, config))
+
+    # ---- building -----------------------------------------------------------------------------
+
+    def _feature_source(self):
+        return self.extractor, None
+
+    def _add_batch(self, names: list[str], items: list[dict], n_jobs: int) -> None:
+        described = [self.describe(maps) for maps in items]
+        regions = [d.rows for d in described] if self.pipeline.build.regions else None
+        with self._lock.writing():
+            self.names.add(names)
+            self.dense.add(np.stack([d.descriptor for d in described]), regions)
+
+    def _remove_slots(self, slots: list[int]) -> None:
+        self.dense.remove(slots)
+
+    def _pending(self) -> bool:
+        return self.dense.pending
+
+    def _consolidate(self) -> None:
+        self.dense.consolidate()
+
+    # ---- searching ----------------------------------------------------------------------------
+
+    def prepare_query(self, query, box=None, options: SearchOptions | str | None = None) -> GlobalQuery:
+        """Describe a query image path or RGB array, optionally cropped to ``box``; a path without
+        a box is looked up in the feature cache (never written to by a query)."""
+        if box is None and not isinstance(query, np.ndarray):
+            return self.describe(self.extractor(os.fspath(query), store=False))
+        image = self.query_image(query, box, color=True)
+        if min(image.shape[:2]) < MIN_QUERY_SIDE:
+            raise ValueError(f"query region of {image.shape[1]}x{image.shape[0]} pixels is smaller than "
+                             f"{MIN_QUERY_SIDE} pixels")
+        return self.describe(self.extractor.backbone.feature_maps(image))
+
+    def _is_empty_query(self, prepared: GlobalQuery) -> bool:
+        return False
+
+    def _rank(self, prepared: GlobalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
+        return rank_global(prepared.descriptor, self.dense, options, top_k)
+
+    # ---- persistence and facts ----------------------------------------------------------------
+
+    def _parts(self) -> dict:
+        return {"whitening": self.whitening, "dense": self.dense}
+
+    @classmethod
+    def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "GlobalIndex":
+        whitening = PCAWhitening.from_state_dict(meta["whitening"], part_arrays(arrays, "whitening")) \
+            if meta.get("whitening") else None
+        index = cls(pipeline, whitening, cache_dir)
+        if meta.get("dense"):  # format-1 saves of an index that never held an image have none
+            index.dense = DenseIndex.from_state_dict(meta["dense"], part_arrays(arrays, "dense"))
+        return index
+
+    def _check_sizes(self, directory: str) -> None:
+        if len(self.dense) != len(self.names):
+            raise IndexFormatError(f"{directory}: descriptors and image names disagree")
+
+    def _info(self) -> dict:
+        return {"descriptor_dim": self.dense.dim, "regions": int(len(self.dense.regions)),
+                "whitening_dim": self.whitening.output_dim if self.whitening is not None else None}

@@ -1,0 +1,422 @@
+"""What every searchable collection is: the interface and the plumbing written once.
+
+``SearchableIndex`` is the one interface of the engine's collections (the SIFT,
+Hamming-embedding and BLCF inverted-file index, the CNN global index, and the
+learned, diffused, fused and sharded ones to come): ``add_images``, ``remove``,
+``prepare_query``, ``search``, ``save``, ``load``, ``info``. It owns what they share: the
+name registry, the read/write lock, batching of additions, query decoding and box
+cropping, search options, and pickle-free persistence. A subclass supplies its
+stores, how a file becomes features, how a query is prepared and how it is ranked
+(a pure function of ``index.ranking``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from bovw.extraction import ExtractionReport, iter_features
+from bovw.feature_cache import FeatureCache
+from bovw.images import ImageOptions, load_image, resize_to_max_side
+from cbir.pipelines import Pipeline, check_search_options, get_pipeline, pipeline_from_format1
+from index.names import ImageNames
+from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
+from index.ranking import RankedImage
+from index.results import SearchResult
+from index.rw_lock import ReadWriteLock
+from index.search_options import SearchOptions
+
+logger = logging.getLogger("cbir")
+
+#: Version of the saved layout. 2: build settings apart from search options, names in their own
+#: registry, no SIFT placeholders in global indexes. Version-1 saves still load (converted).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: Images extracted before they are added in one batch (bounds the memory of a build).
+ADD_BATCH = 1000
+#: Saved format name -> index class (filled by ``SearchableIndex.__init_subclass__``).
+INDEX_CLASSES: dict[str, type] = {}
+
+
+def parse_box(box) -> tuple[float, float, float, float]:
+    """A query box (x0, y0, x1, y1) in pixels, from a sequence or an ``x0,y0,x1,y1`` string.
+
+    Raises:
+        ValueError: not four numbers, or x1 <= x0 or y1 <= y0.
+    """
+    values = box.split(",") if isinstance(box, str) else list(box)
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"a box is four numbers x0,y0,x1,y1 (got {box!r})") from None
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {box!r} is empty: x1 must exceed x0 and y1 must exceed y0")
+    return x0, y0, x1, y1
+
+
+def crop(image: np.ndarray, box) -> np.ndarray:
+    """The part of ``image`` inside ``box`` (x0, y0, x1, y1) pixels (ValueError if outside it)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in parse_box(box))
+    height, width = image.shape[:2]
+    part = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+    if min(part.shape[:2]) < 2:
+        raise ValueError(f"box {box!r} lies outside the {width}x{height} query image")
+    return part
+
+
+def decode_query(query, color: bool) -> np.ndarray:
+    """A query image at full size: a file path (decoded, EXIF applied) or an (h, w[, 3]) uint8
+    RGB array, as (h, w, 3) RGB when ``color`` else (h, w) grayscale."""
+    if not isinstance(query, np.ndarray):
+        return load_image(os.fspath(query), ImageOptions(max_side=0), color)
+    image = np.asarray(query, np.uint8)
+    if image.ndim == 3 and not color:
+        import cv2
+        return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+    if image.ndim == 2 and color:
+        return np.repeat(image[..., None], 3, axis=2)
+    return image
+
+
+def name_map(paths: Sequence[str], names: Sequence[str] | None = None) -> dict[str, str]:
+    """path -> name of each image to index (default: the path itself)."""
+    names = list(names) if names is not None else [str(p) for p in paths]
+    if len(names) != len(paths):
+        raise ValueError("one name per path is needed")
+    return dict(zip(map(str, paths), names))
+
+
+class SearchableIndex:
+    """A collection of images searchable by example.
+
+    Args:
+        pipeline: the method (a name or a ``Pipeline``); its build must suit the subclass.
+        cache_dir: feature cache folder used when reading images (None: no cache).
+    """
+
+    #: Saved format name of the subclass.
+    FORMAT = ""
+    #: Build kind of the subclass's pipelines (``local`` or ``global``).
+    KIND = ""
+    #: Type of the subclass's prepared queries (``search`` accepts them as they are).
+    QUERY_TYPE: type = object
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        INDEX_CLASSES[cls.FORMAT] = cls
+
+    def __init__(self, pipeline: Pipeline | str, cache_dir: str | None = None):
+        self.pipeline = get_pipeline(pipeline)
+        if self.pipeline.kind != self.KIND:
+            raise ValueError(f"pipeline {self.pipeline.name!r} builds a {self.pipeline.kind} index, "
+                             f"not a {type(self).__name__}; use cbir.build.empty_index")
+        self.cache_dir = cache_dir
+        self.names = ImageNames()
+        self._lock = ReadWriteLock()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    # ---- what a subclass supplies -------------------------------------------------------------
+
+    def _feature_source(self) -> tuple[Callable[[str], object], FeatureCache | None]:
+        """(path -> features of an image file, feature cache used around it or None)."""
+        raise NotImplementedError
+
+    def _add_batch(self, names: list[str], items: list, n_jobs: int) -> None:
+        """Add images by their extracted features; called without the lock held."""
+        raise NotImplementedError
+
+    def _remove_slots(self, slots: list[int]) -> None:
+        """Remove images from the stores (the write lock is held)."""
+        raise NotImplementedError
+
+    def _consolidate(self) -> None:
+        """Join pending additions in the stores (the write lock is held)."""
+        raise NotImplementedError
+
+    def _pending(self) -> bool:
+        """Whether the stores hold pending additions."""
+        raise NotImplementedError
+
+    def prepare_query(self, query, box=None, options: SearchOptions | str | None = None):
+        """The query as ranking needs it (features extracted, described, quantized once).
+
+        Args:
+            query: image path or (h, w[, 3]) uint8 RGB array (subclasses accept more).
+            box: optional (x0, y0, x1, y1) region in pixels of the image as given.
+            options: search options the query is prepared for (default: the pipeline's).
+        """
+        raise NotImplementedError
+
+    def query_features(self, query, box=None):
+        """The query's extracted features, before any search option applies; ``search`` takes
+        them as a query (evaluation times searches from here)."""
+        return self.prepare_query(query, box)
+
+    def _is_empty_query(self, prepared) -> bool:
+        raise NotImplementedError
+
+    def _rank(self, prepared, options: SearchOptions, top_k: int | None, n_jobs: int) -> list[RankedImage]:
+        """Ranked slots (the read lock is held)."""
+        raise NotImplementedError
+
+    def _parts(self) -> dict:
+        """Saved parts: prefix -> object with ``state_dict()`` (or None)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "SearchableIndex":
+        """Rebuild an index from its saved parts (``meta[prefix]``, ``part_arrays(arrays, prefix)``)."""
+        raise NotImplementedError
+
+    def _info(self) -> dict:
+        """Subclass-specific facts for ``info()``."""
+        return {}
+
+    # ---- search options -----------------------------------------------------------------------
+
+    def search_options(self, options: SearchOptions | Pipeline | str | None = None) -> SearchOptions:
+        """The options a search runs with.
+
+        Args:
+            options: ``SearchOptions``; a pipeline (or its name) built like this index, whose
+                defaults are taken (``sift-sv`` on a ``sift-bow`` index); None: this index's defaults.
+
+        Raises:
+            ValueError: the pipeline is built differently, or an option cannot apply to this index.
+        """
+        if options is None:
+            return self.pipeline.search
+        if isinstance(options, (str, Pipeline)):
+            other = get_pipeline(options)
+            if not self.serves(other):
+                raise ValueError(f"pipeline {other.name!r} is built differently from this index "
+                                 f"({self.pipeline.name!r}); build an index for it")
+            options = other.search
+        check_search_options(self.pipeline.build, options)
+        return options
+
+    def serves(self, pipeline: Pipeline | str) -> bool:
+        """Whether ``pipeline`` is built like this index (so its search options apply here)."""
+        pipeline = get_pipeline(pipeline)
+        return pipeline.kind == self.KIND and self._comparable_build(pipeline.build) == self.pipeline.build
+
+    def _comparable_build(self, build):
+        """``build`` with the shapes of the learned parts (vocabulary, whitening) set as here."""
+        return build
+
+    # ---- building -----------------------------------------------------------------------------
+
+    def add_images(self, paths: Sequence[str], names: Sequence[str] | None = None, n_jobs: int = 1,
+                   progress: bool = True) -> ExtractionReport:
+        """Extract and index image files; unusable files are skipped and reported.
+
+        Args:
+            paths: image files.
+            names: how each image is called in results (default: its path).
+            n_jobs: extraction (and quantization) threads.
+            progress: show a progress bar.
+
+        Returns:
+            what was extracted, taken from the cache, and skipped (with reasons).
+        """
+        paths = [str(p) for p in paths]
+        name_of = name_map(paths, names)
+        report = ExtractionReport()
+        extract, cache = self._feature_source()
+        batch_names, batch_items, seen = [], [], set()
+        for path, item in iter_features(paths, extract, cache, report, n_jobs=n_jobs, verbose=progress):
+            name = name_of[path]
+            if name in self.names or name in seen:
+                report.skipped.append((path, f"an image named {name!r} is already indexed"))
+                continue
+            seen.add(name)
+            batch_names.append(name)
+            batch_items.append(item)
+            if len(batch_names) >= ADD_BATCH:
+                self._add_batch(batch_names, batch_items, n_jobs)
+                batch_names, batch_items = [], []
+        if batch_names:
+            self._add_batch(batch_names, batch_items, n_jobs)
+        return report
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Remove images by name (KeyError naming the first unknown one); idf and norms stay exact."""
+        slots = self.names.slots(names)
+        with self._lock.writing():
+            self._consolidate()
+            self._remove_slots(slots)
+            self.names.remove(slots)
+
+    def consolidate(self) -> None:
+        """Join pending additions now (searches and saves do it when needed)."""
+        with self._lock.writing():
+            self._consolidate()
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """Hold the read lock over stores with nothing pending (joined first, under the write lock)."""
+        while True:
+            with self._lock.reading():
+                if not self._pending():  # writers are excluded until the block ends
+                    yield
+                    return
+            self.consolidate()
+
+    # ---- searching ----------------------------------------------------------------------------
+
+    def query_image(self, query, box=None, max_side: int | None = None, color: bool = False) -> np.ndarray:
+        """A query image as extracted: decoded at full size, cropped to ``box``, then
+        down-scaled to ``max_side`` (default: the pipeline's)."""
+        image = decode_query(query, color)
+        if box is not None:
+            image = crop(image, box)
+        return resize_to_max_side(image, self.pipeline.build.image_options.max_side if max_side is None else max_side)
+
+    def search(self, query, top_k: int | None = None, box=None, options: SearchOptions | str | None = None,
+               n_jobs: int = 1) -> list[SearchResult]:
+        """Rank the collection by similarity to ``query``.
+
+        Args:
+            query: image path, (h, w[, 3]) uint8 RGB array, or a prepared query (``prepare_query``).
+            top_k: return only the best ``top_k`` (default: the whole collection).
+            box: optional (x0, y0, x1, y1) query region in pixels of the image as given.
+            options: search options, or a pipeline name built like this index (default: the pipeline's).
+            n_jobs: threads for re-ranking.
+
+        Returns:
+            results, best first (verified ones carry inliers and homography); empty,
+            with a warning logged, when the query has no features or the index is empty.
+
+        Raises:
+            bovw.images.ImageReadError: the query file cannot be used.
+            ValueError: a bad box, top_k or option.
+        """
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (got {top_k})")
+        options = self.search_options(options)
+        prepared = query if isinstance(query, self.QUERY_TYPE) else self.prepare_query(query, box, options)
+        if len(self) == 0:
+            logger.warning("the index is empty; no results")
+            return []
+        if self._is_empty_query(prepared):
+            logger.warning("%s has no features; no results",
+                           f"query {os.fspath(query)}" if isinstance(query, (str, os.PathLike)) else "the query")
+            return []
+        with self._reading():
+            return [SearchResult(self.names[e.slot], e.score, e.slot, e.inliers, e.homography, e.matches)
+                    for e in self._rank(prepared, options, top_k, n_jobs)]
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: str) -> None:
+        """Atomically save the whole index as a directory (no pickle)."""
+        with self._reading():
+            meta, arrays = {"pipeline": self.pipeline.to_dict()}, {}
+            for prefix, part in {"names": self.names, **self._parts()}.items():
+                meta[prefix] = None
+                if part is not None:
+                    meta[prefix], part_arrays = part.state_dict()
+                    arrays.update({f"{prefix}.{name}": value for name, value in part_arrays.items()})
+        save_arrays(directory, self.FORMAT, FORMAT_VERSION, meta, arrays)
+
+    @classmethod
+    def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
+             mmap: bool = False) -> "SearchableIndex":
+        """Load a saved index (of this class, or of any class when called on ``SearchableIndex``).
+
+        Args:
+            directory: the saved index.
+            cache_dir: feature cache for later additions and queries.
+            verify: check every file's checksum (reads every byte).
+            mmap: memory-map the arrays instead of reading them (a large index opens in
+                well under a second; pair with ``verify=False``). Shapes, dtypes and
+                posting bounds are checked either way.
+
+        Raises:
+            IndexFormatError: naming the problem (other format or version, missing,
+                corrupted or inconsistent files).
+        """
+        manifest = read_manifest(directory)
+        fmt, version = manifest.get("format"), manifest.get("version")
+        target = INDEX_CLASSES.get(fmt) if cls is SearchableIndex else cls
+        if target is None or (cls is not SearchableIndex and fmt != cls.FORMAT):
+            expected = ", ".join(INDEX_CLASSES) if cls is SearchableIndex else cls.FORMAT
+            raise IndexFormatError(f"{directory}: format {fmt!r}, expected {expected!r}")
+        if version not in READABLE_VERSIONS:
+            raise IndexFormatError(f"{directory}: format version {version!r} cannot be read by this engine "
+                                   f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+        meta, arrays = load_arrays(directory, fmt, version, verify=verify, mmap=mmap)
+        try:
+            if version == 1:
+                meta, arrays = _upgrade_format1(fmt, meta, arrays)
+            pipeline = Pipeline.from_dict(meta["pipeline"])
+            index = target._from_parts(pipeline, meta, arrays, cache_dir)
+            index.names = ImageNames.from_state_dict(meta["names"], part_arrays(arrays, "names"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
+        index._check_sizes(directory)
+        return index
+
+    def _check_sizes(self, directory: str) -> None:
+        """IndexFormatError when the loaded stores disagree with the names on the image count."""
+        raise NotImplementedError
+
+    # ---- facts --------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """What a user needs to know about the index (JSON-serialisable)."""
+        with self._reading():
+            facts = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "pipeline": self.pipeline.name,
+                     "kind": self.KIND, "images": len(self), "build": dataclasses.asdict(self.pipeline.build),
+                     "search_defaults": self.pipeline.search.to_dict(),
+                     "pipelines_served": [p for p in _pipeline_names() if self.serves(p)]}
+            facts.update(self._info())
+            sizes = {}
+            for prefix, part in {"names": self.names, **self._parts()}.items():
+                if part is not None:
+                    sizes.update({f"{prefix}.{name}": int(np.asarray(value).nbytes)
+                                  for name, value in part.state_dict()[1].items()})
+        facts["bytes"] = sizes
+        facts["bytes_per_image"] = {name: size / max(len(self), 1) for name, size in sizes.items()}
+        return facts
+
+
+def _pipeline_names() -> list[str]:
+    from cbir.pipelines import PIPELINES
+    return list(PIPELINES)
+
+
+def part_arrays(arrays: dict, prefix: str) -> dict:
+    """The arrays saved under ``prefix.``, without the prefix."""
+    return {name[len(prefix) + 1:]: value for name, value in arrays.items() if name.startswith(prefix + ".")}
+
+
+def _upgrade_format1(fmt: str, meta: dict, arrays: dict) -> tuple[dict, dict]:
+    """Format-1 meta and arrays in the format-2 layout: the pipeline split into build and
+    search settings, names moved from the image store into their own registry."""
+    meta = dict(meta, pipeline=pipeline_from_format1(meta["pipeline"], fmt).to_dict())
+    images = part_arrays(arrays, "images")
+    n = int(meta["images"]["n_images"])
+    meta["names"] = {"kind": "image-names", "version": 1, "n_images": n}
+    arrays = {**arrays, "names.bytes": images["name_bytes"], "names.offsets": images["name_offsets"]}
+    if fmt == "cbir-global-index":
+        del meta["images"]
+    return meta, arrays
+
+
+def load_index(directory: str, cache_dir: str | None = None, verify: bool = True,
+               mmap: bool = False) -> SearchableIndex:
+    """Load a saved index of any kind, by its manifest (see ``SearchableIndex.load``)."""
+    import cbir.global_index  # noqa: F401  (registers the index classes)
+    import cbir.retrieval_index  # noqa: F401
+    return SearchableIndex.load(directory, cache_dir=cache_dir, verify=verify, mmap=mmap)
+

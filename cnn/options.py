@@ -1,0 +1,68 @@
+"""Settings of the CNN feature extractors, importable without torch.
+
+A pipeline's build settings name a backbone and a conv layer; only extracting
+features needs torch (``cnn.backbone``), so a SIFT command never imports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bovw.images import ImageOptions
+
+#: Stride in pixels of each exposed map.
+STRIDES = {"local": 16, "global": 32}
+#: Channels of each exposed map.
+CHANNELS = {"local": 672, "global": 1280}
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """How images go through the network (what changes the feature maps, nothing else).
+
+    Attributes:
+        name: backbone (only ``efficientnet-lite0`` has offline weights).
+        max_side: longest image side in pixels fed to the network (aspect kept;
+            larger images are down-scaled to it).
+        upscale: also up-scale smaller images to ``max_side`` (conv maps of small
+            photos are otherwise only a few cells wide).
+    """
+
+    name: str = "efficientnet-lite0"
+    max_side: int = 1024
+    upscale: bool = False
+
+    @property
+    def key(self) -> str:
+        """Changes whenever the feature maps would."""
+        return f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
+
+
+@dataclass(frozen=True)
+class ConvLocalOptions:
+    """Local features from conv-map positions (BLCF): which network and map.
+
+    Attributes:
+        backbone: network and input size.
+    """
+
+    backbone: BackboneOptions = BackboneOptions()
+
+    @property
+    def key(self) -> str:
+        """Feature-cache key of these settings."""
+        return f"convlocal-v1-{self.backbone.key}"
+
+    @property
+    def image(self) -> ImageOptions:
+        """How images are decoded for this extractor."""
+        return ImageOptions(max_side=self.backbone.max_side)
+
+    #: The extractor takes RGB images.
+    color = True
+
+    def extract(self, image: np.ndarray):
+        """LocalFeatures of an (h, w, 3) uint8 RGB image (imports torch on first use)."""
+        from cnn.local_features import conv_local_from_image
+        return conv_local_from_image(image, self)

@@ -1,0 +1,100 @@
+"""The ranking sequence: score, shortlist, re-rank, expand, as pure functions of the index data.
+
+A searchable index prepares the query once (decoding, extraction, whitening,
+quantization, signatures) and calls one of these with its stores and the
+search options; nothing here calls back into the index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.dense_index import DenseIndex
+from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
+from index.kernels import top_indices
+from index.match_kernel import hamming_scores
+from index.reranking import RankedImage, bow_expansion, hamming_expansion, spatial_rerank
+from index.search_options import SearchOptions
+from index.window_search import window_rerank
+
+
+@dataclass
+class LocalQuery:
+    """A query prepared for a local-feature index.
+
+    Attributes:
+        keypoints: (n, 4) float32 x, y, scale, angle, in pixels of the query image as extracted.
+        words: (n, k) int32 word ids, k = the options' query assignments.
+        signatures: (n, k) uint64 Hamming signatures relative to each word, or None.
+    """
+
+    keypoints: np.ndarray
+    words: np.ndarray
+    signatures: np.ndarray | None = None
+
+
+def shortlist(scores: np.ndarray, count: int) -> list[RankedImage]:
+    """The ``count`` best images of ``scores`` (n_images,), best first (ties: lower slot first)."""
+    return [RankedImage(int(i), float(scores[i])) for i in top_indices(scores, count)]
+
+
+def rank_local(query: LocalQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
+               top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
+    """Rank a local-feature collection: tf-idf cosine or Hamming-embedding scores, then (per
+    ``options``) window search, spatial verification of the shortlist, and query expansion.
+
+    Args:
+        query: the prepared query.
+        inverted: the collection's inverted file.
+        images: the collection's per-image keypoints, words and signatures.
+        options: how to rank.
+        top_k: results wanted (None: every image).
+        n_jobs: threads for spatial verification.
+
+    Returns:
+        at most ``top_k`` entries, best first.
+    """
+    vector = inverted.query_vector(query.words)
+    if query.signatures is not None:
+        scores = hamming_scores(inverted, query.words, query.signatures, options.hamming)
+    else:
+        scores = inverted.vector_scores(*vector)
+    wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
+    ranking = shortlist(scores, max(wanted, options.shortlist))
+    if options.window_search:
+        ranking = window_rerank(ranking, vector, inverted.idf, images, options.window_search)
+    if options.verification is not None:
+        threshold = options.hamming.threshold if options.hamming is not None else 0
+        ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification,
+                                 n_jobs=n_jobs, query_signatures=query.signatures, hamming_threshold=threshold)
+    if options.expansion is not None and query.signatures is not None:
+        ranking = hamming_expansion(ranking, query.words, query.signatures, inverted, images, options.hamming,
+                                    options.expansion, wanted)
+    elif options.expansion is not None:
+        ranking = bow_expansion(ranking, vector, inverted, images, options.expansion, wanted)
+    return ranking[:wanted]
+
+
+def rank_global(descriptor: np.ndarray, dense: DenseIndex, options: SearchOptions,
+                top_k: int | None = None) -> list[RankedImage]:
+    """Rank a collection of global descriptors by inner product, then (per ``options``) re-rank
+    the top ``region_rerank`` by the best match of the query with each image's regions.
+
+    Args:
+        descriptor: (d,) float32 unit query descriptor.
+        dense: the collection's descriptors (and regions).
+        options: how to rank.
+        top_k: results wanted (None: every image).
+    """
+    scores = dense.scores(descriptor)
+    order = top_indices(scores, None if top_k is None else max(top_k, options.region_rerank))
+    if options.region_rerank:
+        head = order[:options.region_rerank]
+        region = dense.region_scores(descriptor, head)
+        rerank = np.lexsort((np.arange(len(head)), -region))
+        scores = scores.copy()
+        scores[head] = region
+        order = np.r_[head[rerank], order[options.region_rerank:]]
+    return [RankedImage(int(i), float(scores[i])) for i in order[:top_k]]
