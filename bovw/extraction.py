@@ -47,12 +47,14 @@ def _extract_one(extract: Callable[[str], LocalFeatures], path: str, cache: Feat
 def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
                   cache: FeatureCache | None = None, report: ExtractionReport | None = None,
                   n_jobs: int = 1, chunk_size: int = 64,
-                  verbose: bool = True) -> Iterator[tuple[str, LocalFeatures]]:
+                  verbose: bool | None = True) -> Iterator[tuple[str, LocalFeatures]]:
     """Yield ``(path, features)`` for every usable image, in input order.
 
     Unusable files are skipped and recorded in ``report``; cached features are
     reused and new ones stored. Work is done in chunks of ``chunk_size`` images
-    by ``n_jobs`` threads (OpenCV releases the GIL), so memory stays bounded.
+    by ``n_jobs`` threads (OpenCV releases the GIL), so memory stays bounded;
+    each image is yielded (and counted by the progress bar) as soon as it and the
+    ones before it are done.
 
     Args:
         paths: image files.
@@ -61,16 +63,17 @@ def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
         report: filled in as files are processed.
         n_jobs: worker threads (-1: all cores).
         chunk_size: images per parallel batch.
-        verbose: show a progress bar.
+        verbose: show a progress bar (None: only when stderr is a terminal).
     """
     report = report if report is not None else ExtractionReport()
-    progress = tqdm(total=len(paths), desc="features", unit="img", disable=not verbose)
-    with Parallel(n_jobs=n_jobs, prefer="threads") as parallel:
+    progress = tqdm(total=len(paths), desc="features", unit="img", disable=None if verbose is None else not verbose,
+                    smoothing=0.05, dynamic_ncols=True, leave=False)
+    with Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator") as parallel:
         for start in range(0, len(paths), chunk_size):
             chunk = list(paths[start:start + chunk_size])
             found = [cache.get(p) if cache is not None else None for p in chunk]
             todo = [p for p, f in zip(chunk, found) if f is None]
-            computed = iter(parallel(delayed(_extract_one)(extract, p, cache) for p in todo))
+            computed = parallel(delayed(_extract_one)(extract, p, cache) for p in todo) if todo else iter(())
             for path, features in zip(chunk, found):
                 if features is not None:
                     report.cached += 1

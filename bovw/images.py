@@ -100,7 +100,7 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
         raise ImageReadError(path, f"declared size exceeds the limit of {options.max_pixels} pixels "
                                    f"(decompression bomb)") from exc
     except UnidentifiedImageError as exc:
-        raise ImageReadError(path, f"not a readable image ({exc.__class__.__name__})") from exc
+        raise ImageReadError(path, "not an image file (no image format Pillow reads)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image data ({exc})") from exc
     if min(array.shape[:2]) < 2:

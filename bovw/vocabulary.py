@@ -76,7 +76,7 @@ class VocabularyTree:
 
     @classmethod
     def train(cls, descriptors: np.ndarray, config: VocabularyConfig = VocabularyConfig(),
-              verbose: bool = True, n_jobs: int = -1) -> "VocabularyTree":
+              verbose: bool | None = True, n_jobs: int = -1) -> "VocabularyTree":
         """Train level by level: each node's points are split by k-means into b children.
 
         Nodes of a level are trained in parallel threads, each running faiss
@@ -87,7 +87,7 @@ class VocabularyTree:
         Args:
             descriptors: (n, d) float32 training descriptors.
             config: tree shape and training settings.
-            verbose: progress bar over the nodes of each level.
+            verbose: progress bar over the nodes of each level (None: only on a terminal).
             n_jobs: worker threads (-1: one per core).
         """
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
@@ -122,7 +122,8 @@ class VocabularyTree:
                 child_of_point[members] = node * b + nearest_child
 
             with ThreadPoolExecutor(n_jobs) as pool:
-                list(tqdm(pool.map(split, range(n_nodes)), total=n_nodes, disable=not verbose, leave=False,
+                list(tqdm(pool.map(split, range(n_nodes)), total=n_nodes, leave=False,
+                          disable=None if verbose is None else not verbose,
                           desc=f"vocabulary level {level + 1}/{config.depth}", mininterval=1.0))
             centers.append(level_centers)
             node_of_point = child_of_point

@@ -38,7 +38,7 @@ def _local_pipeline(pipeline: Pipeline | str) -> Pipeline:
 
 
 def local_descriptors(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
-                      n_jobs: int = 1, progress: bool = True) -> tuple[np.ndarray, ExtractionReport]:
+                      n_jobs: int = 1, progress: bool | None = None) -> tuple[np.ndarray, ExtractionReport]:
     """(n, d) float32 local descriptors of every usable image of ``paths``, and the extraction report."""
     build = _local_pipeline(pipeline).build
     report = ExtractionReport()
@@ -52,7 +52,7 @@ def local_descriptors(paths: Sequence[str], pipeline: Pipeline | str, cache_dir:
 
 def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
                           n_jobs: int = 1, max_descriptors: int = 200_000, seed: int = 0,
-                          progress: bool = True) -> tuple[PCAWhitening, ExtractionReport]:
+                          progress: bool | None = None) -> tuple[PCAWhitening, ExtractionReport]:
     """PCA whitening of the pipeline's local descriptors (BLCF), learned on ``paths`` (at most
     ``max_descriptors``, sampled with ``seed``); keeps the build's ``local_whitening_dim``."""
     pipeline = _local_pipeline(pipeline)
@@ -64,7 +64,7 @@ def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_
 
 
 def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: VocabularyConfig | None = None,
-                     cache_dir: str | None = None, n_jobs: int = 1, progress: bool = True,
+                     cache_dir: str | None = None, n_jobs: int = 1, progress: bool | None = None,
                      whitening: PCAWhitening | None = None) -> tuple[VocabularyTree, ExtractionReport]:
     """Extract the pipeline's features from ``paths`` and train a vocabulary tree on them.
 
@@ -74,7 +74,7 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: Voc
         config: tree shape and training settings (default: the pipeline's).
         cache_dir: feature cache folder.
         n_jobs: extraction threads.
-        progress: progress bars.
+        progress: progress bars (None: only on a terminal).
         whitening: applied to the descriptors first (the index must use the same one).
     """
     pipeline = _local_pipeline(pipeline)
@@ -85,7 +85,7 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: Voc
 
 
 def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: VocabularyTree,
-                  cache_dir: str | None = None, n_jobs: int = 1, progress: bool = True,
+                  cache_dir: str | None = None, n_jobs: int = 1, progress: bool | None = None,
                   whitening: PCAWhitening | None = None) -> tuple[HammingEmbedding, ExtractionReport]:
     """Learn a Hamming embedding's per-word medians from the descriptors of ``paths``."""
     pipeline = _local_pipeline(pipeline)
@@ -97,7 +97,7 @@ def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: Vo
 
 
 def learn_global_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
-                           n_jobs: int = 1, progress: bool = True) -> tuple[PCAWhitening, ExtractionReport]:
+                           n_jobs: int = 1, progress: bool | None = None) -> tuple[PCAWhitening, ExtractionReport]:
     """Learn a global pipeline's PCA whitening on images (use other images than the indexed ones)."""
     pipeline = get_pipeline(pipeline)
     if pipeline.kind != "global":
@@ -133,7 +133,7 @@ def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
 def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
                 train_paths: Sequence[str] | None = None, whiten_paths: Sequence[str] | None = None,
                 vocabulary_config: VocabularyConfig | None = None, cache_dir: str | None = None,
-                n_jobs: int = 1, progress: bool = True) -> SearchableIndex:
+                n_jobs: int = 1, progress: bool | None = None) -> SearchableIndex:
     """Learn what ``pipeline`` needs and return its empty index.
 
     Args:
@@ -146,7 +146,7 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         vocabulary_config: vocabulary shape when training one (default: the pipeline's).
         cache_dir: feature cache folder.
         n_jobs: extraction threads.
-        progress: progress bars.
+        progress: progress bars (None: only on a terminal).
 
     Raises:
         BuildError: what is missing (e.g. a Hamming pipeline without training images).

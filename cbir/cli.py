@@ -36,18 +36,22 @@ def default_cache_dir() -> str:
 def expand_images(arguments: list[str]) -> list[str]:
     """Files, folders (recursive, image extensions only) and @list files -> image paths.
 
-    Paths that do not exist are kept, so that they are reported as skipped.
+    A file or folder named on the command line that does not exist is a mistake (UsageError);
+    paths listed in an @list file are kept even when missing, so that a build reports them as
+    skipped and goes on.
     """
     paths = []
-    for argument in arguments:
+    for argument in map(str, arguments):
         if argument.startswith("@"):
             with open(argument[1:], encoding="utf-8") as handle:
                 paths += [line.strip() for line in handle if line.strip()]
         elif os.path.isdir(argument):
             for folder, _, files in sorted(os.walk(argument)):
                 paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        else:
+        elif os.path.exists(argument):
             paths.append(argument)
+        else:
+            raise UsageError(f"{argument}: no such file or folder")
     return paths
 
 
@@ -104,16 +108,16 @@ def cmd_vocab(args) -> None:
                 config.depth, pipeline.name, len(paths))
     vocabulary, report = train_vocabulary(paths, pipeline, config, args.cache, args.jobs)
     _print_report(report)
-    save_vocabulary(vocabulary, args.output)
+    save_vocabulary(vocabulary, args.output, pipeline)
     print(f"saved a {vocabulary.n_words}-word vocabulary ({config.branching}^{config.depth}) to {args.output}")
 
 
 def _new_index(args, pipeline):
     """An empty index for ``pipeline`` from the command line's learned parts."""
-    from cbir.build import build_index
-    from cbir.retrieval_index import load_vocabulary
     from bovw.vocabulary import VocabularyConfig
-    vocabulary = load_vocabulary(args.vocab) if getattr(args, "vocab", None) else None
+    from cbir.build import build_index
+    from cbir.retrieval_index import load_vocabulary_for
+    vocabulary = load_vocabulary_for(args.vocab, pipeline) if getattr(args, "vocab", None) else None
     config = None
     if pipeline.kind == "local" and (args.branching or args.depth):
         default = pipeline.build.vocabulary
@@ -123,24 +127,61 @@ def _new_index(args, pipeline):
                        expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs)
 
 
+def common_root(paths: list[str]) -> str | None:
+    """The deepest folder holding every existing file of ``paths`` (None when there is none)."""
+    folders = [os.path.dirname(os.path.realpath(p)) for p in paths if os.path.isfile(p)]
+    return os.path.commonpath(folders) if folders else None
+
+
 def cmd_index(args) -> None:
     from cbir.pipelines import get_pipeline
     from cbir.searchable import load_index
     exists = os.path.exists(os.path.join(args.output, MANIFEST))
     if exists and not (args.add or args.force):
         raise UsageError(f"{args.output}: an index is already there; use --add to extend it or --force to replace it")
+    paths = expand_images(args.images)
+    if not paths:
+        raise UsageError(f"no image files found in {' '.join(args.images)}")
     if exists and args.add:
         index = load_index(args.output, cache_dir=args.cache)
         if args.method is not None and args.method != index.pipeline.name:
             raise UsageError(f"{args.output} was built with {index.pipeline.name}; --add keeps its method "
                              f"(drop --method {args.method})")
+        if args.root is not None:
+            raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
     else:
         index = _new_index(args, get_pipeline(args.method or "sift-bow"))
-    paths = expand_images(args.images)
+        index.root = os.path.realpath(args.root) if args.root else common_root(paths)
+    before = len(index)
     report = index.add_images(paths, n_jobs=args.jobs)
-    index.save(args.output)
     _print_report(report)
-    print(f"index {args.output}: {len(index)} images")
+    if len(index) == before:
+        raise UsageError(f"no image could be added ({len(report.skipped)} skipped, see above); "
+                         f"{args.output} was {'left as it was' if exists and args.add else 'not written'}")
+    index.save(args.output)
+    print(f"index {args.output}: {len(index)} images ({len(index) - before} added), names relative to {index.root}")
+
+
+def cmd_remove(args) -> None:
+    from cbir.searchable import load_index
+    index = load_index(args.index, cache_dir=args.cache)
+    names = expand_names(args.names)
+    known = [index.name_for(n) if n not in index and os.path.isfile(n) else n for n in names]
+    index.remove(known)
+    index.save(args.index)
+    print(f"index {args.index}: removed {len(known)}, {len(index)} images left")
+
+
+def expand_names(arguments: list[str]) -> list[str]:
+    """Image names and @list files (one name per line) -> names."""
+    names = []
+    for argument in arguments:
+        if argument.startswith("@"):
+            with open(argument[1:], encoding="utf-8") as handle:
+                names += [line.strip() for line in handle if line.strip()]
+        else:
+            names.append(argument)
+    return names
 
 
 def cmd_query(args) -> None:
@@ -149,33 +190,76 @@ def cmd_query(args) -> None:
     box = parse_box(args.box) if args.box else None
     options = search_options(index, args)
     queries = expand_images(args.images)
+    if not queries:
+        raise UsageError(f"no query image files found in {' '.join(args.images)}")
+    output = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    writer = ResultWriter(args.format, output, many=len(queries) > 1)
     failed = 0
-    for query in queries:
-        try:
-            prepared = index.prepare_query(query, box, options)
-            results = index.search(prepared, top_k=args.top_k, options=options, n_jobs=args.jobs)
-        except ImageReadError as exc:
-            print(f"cbir: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.draw:
-            _draw(index, query, box, prepared, results, args)
-        if args.json:
-            for rank, r in enumerate(results, 1):
-                print(json.dumps({"query": query, "rank": rank, "name": r.name, "score": r.score,
-                                  "inliers": r.inliers,
-                                  "homography": None if r.homography is None else r.homography.tolist()}))
-            continue
-        if len(queries) > 1:
-            print(f"# {query}")
-        for rank, result in enumerate(results, 1):
-            verified = f"  {result.inliers} inliers" if result.inliers is not None else ""
-            print(f"{rank:4d}  {result.score:.4f}  {result.name}{verified}")
+    try:
+        for query in queries:
+            try:
+                prepared = index.prepare_query(query, box, options)
+                results = index.search(prepared, top_k=args.top_k + int(args.exclude_self), options=options,
+                                       n_jobs=args.jobs)
+            except ImageReadError as exc:
+                if len(queries) == 1:
+                    raise
+                print(f"cbir: {exc}", file=sys.stderr)  # the other queries go on
+                failed += 1
+                continue
+            if args.exclude_self:
+                own = os.path.realpath(query)
+                results = [r for r in results if os.path.realpath(index.path_of(r.name)) != own][:args.top_k]
+            if args.draw:
+                _draw(index, query, box, prepared, results, args, len(queries) > 1)
+            writer.write(query, [(r, index.path_of(r.name)) for r in results])
+    finally:
+        if args.output:
+            output.close()
     if failed == len(queries):
         raise UsageError("no query image could be read")
+    if args.output:
+        print(f"wrote {args.output}: {len(queries) - failed} queries", file=sys.stderr)
 
 
-def _draw(index, query, box, prepared, results, args) -> None:
+class ResultWriter:
+    """Query results as a table, JSON lines, CSV, or a COLMAP/hloc pairs file (``query db`` per line).
+
+    Args:
+        fmt: ``table``, ``jsonl``, ``csv`` or ``pairs``.
+        stream: where to write.
+        many: several queries (the table gets a header line per query).
+    """
+
+    FIELDS = ("query", "rank", "name", "path", "score", "inliers", "homography")
+
+    def __init__(self, fmt: str, stream, many: bool):
+        import csv
+        self.fmt, self.stream, self.many = fmt, stream, many
+        self.csv = csv.writer(stream) if fmt == "csv" else None
+        if self.csv:
+            self.csv.writerow(self.FIELDS[:-1])
+
+    def write(self, query: str, results: list) -> None:
+        """Write one query's ranked ``(SearchResult, absolute path)`` pairs."""
+        if self.fmt == "table" and self.many:
+            print(f"# {query}", file=self.stream)
+        for rank, (r, path) in enumerate(results, 1):
+            if self.fmt == "jsonl":
+                print(json.dumps({"query": query, "rank": rank, "name": r.name, "path": path, "score": r.score,
+                                  "inliers": r.inliers,
+                                  "homography": None if r.homography is None else r.homography.tolist()}),
+                      file=self.stream)
+            elif self.fmt == "csv":
+                self.csv.writerow([query, rank, r.name, path, f"{r.score:.6f}", "" if r.inliers is None else r.inliers])
+            elif self.fmt == "pairs":
+                print(f"{query} {path}", file=self.stream)
+            else:
+                verified = f"  {r.inliers} inliers" if r.inliers is not None else ""
+                print(f"{rank:4d}  {r.score:.4f}  {r.name}{verified}", file=self.stream)
+
+
+def _draw(index, query, box, prepared, results, args, many: bool) -> None:
     """Write the query beside its top results, inlier matches drawn, as a PNG."""
     import cv2
     from cbir.retrieval_index import RetrievalIndex
@@ -183,14 +267,12 @@ def _draw(index, query, box, prepared, results, args) -> None:
     if not isinstance(index, RetrievalIndex):
         raise UsageError("--draw needs a local-feature index (matches are drawn)")
     shown = results[:args.draw_top]
-    paths = []
-    for result in shown:
-        candidate = os.path.join(args.image_root, result.name) if args.image_root else result.name
-        paths.append(candidate if os.path.isfile(candidate) else None)
-    picture = draw_results(index.extracted_query_image(query, box), prepared.keypoints, shown, paths,
+    paths = [index.path_of(r.name) for r in shown]
+    picture = draw_results(index.extracted_query_image(query, box), prepared.keypoints, shown,
+                           [p if os.path.isfile(p) else None for p in paths],
                            [index.images.features(r.slot)[0] for r in shown], index.pipeline.build.image_options)
-    target = args.draw if len(expand_images(args.images)) == 1 else \
-        f"{os.path.splitext(args.draw)[0]}-{os.path.splitext(os.path.basename(query))[0]}.png"
+    target = f"{os.path.splitext(args.draw)[0]}-{os.path.splitext(os.path.basename(query))[0]}.png" if many \
+        else args.draw
     cv2.imwrite(target, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     print(f"wrote {target}", file=sys.stderr)
 
@@ -301,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help=f"pipeline of a new index (default sift-bow): {methods}")
     p.add_argument("--vocab", help="vocabulary directory (for a new local-feature index)")
     learned_parts(p)
-    p.add_argument("--add", action="store_true", help="add the images to the existing index (keeps its method)")
+    p.add_argument("--root", help="folder the image names are relative to (default: the deepest folder holding "
+                                  "all the images); recorded in the index")
+    p.add_argument("--add", action="store_true", help="add the images to the existing index (keeps its method "
+                                                      "and root)")
     p.add_argument("--force", action="store_true", help="replace an existing index")
     common(p)
     p.set_defaults(func=cmd_index)
@@ -311,17 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--top-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--box", help="query region x0,y0,x1,y1 in pixels")
-    p.add_argument("--json", action="store_true",
-                   help='print JSON lines {"query", "rank", "name", "score", "inliers", "homography"}')
+    p.add_argument("--format", choices=["table", "jsonl", "csv", "pairs"], default="table",
+                   help="table (default); jsonl: one JSON object per result {query, rank, name, path, score, "
+                        "inliers, homography}; csv: the same columns but homography; pairs: 'query path' per "
+                        "line (COLMAP/hloc image pairs)")
+    p.add_argument("-o", "--output", help="write the results to this file instead of the terminal")
+    p.add_argument("--exclude-self", action="store_true", help="leave out a result that is the query file itself")
     p.add_argument("--draw", metavar="PNG", help="write a picture of the query beside its top results, "
-                                                  "inlier matches drawn")
+                                                  "inlier matches drawn (one PNG per query when there are several)")
     p.add_argument("--draw-top", type=int, default=5, help="results in the picture (default 5)")
-    p.add_argument("--image-root", help="folder the indexed image names are relative to (for --draw)")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it, without "
                    "checksums (fast start for a large index; shapes and bounds are still checked)")
     search_settings(p)
     common(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("remove", help="remove images from an index, by name")
+    p.add_argument("index", help="index directory")
+    p.add_argument("names", nargs="+", help="image names as the index lists them (or their files), or @list.txt")
+    p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("info", help="describe a saved index or vocabulary")
     p.add_argument("path", help="index or vocabulary directory")

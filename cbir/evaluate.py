@@ -36,25 +36,25 @@ class EvaluationResult:
                 handle.write(json.dumps({"query": query.name, "ranking": ranking}) + "\n")
 
 
-def index_dataset(index, dataset: Dataset, n_jobs: int = 1, progress: bool = True) -> ExtractionReport:
+def index_dataset(index, dataset: Dataset, n_jobs: int = 1, progress: bool | None = None) -> ExtractionReport:
     """Add the dataset's database images not yet indexed (named by their dataset names) to a
     searchable index."""
     todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index]
     return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, progress=progress)
 
 
-def run_queries(index, dataset: Dataset, options=None, progress: bool = True) -> EvaluationResult:
+def run_queries(index, dataset: Dataset, options=None, progress: bool | None = None) -> EvaluationResult:
     """Search every query of ``dataset`` in ``index`` and score the rankings.
 
     Args:
         index: a searchable index holding the dataset's database.
         dataset: queries (with optional boxes) and ground truth.
         options: search options or a pipeline name built like the index (default: the index's).
-        progress: progress bar.
+        progress: progress bar (None: only on a terminal).
     """
     options = index.search_options(options)
     rankings, times = [], []
-    for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=not progress):
+    for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=None if progress is None else not progress):
         features = index.query_features(query.path, query.bbox)
         start = time.perf_counter()
         results = index.search(features, options=options)

@@ -13,7 +13,7 @@ from bovw.features import LocalFeatures
 from bovw.hamming import HammingEmbedding
 from bovw.images import load_image, resize_to_max_side
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
-from cbir.pipelines import LocalBuild, Pipeline
+from cbir.pipelines import PIPELINES, LocalBuild, Pipeline, get_pipeline
 from cbir.searchable import SearchableIndex, crop, decode_query, parse_box, part_arrays
 from cnn.whitening import PCAWhitening
 from index.image_store import ImageStore
@@ -27,19 +27,51 @@ VOCABULARY_FORMAT = "cbir-vocabulary"
 VOCABULARY_VERSION = 1
 
 
-def save_vocabulary(vocabulary: VocabularyTree, directory: str) -> None:
-    """Atomically save a vocabulary as a directory (no pickle)."""
+def save_vocabulary(vocabulary: VocabularyTree, directory: str, pipeline: Pipeline | str | None = None) -> None:
+    """Atomically save a vocabulary as a directory (no pickle), recording the pipeline (and so the
+    features) it was trained for, so that an index of another pipeline can refuse it."""
     meta, arrays = vocabulary.state_dict()
+    if pipeline is not None:
+        pipeline = get_pipeline(pipeline)
+        meta["trained_for"] = {"pipeline": pipeline.name, "features": pipeline.build.extractor.key}
     save_arrays(directory, VOCABULARY_FORMAT, VOCABULARY_VERSION, meta, arrays)
 
 
 def load_vocabulary(directory: str) -> VocabularyTree:
     """Load a vocabulary saved by ``save_vocabulary`` (IndexFormatError if unusable)."""
+    return _load_vocabulary(directory)[0]
+
+
+def _load_vocabulary(directory: str) -> tuple[VocabularyTree, dict | None]:
     meta, arrays = load_arrays(directory, VOCABULARY_FORMAT, VOCABULARY_VERSION)
     try:
-        return VocabularyTree.from_state_dict(meta, arrays)
+        return VocabularyTree.from_state_dict(meta, arrays), meta.get("trained_for")
     except (ValueError, KeyError, TypeError) as exc:
         raise IndexFormatError(f"{directory}: invalid vocabulary ({exc})") from exc
+
+
+def load_vocabulary_for(directory: str, pipeline: Pipeline | str) -> VocabularyTree:
+    """Load a vocabulary for an index of ``pipeline``, refusing one trained for other features or for
+    a pipeline with another vocabulary shape (ValueError naming both).
+
+    A vocabulary saved without its pipeline (before it was recorded) is refused only when its
+    descriptor dimension cannot fit.
+    """
+    pipeline = get_pipeline(pipeline)
+    vocabulary, trained_for = _load_vocabulary(directory)
+    build = pipeline.build
+    if trained_for is None:
+        return vocabulary
+    other = get_pipeline(trained_for["pipeline"]) if trained_for["pipeline"] in PIPELINES else None
+    if trained_for["features"] != build.extractor.key:
+        raise ValueError(f"{directory} was trained on other features ({trained_for['features']}) than "
+                         f"{pipeline.name} extracts ({build.extractor.key}); train one with "
+                         f"cbir vocab --method {pipeline.name}")
+    if other is not None and other.build.vocabulary.n_words != build.vocabulary.n_words:
+        raise ValueError(f"{directory} was trained for {other.name} ({vocabulary.n_words} words); "
+                         f"{pipeline.name} uses a {build.vocabulary.n_words}-word vocabulary: train one with "
+                         f"cbir vocab --method {pipeline.name}")
+    return vocabulary
 
 
 def read_local_features(build: LocalBuild, path: str) -> LocalFeatures:

@@ -116,6 +116,8 @@ class SearchableIndex:
                              f"not a {type(self).__name__}; use cbir.build.empty_index")
         self.cache_dir = cache_dir
         self.names = ImageNames()
+        #: Folder that image names are relative to (None: names are the paths as given).
+        self.root: str | None = None
         self._lock = ReadWriteLock()
 
     def __len__(self) -> int:
@@ -216,20 +218,22 @@ class SearchableIndex:
     # ---- building -----------------------------------------------------------------------------
 
     def add_images(self, paths: Sequence[str], names: Sequence[str] | None = None, n_jobs: int = 1,
-                   progress: bool = True) -> ExtractionReport:
+                   progress: bool | None = None) -> ExtractionReport:
         """Extract and index image files; unusable files are skipped and reported.
 
         Args:
             paths: image files.
-            names: how each image is called in results (default: its path).
+            names: how each image is called in results (default: its path relative to ``root``
+                when the index has one, else the path as given).
             n_jobs: extraction (and quantization) threads.
-            progress: show a progress bar.
+            progress: show a progress bar (None: only on a terminal).
 
         Returns:
             what was extracted, taken from the cache, and skipped (with reasons).
         """
         paths = [str(p) for p in paths]
-        name_of = name_map(paths, names)
+        name_of = name_map(paths, names if names is not None or self.root is None else
+                           [self.name_for(p) for p in paths])
         report = ExtractionReport()
         extract, cache = self._feature_source()
         batch_names, batch_items, seen = [], [], set()
@@ -247,6 +251,19 @@ class SearchableIndex:
         if batch_names:
             self._add_batch(batch_names, batch_items, n_jobs)
         return report
+
+    def name_for(self, path: str) -> str:
+        """The name an image file gets: its real path relative to ``root`` (absolute when outside it),
+        so one file reached by a relative and an absolute path is indexed once."""
+        real = os.path.realpath(path)
+        if self.root is None:
+            return real
+        relative = os.path.relpath(real, self.root)
+        return real if relative.startswith(os.pardir) else relative
+
+    def path_of(self, name: str) -> str:
+        """The file an indexed image name refers to (absolute when the index has a root)."""
+        return os.path.join(self.root, name) if self.root is not None and not os.path.isabs(name) else name
 
     def remove(self, names: Iterable[str]) -> None:
         """Remove images by name (KeyError naming the first unknown one); idf and norms stay exact."""
@@ -320,7 +337,7 @@ class SearchableIndex:
     def save(self, directory: str) -> None:
         """Atomically save the whole index as a directory (no pickle)."""
         with self._reading():
-            meta, arrays = {"pipeline": self.pipeline.to_dict()}, {}
+            meta, arrays = {"pipeline": self.pipeline.to_dict(), "collection_root": self.root}, {}
             for prefix, part in {"names": self.names, **self._parts()}.items():
                 meta[prefix] = None
                 if part is not None:
@@ -361,6 +378,7 @@ class SearchableIndex:
             pipeline = Pipeline.from_dict(meta["pipeline"])
             index = target._from_parts(pipeline, meta, arrays, cache_dir)
             index.names = ImageNames.from_state_dict(meta["names"], part_arrays(arrays, "names"))
+            index.root = meta.get("collection_root")
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
         index._check_sizes(directory)
@@ -376,7 +394,7 @@ class SearchableIndex:
         """What a user needs to know about the index (JSON-serialisable)."""
         with self._reading():
             facts = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "pipeline": self.pipeline.name,
-                     "kind": self.KIND, "images": len(self), "build": dataclasses.asdict(self.pipeline.build),
+                     "kind": self.KIND, "images": len(self), "collection_root": self.root, "build": dataclasses.asdict(self.pipeline.build),
                      "search_defaults": self.pipeline.search.to_dict(),
                      "pipelines_served": [p for p in _pipeline_names() if self.serves(p)]}
             facts.update(self._info())

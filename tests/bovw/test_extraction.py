@@ -57,7 +57,7 @@ def test_unreadable_files_are_skipped_with_a_reason_and_not_cached(images, tmp_p
     assert [p for p, _ in got] == [images[0]]
     assert first.extracted == 1 and first.cached == 0
     assert [p for p, _ in first.skipped] == [str(empty), str(text)]
-    assert "empty file" in first.skipped[0][1] and "not a readable image" in first.skipped[1][1]
+    assert "empty file" in first.skipped[0][1] and "not an image file" in first.skipped[1][1]
     second = ExtractionReport()
     list(iter_features(paths, extract_sift, cache, second, verbose=False))
     assert (second.extracted, second.cached, len(second.skipped)) == (0, 1, 2)

@@ -50,7 +50,7 @@ def test_exif_orientation_is_applied(photo, tmp_path):
 
 @pytest.mark.parametrize("make,reason", [
     (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: p.write_text("this is not an image"), "not a readable image"),
+    (lambda p: p.write_text("this is not an image"), "not an image file"),
     (lambda p: None, "no such file"),
     (lambda p: p.mkdir(), "directory"),
     (lambda p: Image.new("RGB", (1, 1)).save(p, format="PNG"), "too small"),

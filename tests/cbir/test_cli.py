@@ -25,11 +25,12 @@ def test_vocab_index_query_eval(image_folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "skipped" in err
     assert main(["query", str(image_folder / "ukbench00005.jpg"), str(image_folder / "ukbench00010.jpg"),
-                 "--index", index, "--json", "--top-k", "3", "--cache", cache]) == 0
+                 "--index", index, "--format", "jsonl", "--top-k", "3", "--cache", cache]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["query"][-9:], r["rank"]) for r in results] == [("00005.jpg", 1), ("00005.jpg", 2), ("00005.jpg", 3),
                                                              ("00010.jpg", 1), ("00010.jpg", 2), ("00010.jpg", 3)]
-    assert results[0]["name"].endswith("ukbench00005.jpg") and results[3]["name"].endswith("ukbench00010.jpg")
+    assert results[0]["name"] == "ukbench00005.jpg" and results[3]["name"] == "ukbench00010.jpg"
+    assert results[0]["path"] == os.path.realpath(image_folder / "ukbench00005.jpg")
     assert main(["info", index, "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["images"] == 16 and facts["vocabulary_words"] == 32 ** 2 and facts["pipeline"] == "sift-bow"
@@ -99,8 +100,8 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     assert main(["index", str(image_folder), "-o", index, "--method", "gem", "--whiten-root", other,
                  "--cache", cache]) == 0
     capsys.readouterr()
-    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--json", "--top-k", "2",
-                 "--cache", cache]) == 0
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
+                 "--top-k", "2", "--cache", cache]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "blcf",
                  "--train-root", other, "--branching", "12", "--cache", cache]) == 0

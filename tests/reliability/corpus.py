@@ -18,7 +18,7 @@ OUTCOMES = {
     "truncated.jpg": "skipped: truncated",
     "broken_crc.png": "skipped: broken PNG",
     "empty.jpg": "skipped: empty file",
-    "text_named.jpg": "skipped: not a readable image",
+    "text_named.jpg": "skipped: not an image file",
     "one_pixel.png": "skipped: too small",
     "flat.png": "indexed",  # no keypoints: indexed with no words, never returned
     "cmyk.jpg": "indexed",
