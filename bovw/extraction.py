@@ -86,4 +86,6 @@ def iter_features(paths: Sequence[str], extract: Callable[[str], LocalFeatures],
                     report.extracted += 1
                 progress.update()
                 yield str(path), features
+            for _ in computed:  # joblib takes the next chunk only once this generator has ended
+                pass
     progress.close()

@@ -64,6 +64,16 @@ import numpy as np
 
 from bovw.features import LocalFeatures, root_sift
 
+#: Size bound of a cache directory when the caller gives none: ``$CBIR_CACHE_MAX_BYTES`` or 20 GiB
+#: (about 17,000 1024-px photos of SIFT features, 4,000 of BLCF maps).
+DEFAULT_MAX_BYTES = 20 * 2 ** 30
+
+
+def default_max_bytes() -> int:
+    """``$CBIR_CACHE_MAX_BYTES`` (bytes) or ``DEFAULT_MAX_BYTES``."""
+    return int(os.environ.get("CBIR_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
+
+
 #: Bumped whenever the stored layout changes: it is part of every file name.
 FORMAT = 2
 #: Eviction removes entries until the cache is at most this fraction of ``max_bytes``.

@@ -299,6 +299,38 @@ def cmd_info(args) -> None:
             print(f"{key}: {value}")
 
 
+def parse_size(text: str) -> int:
+    """``500M``, ``20G``, ``1.5T`` or plain bytes -> bytes (ValueError otherwise)."""
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    text = text.strip().upper().removesuffix("B")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 20G)") from None
+
+
+def cmd_cache(args) -> None:
+    from bovw.feature_cache import cache_info, clean_cache
+    if not args.cache:
+        raise UsageError("no cache folder (--cache '' disables the cache)")
+    if args.action == "info":
+        facts = cache_info(args.cache)
+    else:
+        if args.older_than is None and args.max_size is None:
+            raise UsageError("cbir cache clean needs --older-than DAYS and/or --max-size SIZE")
+        facts = clean_cache(args.cache, None if args.older_than is None else args.older_than * 86400,
+                            None if args.max_size is None else parse_size(args.max_size))
+    if args.json:
+        print(json.dumps(facts, indent=1))
+    elif args.action == "info":
+        print(f"{facts['directory']}: {facts['entries']} images, {facts['bytes'] / 2 ** 20:.1f} MB")
+        for key, part in facts["keys"].items():
+            print(f"  {key}: {part['entries']} images, {part['bytes'] / 2 ** 20:.1f} MB")
+    else:
+        print(f"{args.cache}: removed {facts['removed']} images ({facts['removed_bytes'] / 2 ** 20:.1f} MB); "
+              f"{facts['entries']} left ({facts['bytes'] / 2 ** 20:.1f} MB)")
+
+
 def cmd_eval(args) -> None:
     import numpy as np
     from cbir.evaluate import index_dataset, run_queries
@@ -421,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="index or vocabulary directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("cache", help="show or clean the feature cache",
+                       description="The feature cache keeps every image's extracted features, keyed by the "
+                                   "file's content and the extractor settings: a re-run, a moved folder or an "
+                                   "interrupted build does not extract again. It is bounded by "
+                                   "$CBIR_CACHE_MAX_BYTES (default 20 GiB); the least recently used images "
+                                   "go first.")
+    p.add_argument("action", choices=["info", "clean"])
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="clean: remove images unused for DAYS days")
+    p.add_argument("--max-size", metavar="SIZE", help="clean: remove the least recently used images down to "
+                                                       "SIZE (e.g. 500M, 20G)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--cache", default=default_cache_dir(),
+                   help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("eval", help="score a method on a benchmark")
     p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])

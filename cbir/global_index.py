@@ -71,6 +71,9 @@ class GlobalIndex(SearchableIndex):
     def _feature_source(self):
         return self.extractor, None
 
+    def _item_bytes(self, item: dict) -> int:
+        return sum(value.nbytes for value in item.values())
+
     def _add_batch(self, names: list[str], items: list[dict], n_jobs: int) -> None:
         described = [self.describe(maps) for maps in items]
         regions = [d.rows for d in described] if self.pipeline.build.regions else None

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bovw.feature_cache import FeatureCache
+from bovw.feature_cache import FeatureCache, default_max_bytes
 from bovw.features import LocalFeatures
 from bovw.hamming import HammingEmbedding
 from bovw.images import load_image, resize_to_max_side
@@ -85,8 +85,9 @@ def read_local_features(build: LocalBuild, path: str) -> LocalFeatures:
 
 
 def local_feature_cache(build: LocalBuild, directory: str | None) -> FeatureCache | None:
-    """The feature cache of the build's extractor in ``directory`` (None: no cache)."""
-    return FeatureCache(directory, build.extractor.key) if directory else None
+    """The feature cache of the build's extractor in ``directory`` (None: no cache), bounded by
+    ``bovw.feature_cache.default_max_bytes()``."""
+    return FeatureCache(directory, build.extractor.key, default_max_bytes()) if directory else None
 
 
 class RetrievalIndex(SearchableIndex):
@@ -140,6 +141,9 @@ class RetrievalIndex(SearchableIndex):
     def _feature_source(self):
         build = self.pipeline.build
         return (lambda path: read_local_features(build, path)), local_feature_cache(build, self.cache_dir)
+
+    def _item_bytes(self, item: LocalFeatures) -> int:
+        return item.keypoints.nbytes + item.descriptors.nbytes
 
     def _add_batch(self, names: list[str], items: list[LocalFeatures], n_jobs: int) -> None:
         self.add_features(names, items, n_jobs)

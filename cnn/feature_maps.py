@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bovw.feature_cache import FeatureCache
+from bovw.feature_cache import FeatureCache, default_max_bytes
 from bovw.images import ImageOptions, load_image
 from cnn.backbone import Backbone, get_backbone
 from cnn.options import BackboneOptions
@@ -25,7 +25,7 @@ class FeatureMapExtractor:
                  device: str = "auto"):
         self.options = options
         self.device = device
-        self.cache = FeatureCache(cache_dir, options.key) if cache_dir else None
+        self.cache = FeatureCache(cache_dir, options.key, default_max_bytes()) if cache_dir else None
 
     @property
     def backbone(self) -> Backbone:

@@ -73,6 +73,19 @@ def test_info_then_remove_then_query_again(session, tmp_path):
     assert code == 1 and err.strip() == "cbir: no image named 'photo05.jpg' in the index"
 
 
+def test_cache_info_and_clean(session, tmp_path):
+    home, photos, _ = session
+    cache = tmp_path / "cache"
+    shutil.copytree(session[2], cache)
+    code, out, err = cbir("cache", "info", "--cache", cache, "--json")
+    facts = json.loads(out)
+    assert code == 0 and facts["entries"] == 12 and facts["bytes"] > 0, err  # the 12 photos (+ 0 for notes.jpg)
+    code, out, err = cbir("cache", "clean", "--max-size", "1K", "--cache", cache)
+    assert code == 0 and "removed 12 images" in out, err
+    code, out, err = cbir("cache", "clean", "--cache", cache)
+    assert code == 1 and "needs --older-than DAYS and/or --max-size SIZE" in err
+
+
 def test_mistakes_end_in_one_line_and_an_exit_code(session, tmp_path):
     home, photos, cache = session
     index = home / "index"
