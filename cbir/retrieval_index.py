@@ -127,7 +127,7 @@ class RetrievalIndex(SearchableIndex):
         self.whitening = whitening
         self.hamming = hamming
         self.inverted_file = InvertedFile(vocabulary.n_words, {SIGNATURE: np.uint64} if hamming else None)
-        self.images = ImageStore()
+        self.images = ImageStore(vocabulary.n_words)
 
     def _comparable_build(self, build):
         if not isinstance(build, LocalBuild):
@@ -170,7 +170,7 @@ class RetrievalIndex(SearchableIndex):
             if self.hamming is not None else None
         with self._lock.writing():
             self.names.add(list(names))
-            self.images.add([f.image_size for f in features], [f.keypoints for f in features], words, signatures)
+            self.images.add([f.image_size for f in features], [f.keypoints for f in features], words)
             self.inverted_file.add(words, {SIGNATURE: signatures} if signatures is not None else None)
 
     def _remove_slots(self, slots: list[int]) -> None:
@@ -264,7 +264,7 @@ class RetrievalIndex(SearchableIndex):
 
     def _info(self) -> dict:
         inverted = self.inverted_file
-        return {"vocabulary_words": self.vocabulary.n_words, "features": int(len(self.images.words)),
+        return {"vocabulary_words": self.vocabulary.n_words, "features": self.images.n_features,
                 "postings": int(inverted.n_postings), "postings_per_word": inverted.n_postings / inverted.n_words,
                 "imbalance_factor": inverted.imbalance_factor,
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,

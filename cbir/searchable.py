@@ -33,7 +33,8 @@ from index.search_options import SearchOptions
 logger = logging.getLogger("cbir")
 
 #: Version of the saved layout. 2: build settings apart from search options, names in their own
-#: registry, no SIFT placeholders in global indexes. Version-1 saves still load (converted).
+#: registry, compact keypoints and words, signatures only in the postings, no SIFT placeholders in
+#: global indexes. Version-1 saves still load (converted).
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 #: A build adds extracted images in batches of at most this many images and bytes of features,

@@ -207,3 +207,41 @@ def top_indices(scores: np.ndarray, k: int | None) -> np.ndarray:
         return np.zeros(0, np.int64)
     candidates = np.flatnonzero(scores >= _kth_largest(scores, k))
     return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+
+
+@numba.njit(cache=True, nogil=True)
+def image_postings(offsets, image_slots, words, slot):
+    """Where each feature of one image sits in the postings.
+
+    Within a word, an image's postings are consecutive and in the order of its
+    features, so the k-th feature of image ``slot`` quantized to word ``w`` is
+    posting ``start(w, slot) + k``, ``start`` found by binary search.
+
+    Args:
+        offsets: (n_words + 1,) int64.
+        image_slots: (n_postings,) int32.
+        words: (n,) int word of each of the image's features, in feature order.
+        slot: the image's slot.
+
+    Returns:
+        (n,) int64 posting index of each feature.
+    """
+    n = len(words)
+    order = np.argsort(words, kind="mergesort")
+    result = np.empty(n, np.int64)
+    k = 0
+    while k < n:
+        w = words[order[k]]
+        lo, hi = offsets[w], offsets[w + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if image_slots[mid] < slot:
+                lo = mid + 1
+            else:
+                hi = mid
+        rank = 0
+        while k < n and words[order[k]] == w:
+            result[order[k]] = lo + rank
+            rank += 1
+            k += 1
+    return result

@@ -39,3 +39,10 @@ def hamming_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.nda
     query_norm = np.linalg.norm(tf * idf[unique])
     norms = inverted.image_norms * max(query_norm, 1e-12)
     return np.divide(scores, norms, out=np.zeros(inverted.n_images), where=norms > 0).astype(np.float32)
+
+
+def feature_signatures(inverted: InvertedFile, slot: int, words: np.ndarray) -> np.ndarray:
+    """(n,) uint64 signatures of image ``slot``'s features, read from the postings (they are stored
+    once, there; ``words`` (n,) are the image's words in feature order)."""
+    postings = kernels.image_postings(inverted.offsets, inverted.image_slots, np.asarray(words), int(slot))
+    return inverted.payload[SIGNATURE][postings]

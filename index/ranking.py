@@ -68,7 +68,8 @@ def rank_local(query: LocalQuery, inverted: InvertedFile, images: ImageStore, op
     if options.verification is not None:
         threshold = options.hamming.threshold if options.hamming is not None else 0
         ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification,
-                                 n_jobs=n_jobs, query_signatures=query.signatures, hamming_threshold=threshold)
+                                 n_jobs=n_jobs, query_signatures=query.signatures, hamming_threshold=threshold,
+                                 inverted=inverted)
     if options.expansion is not None and query.signatures is not None:
         ranking = hamming_expansion(ranking, query.words, query.signatures, inverted, images, options.hamming,
                                     options.expansion, wanted)

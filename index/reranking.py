@@ -14,7 +14,7 @@ from bovw.hamming import HammingConfig
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.kernels import top_indices
-from index.match_kernel import hamming_scores
+from index.match_kernel import feature_signatures, hamming_scores
 from index.search_options import ExpansionConfig
 from index.spatial_verification import Verification, VerificationConfig, verify_pair
 
@@ -45,7 +45,7 @@ class RankedImage:
 def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking: list[RankedImage],
                    images: ImageStore, config: VerificationConfig = VerificationConfig(),
                    n_jobs: int = 1, query_signatures: np.ndarray | None = None,
-                   hamming_threshold: int = 24) -> list[RankedImage]:
+                   hamming_threshold: int = 24, inverted: InvertedFile | None = None) -> list[RankedImage]:
     """Verify the top ``config.top_k`` candidates and move the verified ones first.
 
     Verified images (at least ``config.min_inliers`` inliers) come first, by
@@ -60,17 +60,18 @@ def spatial_rerank(query_keypoints: np.ndarray, query_words: np.ndarray, ranking
         config: verification settings.
         n_jobs: threads verifying candidates in parallel (OpenCV releases the GIL).
         query_signatures: (n, k) uint64 Hamming signatures of the query features; with
-            the stored signatures of the candidates, correspondences whose signatures
-            differ by more than ``hamming_threshold`` bits are dropped.
+            the candidates' signatures (read from ``inverted``'s postings), correspondences
+            whose signatures differ by more than ``hamming_threshold`` bits are dropped.
         hamming_threshold: see ``query_signatures``.
+        inverted: the inverted file holding the candidates' signatures (with ``query_signatures``).
     """
     head, tail = ranking[:config.top_k], ranking[config.top_k:]
 
     def verify(entry: RankedImage) -> Verification:
         keypoints, words = images.features(entry.slot)
-        stored = images.feature_signatures(entry.slot)
-        signatures = (query_signatures, stored, hamming_threshold) \
-            if query_signatures is not None and stored is not None else None
+        signatures = None
+        if query_signatures is not None:
+            signatures = (query_signatures, feature_signatures(inverted, entry.slot, words), hamming_threshold)
         return verify_pair(query_keypoints, query_words, keypoints, words, config, signatures)
 
     if n_jobs == 1:
@@ -165,8 +166,9 @@ def hamming_expansion(ranking: list[RankedImage], words: np.ndarray, signatures:
     all_words, all_signatures = [words.reshape(-1, 1)], [signatures.reshape(-1, 1)]
     for entry in verified:
         inliers = np.unique(entry.matches[:, 1])
-        all_words.append(images.features(entry.slot)[1][inliers].reshape(-1, 1))
-        all_signatures.append(images.feature_signatures(entry.slot)[inliers].reshape(-1, 1))
+        words = images.features(entry.slot)[1]
+        all_words.append(words[inliers].reshape(-1, 1))
+        all_signatures.append(feature_signatures(inverted, entry.slot, words)[inliers].reshape(-1, 1))
     scores = hamming_scores(inverted, np.concatenate(all_words), np.concatenate(all_signatures), matching)
     return verified_first(ranking, scores, limit)
 

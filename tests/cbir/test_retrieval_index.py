@@ -145,7 +145,9 @@ def test_info_reports_bytes_per_image(built_index):
     assert facts["images"] == len(built_index) and facts["pipeline"] == "sift-bow"
     assert facts["pipelines_served"] == ["sift-bow", "sift-sv", "sift-sv-qe"]
     assert facts["bytes"]["inverted_file.image_slots"] == 4 * facts["postings"]
-    assert facts["bytes_per_image"]["images.keypoints"] == 16 * facts["features"] / facts["images"]
+    per_feature = {k: v * facts["images"] / facts["features"] for k, v in facts["bytes_per_image"].items()}
+    assert per_feature["images.keypoint_xy"] == per_feature["images.keypoint_scale_angle"] == 4
+    assert per_feature["images.words"] == 2  # 1000 words fit uint16
 
 
 def test_query_crop_keeps_the_object(built_index, ukbench_subset):

@@ -17,8 +17,8 @@ def test_one_feature_per_cell_in_row_major_order(rng):
         row, col = divmod(i, 4)
         assert (x, y, scale, angle) == ((col + 0.5) * 16, (row + 0.5) * 16, 16, 0)
         cell = local_map[:, row, col]
-        assert np.allclose(features.descriptors[i], cell / np.linalg.norm(cell), atol=1e-6)
-    assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-6)
+        assert np.allclose(features.descriptors[i], cell / np.linalg.norm(cell), atol=1e-3)  # float16 precision
+    assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-3)
 
 
 def test_fractional_stride_and_zero_cells():
@@ -41,7 +41,7 @@ def test_a_shifted_crop_matches_the_same_places(photo):
     feature whose keypoint lies at the same place of the scene (x + 64, same y)."""
     full, crop = conv_local_from_image(photo), conv_local_from_image(photo[:, 64:])
     assert (len(full), len(crop)) == (15 * 20, 15 * 16)
-    assert np.allclose(np.linalg.norm(full.descriptors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(full.descriptors, axis=1), 1.0, atol=1e-3)
     x, y = crop.keypoints[:, 0], crop.keypoints[:, 1]
     inner = (x > 32) & (x < 256 - 32) & (y > 32) & (y < 240 - 32)
     nearest = np.argmax(crop.descriptors[inner] @ full.descriptors.T, axis=1)
@@ -54,3 +54,15 @@ def test_upscaled_input_gives_keypoints_in_the_original_pixels(photo):
     features = conv_local_from_image(photo, ConvLocalOptions(BackboneOptions(max_side=640, upscale=True)))
     assert len(features) == 30 * 40 and features.image_size == (240, 320)
     assert tuple(features.keypoints[0]) == (4, 4, 8, 0) and tuple(features.keypoints[-1, :2]) == (316, 236)
+
+
+def test_conv_descriptors_survive_the_feature_cache_exactly(tmp_path, rng):
+    """Conv descriptors carry float16 precision, which is what the cache stores: a build from the
+    cache and one from fresh extraction see the same numbers."""
+    from bovw.feature_cache import FeatureCache
+    image = tmp_path / "image.png"
+    image.write_bytes(b"x")
+    features = conv_local_features(rng.random((16, 3, 4)).astype(np.float32), 16, (48, 64))
+    cache = FeatureCache(str(tmp_path / "cache"), "conv-test")
+    cache.put(str(image), features)
+    assert np.array_equal(cache.get(str(image)).descriptors, features.descriptors)

@@ -101,3 +101,16 @@ def test_burstiness_divides_by_the_root_of_the_votes():
     query = np.array([0]), np.array([signature([])])
     assert hamming_scores(inverted, *query, HammingConfig(burstiness=False))[0] == pytest.approx(1.0)
     assert hamming_scores(inverted, *query, HammingConfig(burstiness=True))[0] == pytest.approx(0.5)
+
+
+def test_an_images_signatures_are_found_in_the_postings(rng):
+    """Signatures live only in the postings; an image's are read back in its feature order."""
+    from index.match_kernel import feature_signatures
+    images = [rng.integers(0, 30, n) for n in (25, 40, 0, 33)]
+    signatures = [rng.integers(0, 2 ** 63, len(w), dtype=np.int64).astype(np.uint64) for w in images]
+    inverted = InvertedFile(30, {SIGNATURE: np.uint64})
+    inverted.add(images[:2], {SIGNATURE: signatures[:2]})
+    inverted.add(images[2:], {SIGNATURE: signatures[2:]})
+    inverted.remove([0])
+    for slot, original in enumerate([1, 2, 3]):
+        assert np.array_equal(feature_signatures(inverted, slot, images[original]), signatures[original])
