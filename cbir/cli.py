@@ -150,6 +150,7 @@ def cmd_index(args) -> None:
         if args.root is not None:
             raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
     else:
+        _warn_if_learned_on_indexed(args, paths)
         index = _new_index(args, get_pipeline(args.method or "sift-bow"))
         index.root = os.path.realpath(args.root) if args.root else common_root(paths)
     before = len(index)
@@ -160,6 +161,18 @@ def cmd_index(args) -> None:
                          f"{args.output} was {'left as it was' if exists and args.add else 'not written'}")
     index.save(args.output)
     print(f"index {args.output}: {len(index)} images ({len(index) - before} added), names relative to {index.root}")
+
+
+def _warn_if_learned_on_indexed(args, paths: list[str]) -> None:
+    """Warn when a whitening is to be learned on the images being indexed (it fits them: in a user
+    trial, rmac P@10 fell from 0.94 unwhitened to 0.62 whitened on the 250 indexed photos)."""
+    if not args.whiten_root:
+        return
+    indexed = {os.path.realpath(p) for p in paths}
+    shared = sum(os.path.realpath(p) in indexed for p in expand_images(args.whiten_root))
+    if shared:
+        logger.warning("the whitening is learned on %d of the indexed images: it fits them and can hurt "
+                       "retrieval; learn it on other images", shared)
 
 
 def cmd_remove(args) -> None:

@@ -103,6 +103,9 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
                  "--top-k", "2", "--cache", cache]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
+    assert main(["index", str(image_folder), "-o", str(tmp_path / "self"), "--method", "gem",
+                 "--whiten-root", str(image_folder), "--cache", cache]) == 0
+    assert "the whitening is learned on 17 of the indexed images" in capsys.readouterr().err  # broken.jpg too
     assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "blcf",
                  "--train-root", other, "--branching", "12", "--cache", cache]) == 0
     assert "blcf  N-S" in capsys.readouterr().out
