@@ -55,7 +55,7 @@ def main():
     from cbir.searchable import load_index
     for directory in indexes:
         for mmap in (False, True):
-            flags = ["--mmap"] if mmap else []
+            flags = [] if mmap else ["--checksums"]
             single = np.median([wall([CBIR, "query", queries[0], "--index", directory, "--top-k", "10",
                                       "--cache", "", *flags]) for _ in range(args.repeats)])
             with tempfile.TemporaryDirectory() as scratch:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from bovw.kmeans import faiss_threads, kmeans, nearest
 
 #: Version of the layout returned by ``VocabularyTree.state_dict``.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,19 +56,25 @@ class VocabularyTree:
     def __init__(self, centers: list[np.ndarray]):
         if not centers:
             raise ValueError("a vocabulary needs at least one level")
-        self.branching = len(centers[0])
-        self.depth = len(centers)
-        self.dim = centers[0].shape[1]
+        self._set_layout(np.concatenate([np.asarray(c, dtype=np.float32) for c in centers]), len(centers[0]),
+                         len(centers))
         for level, level_centers in enumerate(centers):
             expected = (self.branching ** (level + 1), self.dim)
             if level_centers.shape != expected:
                 raise ValueError(f"level {level} centres have shape {level_centers.shape}, "
                                  f"expected {expected}")
-        # All levels in one array (the descent kernel's layout); ``centers`` are views of it.
-        self._all_centers = np.concatenate([np.asarray(c, dtype=np.float32) for c in centers])
-        self._level_starts = np.cumsum([0] + [len(c) for c in centers[:-1]]).astype(np.int64)
-        self.centers = [self._all_centers[start:start + len(c)] for start, c in zip(self._level_starts, centers)]
         self._sq_norms = np.einsum("ij,ij->i", self._all_centers, self._all_centers)
+
+    def _set_layout(self, all_centers: np.ndarray, branching: int, depth: int) -> None:
+        """All levels in one (sum_l b^(l+1), d) array (the descent kernel's layout); ``centers`` are
+        views of it, so a memory-mapped vocabulary is never copied."""
+        self.branching, self.depth, self.dim = int(branching), int(depth), all_centers.shape[1]
+        sizes = [self.branching ** (level + 1) for level in range(self.depth)]
+        if len(all_centers) != sum(sizes):
+            raise ValueError(f"{len(all_centers)} centres cannot make a {self.branching}^{self.depth} tree")
+        self._all_centers = all_centers
+        self._level_starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+        self.centers = [all_centers[start:start + size] for start, size in zip(self._level_starts, sizes)]
 
     @property
     def n_words(self) -> int:
@@ -168,22 +174,30 @@ class VocabularyTree:
         """(metadata, arrays) describing the tree; see ``from_state_dict``."""
         meta = {"kind": "vocabulary-tree", "version": STATE_VERSION,
                 "branching": self.branching, "depth": self.depth, "dim": self.dim}
-        arrays = {f"centers_{level}": c for level, c in enumerate(self.centers)}
-        return meta, arrays
+        return meta, {"centers": self._all_centers, "squared_norms": self._sq_norms}
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "VocabularyTree":
-        """Rebuild a tree from ``state_dict()`` output, checking its consistency."""
+        """Rebuild a tree from ``state_dict()`` output (version 1: one array per level, or 2: all
+        levels in one array with their squared norms, used as given, e.g. memory-mapped),
+        checking its consistency."""
         if meta.get("kind") != "vocabulary-tree":
             raise ValueError(f"not a vocabulary tree (kind={meta.get('kind')!r})")
-        if meta.get("version") != STATE_VERSION:
+        if meta.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"vocabulary version {meta.get('version')} is not supported "
-                             f"(this engine reads version {STATE_VERSION})")
+                             f"(this engine reads versions 1 and {STATE_VERSION})")
         try:
-            centers = [arrays[f"centers_{level}"] for level in range(int(meta["depth"]))]
+            if meta["version"] == 1:
+                tree = cls([arrays[f"centers_{level}"] for level in range(int(meta["depth"]))])
+            else:
+                tree = cls.__new__(cls)
+                tree._set_layout(arrays["centers"], meta["branching"], meta["depth"])
+                tree._sq_norms = arrays["squared_norms"]
+                if tree._all_centers.dtype != np.float32 or tree._sq_norms.dtype != np.float32 \
+                        or tree._sq_norms.shape != (len(tree._all_centers),):
+                    raise ValueError("vocabulary centres and norms do not match")
         except KeyError as exc:
             raise ValueError(f"vocabulary is missing array {exc}") from exc
-        tree = cls(centers)
         if tree.branching != meta["branching"] or tree.dim != meta["dim"]:
             raise ValueError("vocabulary metadata does not match its arrays")
         return tree

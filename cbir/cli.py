@@ -199,7 +199,7 @@ def expand_names(arguments: list[str]) -> list[str]:
 
 def cmd_query(args) -> None:
     from cbir.searchable import load_index, parse_box
-    index = load_index(args.index, cache_dir=args.cache, verify=not args.mmap, mmap=args.mmap)
+    index = load_index(args.index, cache_dir=args.cache, verify=args.checksums, mmap=not args.checksums)
     box = parse_box(args.box) if args.box else None
     options = search_options(index, args)
     queries = expand_images(args.images)
@@ -450,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", metavar="PNG", help="write a picture of the query beside its top results, "
                                                   "inlier matches drawn (one PNG per query when there are several)")
     p.add_argument("--draw-top", type=int, default=5, help="results in the picture (default 5)")
-    p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it, without "
-                   "checksums (fast start for a large index; shapes and bounds are still checked)")
+    p.add_argument("--checksums", action="store_true",
+                   help="read the whole index and check every file's checksum first (default: memory-map it, which "
+                        "starts fast whatever its size; shapes, dtypes and posting bounds are checked either way)")
     search_settings(p)
     common(p)
     p.set_defaults(func=cmd_query)
