@@ -1,0 +1,51 @@
+"""Named pipelines: build settings and default search options, saved and read back, format 1 converted."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from cbir.pipelines import PIPELINES, Pipeline, check_search_options, get_pipeline, pipeline_from_format1
+from index.search_options import SearchOptions
+
+FORMAT1 = os.path.join(os.path.dirname(__file__), "..", "data", "format-v1")
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_pipeline_survives_json(name):
+    pipeline = PIPELINES[name]
+    assert Pipeline.from_dict(json.loads(json.dumps(pipeline.to_dict()))) == pipeline
+
+
+def test_pipelines_built_alike_share_their_build():
+    assert get_pipeline("sift-bow").build == get_pipeline("sift-sv-qe").build
+    assert get_pipeline("sift-he").build == get_pipeline("sift-he-sv-qe").build != get_pipeline("sift-bow").build
+    assert get_pipeline("blcf").build == get_pipeline("blcf-ls").build
+    assert get_pipeline("rmac").build != get_pipeline("rmac-rr").build  # rmac-rr keeps the regions
+
+
+@pytest.mark.parametrize("name", ["sift-bow", "sift-he-sv", "rmac-rr"])
+def test_format1_descriptions_convert_to_the_same_pipeline(name):
+    manifest = json.load(open(os.path.join(FORMAT1, name, "manifest.json")))
+    converted = pipeline_from_format1(manifest["meta"]["pipeline"], manifest["format"])
+    expected = get_pipeline(name)
+    assert converted.search == expected.search and converted.kind == expected.kind
+    if converted.kind == "local":  # format 1 saved the pipeline's default vocabulary shape, not the tree's
+        converted = dataclasses.replace(converted, build=dataclasses.replace(converted.build,
+                                                                             vocabulary=expected.build.vocabulary))
+    assert converted.build == expected.build
+
+
+def test_options_an_index_cannot_apply_are_named():
+    local, conv, he = get_pipeline("sift-bow").build, get_pipeline("blcf").build, get_pipeline("sift-he").build
+    with pytest.raises(ValueError, match="region re-ranking needs an R-MAC index"):
+        check_search_options(local, SearchOptions(region_rerank=10))
+    with pytest.raises(ValueError, match="Hamming matching settings are needed exactly"):
+        check_search_options(he, SearchOptions())
+    with pytest.raises(ValueError, match="window search needs conv-map features"):
+        check_search_options(local, SearchOptions(window_search=5))
+    check_search_options(conv, SearchOptions(window_search=5))
+    with pytest.raises(ValueError, match="unknown pipeline 'sift'"):
+        get_pipeline("sift")
+    with pytest.raises(ValueError, match="query expansion needs spatial verification"):
+        SearchOptions(expansion=get_pipeline("sift-sv-qe").search.expansion)
