@@ -1,9 +1,16 @@
+import dataclasses
 import os
 
 import cv2
 import numpy as np
+import pytest
 
-from bovw.features import LocalFeatures, SiftOptions, extract_sift, root_sift, sift_from_array
+from bovw.features import (DESCRIBE_ALL_PIXELS_PER_FEATURE, GRID, LocalFeatures, SiftOptions, _describe,
+                           _octaves, extract_sift, root_sift, select_features, sift_from_array)
+from bovw.images import ImageOptions, load_image
+
+#: The pipelines' detector settings (cbir.pipelines.SIFT_FEATURES) without a budget.
+PIPELINE_SIFT = SiftOptions(root=True, contrast_threshold=0.005)
 
 
 def test_root_sift_is_hellinger_embedding(rng):
@@ -39,12 +46,126 @@ def test_rootsift_equals_root_of_opencv_sift(data_dir):
     assert np.allclose(root_sift(plain.descriptors), rooted.descriptors, atol=1e-5)
 
 
-def test_max_features_keeps_the_strongest(data_dir):
+def test_zero_spread_keeps_the_strongest(data_dir):
     path = os.path.join(data_dir, "homography", "graf1.png")
     everything = extract_sift(path)
-    limited = extract_sift(path, SiftOptions(max_features=100))
+    limited = extract_sift(path, SiftOptions(max_features=100, spread=0.0))
     assert len(limited) == 100
-    assert np.allclose(limited.keypoints, everything.keypoints[:100])
+    assert np.array_equal(limited.keypoints, everything.keypoints[:100])
+    assert np.array_equal(limited.descriptors, everything.descriptors[:100])
+
+
+def _rows(features: LocalFeatures) -> dict:
+    return {row.tobytes(): i for i, row in enumerate(features.keypoints)}
+
+
+@pytest.fixture(scope="module")
+def photo(data_dir):
+    """(h, w) uint8: a Sacre-Coeur photo at 640 px (about 5,000 features at threshold 0.005)."""
+    path = sorted(os.listdir(os.path.join(data_dir, "sacre_coeur")))[0]
+    return load_image(os.path.join(data_dir, "sacre_coeur", path), ImageOptions(max_side=640))
+
+
+# 1500: described whole, then selected; 300 and 200: selected, then described.
+@pytest.mark.parametrize("budget,spread,describe_all", [(1500, 0.5, True), (300, 1.0, False), (200, 0.0, False)])
+def test_budget_keeps_a_subset_of_the_features(photo, budget, spread, describe_all):
+    assert (photo.size <= DESCRIBE_ALL_PIXELS_PER_FEATURE * budget) == describe_all
+    everything = sift_from_array(photo, PIPELINE_SIFT)
+    budgeted = sift_from_array(photo, dataclasses.replace(PIPELINE_SIFT, max_features=budget, spread=spread))
+    assert len(everything) > 2 * budget and len(budgeted) == budget
+    rows = _rows(everything)
+    at = np.array([rows[row.tobytes()] for row in budgeted.keypoints])
+    assert np.all(np.diff(at) > 0)  # still in decreasing response order
+    assert np.array_equal(budgeted.descriptors, everything.descriptors[at])
+
+
+def test_describing_a_selection_pins_the_upsampled_octave(photo):
+    """OpenCV builds the pyramid of ``compute`` from the lowest octave it is given: keypoints
+    of octave 0 and above alone would get other descriptors than ``detectAndCompute`` gives."""
+    sift = cv2.SIFT_create(contrastThreshold=0.005)
+    detected, descriptors = sift.detectAndCompute(photo, None)
+    coarse = np.flatnonzero(_octaves(detected) >= 0)
+    assert 0 < len(coarse) < len(detected)
+    _, unpinned = sift.compute(photo, [detected[i] for i in coarse])
+    assert not np.array_equal(unpinned, descriptors[coarse])
+    assert np.array_equal(_describe(sift, photo, [detected[i] for i in coarse], detected), descriptors[coarse])
+
+
+def test_benchmark_images_keep_all_their_features(data_dir):
+    """Holidays/UKBench images (~320x240, 930 features on average) stay below a budget of 2500:
+    identical features, so the benchmark scores cannot change. Holidays 103100.png (400x300) has
+    the most of the 1,811 images, 2,365; ukbench00040.jpg the most of UKBench, 1,974."""
+    paths = [os.path.join(data_dir, "holidays", name) for name in ("100000.jpg", "103100.png", "127900.jpg")]
+    paths += [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in (0, 40, 998)]
+    budgeted_options = dataclasses.replace(PIPELINE_SIFT, max_features=2500)
+    for path in paths:
+        everything, budgeted = extract_sift(path, PIPELINE_SIFT), extract_sift(path, budgeted_options)
+        assert 300 < len(everything) < 2500
+        assert np.array_equal(budgeted.keypoints, everything.keypoints)
+        assert np.array_equal(budgeted.descriptors, everything.descriptors)
+
+
+def _half_textured(seed: int = 0) -> np.ndarray:
+    """(480, 640) uint8: strong random texture on the left half, faint texture on the right."""
+    rng = np.random.default_rng(seed)
+    blocks = cv2.resize(rng.random((60, 80)), (640, 480), interpolation=cv2.INTER_NEAREST)
+    contrast = np.where(np.arange(640) < 320, 120.0, 12.0)
+    return np.clip(128 + (blocks - 0.5) * 2 * contrast, 0, 255).astype(np.uint8)
+
+
+def _cell_counts(features: LocalFeatures) -> np.ndarray:
+    """(GRID * GRID,) features per cell of the grid of ``select_features``."""
+    height, width = features.image_size
+    column = np.minimum(features.keypoints[:, 0] * GRID // width, GRID - 1)
+    row = np.minimum(features.keypoints[:, 1] * GRID // height, GRID - 1)
+    return np.bincount((row * GRID + column).astype(int), minlength=GRID * GRID)
+
+
+def test_spread_keeps_features_in_weakly_textured_regions():
+    image = _half_textured()
+    budget = 1000
+    everything = sift_from_array(image, PIPELINE_SIFT)
+    right = everything.keypoints[:, 0] >= 320
+    assert len(everything) > 2 * budget and (~right).sum() > budget and right.sum() > budget // 2
+    spread = sift_from_array(image, dataclasses.replace(PIPELINE_SIFT, max_features=budget))
+    strongest = sift_from_array(image, dataclasses.replace(PIPELINE_SIFT, max_features=budget, spread=0.0))
+    assert len(spread) == len(strongest) == budget
+    assert (strongest.keypoints[:, 0] >= 320).sum() <= 10
+    # Every cell keeps its strongest min(quota, count): quota = 0.5 * budget / (2 * GRID**2) = 3.
+    quota = int(0.5 * budget / (2 * GRID * GRID))
+    assert quota == 3 and np.all(_cell_counts(spread) >= np.minimum(_cell_counts(everything), quota))
+    assert (spread.keypoints[:, 0] >= 320).sum() >= quota * GRID * GRID // 2
+
+
+def test_select_features_quotas():
+    """Cells and octaves keep their strongest; the rest of the budget goes by response."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    # Response order: the first 1000 are in the top-left cell, octave -1.
+    xy = np.where(np.arange(n)[:, None] < 1000, rng.random((n, 2)) * 10, rng.random((n, 2)) * 800)
+    octaves = np.where(np.arange(n) < 1000, -1, rng.integers(0, 5, n))
+    budget = 512
+    keep = select_features(xy, octaves, (800, 800), budget, spread=0.5)
+    assert len(keep) == budget and np.all(np.diff(keep) > 0)
+    assert np.array_equal(select_features(xy, octaves, (800, 800), budget, spread=0.0), np.arange(budget))
+    assert np.array_equal(select_features(xy, octaves, (800, 800), 0), np.arange(n))
+    assert np.array_equal(select_features(xy, octaves, (800, 800), n), np.arange(n))
+    col, row = (xy[keep] * GRID // 800).astype(int).T
+    per_cell = np.bincount(row * GRID + col, minlength=GRID * GRID)
+    assert per_cell.min() >= 2  # 0.5 * 512 / 128
+    assert np.all(np.bincount(octaves[keep] + 1) >= 16)  # 0.5 * 512 / 16 per octave
+    # The quotas take at most half the budget; the rest goes to the strongest, all in the crowded cell.
+    crowded = keep[keep < 1000]
+    assert len(crowded) >= budget // 2 and np.array_equal(crowded, np.arange(len(crowded)))
+
+
+def test_budget_changes_the_key():
+    keys = {SiftOptions().key, SiftOptions(max_features=100).key, SiftOptions(max_features=100, spread=0.0).key}
+    assert len(keys) == 3
+    # Without a budget the key is the one caches were written with before the budget existed.
+    assert PIPELINE_SIFT.key == "sift-v1-root1-max0-c0.005-e10.0-side1024"
+    with pytest.raises(ValueError):
+        SiftOptions(spread=1.5)
 
 
 def test_flat_image_has_no_features():
