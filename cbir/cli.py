@@ -346,12 +346,17 @@ def cmd_cache(args) -> None:
 
 def cmd_eval(args) -> None:
     import numpy as np
+    from cbir.build import shipped_whitening
     from cbir.evaluate import index_dataset, run_queries
     from cbir.pipelines import get_pipeline
     from cbir.searchable import load_index
     from index.datasets import load_dataset
     dataset = load_dataset(args.dataset, args.root)
     pipeline = get_pipeline(args.method)
+    if pipeline.kind == "global" and not args.whiten_root and args.dataset in ("holidays", "ukbench") \
+            and shipped_whitening(pipeline) is not None:
+        logger.warning("without --whiten-root, %s uses the shipped whitening, learned on Holidays and UKBench "
+                       "images: not an honest score on %s", pipeline.name, args.dataset)
     if args.index and os.path.exists(os.path.join(args.index, MANIFEST)):
         index = load_index(args.index, cache_dir=args.cache)
     else:
@@ -386,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="images/folders to train a vocabulary, Hamming embedding (and a BLCF whitening) on; "
                             "eval's default: --root")
         p.add_argument("--whiten-root", nargs="+",
-                       help="images to learn a CNN pipeline's whitening on (use other images than the indexed)")
+                       help="images to learn a CNN pipeline's whitening on, never the indexed ones (default: the "
+                            "whitening shipped for rmac, learned on public benchmark images; none for the others)")
         p.add_argument("--branching", type=int, help="vocabulary branching when training (default: the pipeline's)")
         p.add_argument("--depth", type=int, help="vocabulary depth when training (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")

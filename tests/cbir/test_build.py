@@ -38,7 +38,10 @@ def test_training_descriptors_are_capped_by_bytes(ukbench_subset, feature_cache_
 
 def test_build_index_gives_the_right_kind_or_says_what_is_missing(small_vocabulary, ukbench_subset):
     assert isinstance(build_index("sift-sv", small_vocabulary), RetrievalIndex)
-    assert isinstance(build_index("gem"), GlobalIndex)  # no whitening images: L2 only, with a warning
+    gem, rmac = build_index("gem"), build_index("rmac")  # no whitening images given
+    assert isinstance(gem, GlobalIndex) and gem.whitening is None  # none ships for GeM: L2 only
+    assert rmac.whitening is not None and rmac.whitening.output_dim == 1280  # the shipped R-MAC whitening
+    assert rmac.whitening.projection.dtype == np.float32
     with pytest.raises(BuildError, match="needs a vocabulary or training images"):
         build_index("sift-bow")
     with pytest.raises(BuildError, match="learns a Hamming embedding: give training images"):
