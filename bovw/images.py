@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 #: Files with more pixels than this are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -59,6 +59,14 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
     palette, RGBA (alpha dropped), CMYK and 16-bit images; the first frame of an
     animation.
 
+    A JPEG at least twice ``max_side`` is decoded at 1/2, 1/4 or 1/8 of its size
+    by the JPEG decoder itself (DCT-domain scaling, Pillow's ``draft``; the
+    grayscale one decodes only the luma), the largest reduction that keeps it at
+    least as large as the result, then resized exactly: the result has the same
+    size as a full decode would give (so keypoints are in the same frame), and is
+    about 4x faster to get for a 12-megapixel photo. Every other image (smaller
+    JPEGs, other formats, ``max_side`` 0) is decoded in full, as before.
+
     Args:
         path: image file.
         options: size limits.
@@ -79,21 +87,26 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
     if os.path.getsize(path) == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > options.max_pixels:
-                raise ImageReadError(
-                    path, f"{width}x{height} pixels exceeds the limit of {options.max_pixels}")
-            if img.format == "PNG":
-                img.verify()  # chunk checksums: decoding alone ignores a broken CRC
-        with Image.open(path) as img:
-            with warnings.catch_warnings():
-                # Our own max_pixels check above is the limit that applies.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():
+            # Our own max_pixels check is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            try:
+                width, height = img.size
+                if width * height > options.max_pixels:
+                    raise ImageReadError(
+                        path, f"{width}x{height} pixels exceeds the limit of {options.max_pixels}")
+                if img.format == "PNG":
+                    img.verify()  # chunk checksums: decoding alone ignores a broken CRC
+                    img.close()
+                    img = Image.open(path)  # verify() leaves the image unusable
                 img.seek(0)
+                reduced = _draft(img, options.max_side, color)
                 img.load()
-                img = ImageOps.exif_transpose(img)
-            array = _decoded_array(img, color)
+                orientation = img.getexif().get(ORIENTATION, 1)
+                array = _decoded_array(img, color)
+            finally:
+                img.close()
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -103,9 +116,60 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
         raise ImageReadError(path, "not an image file (no image format Pillow reads)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image data ({exc})") from exc
+    array = _oriented(array, orientation)
     if min(array.shape[:2]) < 2:
         raise ImageReadError(path, f"image too small ({array.shape[1]}x{array.shape[0]} pixels)")
-    return resize_to_max_side(array, options.max_side)
+    if not reduced:
+        return resize_to_max_side(array, options.max_side)
+    # The size a full decode would be resized to: from the declared size, turned upright.
+    upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    return cv2.resize(array, _scaled_size(*upright, options.max_side), interpolation=cv2.INTER_AREA)
+
+
+#: EXIF tag of the orientation.
+ORIENTATION = 0x0112
+#: EXIF orientations whose upright image is the stored one turned a quarter (width and height swap).
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def _oriented(array: np.ndarray, orientation: int) -> np.ndarray:
+    """The upright image of a decoded one with EXIF ``orientation`` (what ``ImageOps.exif_transpose``
+    does, as a contiguous array; orientation 1 or unknown: unchanged, no copy)."""
+    if orientation == 2:  # mirrored left-right
+        array = array[:, ::-1]
+    elif orientation == 3:  # turned 180 degrees
+        array = array[::-1, ::-1]
+    elif orientation == 4:  # mirrored top-bottom
+        array = array[::-1]
+    elif orientation == 5:  # transposed (mirrored about the main diagonal)
+        array = array.swapaxes(0, 1)
+    elif orientation == 6:  # to be turned 90 degrees clockwise
+        array = np.rot90(array, -1)
+    elif orientation == 7:  # transversed (mirrored about the other diagonal)
+        array = array[::-1, ::-1].swapaxes(0, 1)
+    elif orientation == 8:  # to be turned 90 degrees counter-clockwise
+        array = np.rot90(array, 1)
+    else:
+        return array
+    return np.ascontiguousarray(array)
+
+
+def _draft(img: Image.Image, max_side: int, color: bool) -> bool:
+    """Let the JPEG decoder down-scale by 2, 4 or 8 while the image stays at least as large as
+    ``max_side`` asks; True when it will (then only the exact final resize is left)."""
+    if max_side <= 0 or img.format not in ("JPEG", "MPO"):
+        return False
+    width, height = img.size
+    if max(width, height) < 2 * max_side:
+        return False
+    target = _scaled_size(width, height, max_side)  # the longest side is the same turned or not
+    if min(width // target[0], height // target[1]) < 2:
+        return False
+    mode = img.mode
+    if mode == "RGB" and not color:
+        mode = "L"  # decode the luma only
+    chosen = img.draft(mode, target)
+    return chosen is not None and img.size != (width, height)
 
 
 def _decoded_array(img: Image.Image, color: bool) -> np.ndarray:
@@ -120,11 +184,18 @@ def _decoded_array(img: Image.Image, color: bool) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("L")))
 
 
+def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of a ``width`` x ``height`` image whose longest side is brought down to
+    ``max_side`` (when larger)."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return width, height
+    scale = max_side / max(height, width)
+    return max(2, round(width * scale)), max(2, round(height * scale))
+
+
 def resize_to_max_side(array: np.ndarray, max_side: int) -> np.ndarray:
     """Down-scale so that the longest side is at most ``max_side`` (area interpolation)."""
     height, width = array.shape[:2]
     if max_side <= 0 or max(height, width) <= max_side:
         return array
-    scale = max_side / max(height, width)
-    size = (max(2, round(width * scale)), max(2, round(height * scale)))
-    return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(array, _scaled_size(width, height, max_side), interpolation=cv2.INTER_AREA)
