@@ -87,7 +87,8 @@ def test_load_path_never_unpickles():
                 if ("np.load(" in line and "allow_pickle=False" not in line) or "allow_pickle=True" in line \
                         or "joblib.load" in line or ("torch.load(" in line and "weights_only=True" not in line):
                     offenders.append((name, line.strip()))
-            if re.search(r"^\s*(import pickle|from pickle)|pickle\.loads?\(", text, re.M) and name != "datasets.py":
+            # pickle.dumps (checking that an extractor can go to worker processes) writes, never reads
+            if re.search(r"pickle\.loads?\(|Unpickler|from pickle import .*load", text) and name != "datasets.py":
                 offenders.append((name, "pickle"))  # only revisitop's trusted ground truth is a pickle
     assert offenders == []
 
