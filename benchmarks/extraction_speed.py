@@ -84,6 +84,7 @@ def parse_args():
 
 # ---- today's decoding, kept to time it --------------------------------------------------------
 
+# Deliberate copy of the OLD engine code path (the baseline being timed); do not replace with load_image.
 def load_image_before(path: str, options: ImageOptions = ImageOptions(), color: bool = False) -> np.ndarray:
     """``bovw.images.load_image`` as it was before DCT-domain reduction (commit 98b6963)."""
     path = os.fspath(path)
@@ -218,8 +219,8 @@ def pressure() -> str:
 
 # ---- per-stage breakdown ------------------------------------------------------------------------
 
-def stages_before(path: str, options: SiftOptions, cache: FeatureCache) -> tuple[dict, np.ndarray]:
-    """CPU seconds of each stage of today's path, one image, in the calling thread."""
+def _timed_cache_lookup(path: str, cache: FeatureCache):
+    """Start a per-stage timing: (times, outputs, lap, start) after timing the cache lookup (a miss)."""
     clock, t, out = time.thread_time, {}, {}
 
     def lap(name, start):
@@ -230,6 +231,12 @@ def stages_before(path: str, options: SiftOptions, cache: FeatureCache) -> tuple
     start = clock()
     cache.get(path)
     start = lap("cache lookup (miss)", start)
+    return t, out, lap, start
+
+
+def stages_before(path: str, options: SiftOptions, cache: FeatureCache) -> tuple[dict, np.ndarray]:
+    """CPU seconds of each stage of today's path, one image, in the calling thread."""
+    t, out, lap, start = _timed_cache_lookup(path, cache)
     with Image.open(path) as img:
         img.size
     with Image.open(path) as img:
@@ -248,16 +255,7 @@ def stages_before(path: str, options: SiftOptions, cache: FeatureCache) -> tuple
 
 def stages_after(path: str, options: SiftOptions, cache: FeatureCache) -> tuple[dict, dict]:
     """CPU seconds of each stage of the new ``load_image`` (its steps, as it does them)."""
-    clock, t, out = time.thread_time, {}, {}
-
-    def lap(name, start):
-        now = clock()
-        t[name] = now - start
-        return now
-
-    start = clock()
-    cache.get(path)
-    start = lap("cache lookup (miss)", start)
+    t, out, lap, start = _timed_cache_lookup(path, cache)
     with Image.open(path) as img:
         width, height = img.size
         reduced = image_module._draft(img, options.image.max_side, False)

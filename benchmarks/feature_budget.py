@@ -52,7 +52,7 @@ from bovw.images import load_image
 from cbir.build import learn_hamming
 from cbir.pipelines import SIFT_FEATURES, get_pipeline
 from cbir.retrieval_index import RetrievalIndex, load_vocabulary, local_feature_cache, read_local_features
-from index.evaluation import average_precision
+from index.evaluation import average_precision, ranks_without_junk
 
 #: Index bytes per feature: (today, compact) for each build.
 BYTES_PER_FEATURE = {"sift-bow": (4 + 16 + 4, 4 + 8 + 4), "sift-he": (12 + 16 + 4, 12 + 8 + 2)}
@@ -150,9 +150,8 @@ def retrieval(index: RetrievalIndex, pipeline: str, photo_names: list[str], quer
         start = time.perf_counter()
         results = index.search(features, options=get_pipeline(pipeline).search)
         ms.append(1000 * (time.perf_counter() - start))
-        ranking = [r.name for r in results if r.name != source]
         positives = set(photo_names) - {source}
-        found = np.array([i for i, n in enumerate(ranking) if n in positives], np.int64)
+        found = ranks_without_junk([r.name for r in results], positives, {source})
         aps.append(average_precision(found, len(positives)))
         # A photo sharing no word with the query is not ranked: it counts as last.
         ranks.append(np.r_[found + 1, np.full(len(positives) - len(found), len(index) - 1)])

@@ -56,7 +56,7 @@ from cnn.feature_maps import FeatureMapExtractor
 from cnn.global_descriptors import embed, raw_vectors
 from cnn.whitening import PCAWhitening
 from index.datasets import Dataset, Query
-from index.evaluation import mean_average_precision
+from index.evaluation import mean_average_precision, ranks_without_junk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_FOLDER = 250
@@ -205,8 +205,7 @@ def evaluate_rankings(dataset: Dataset, ranked: list[list[str]]) -> dict:
     if dataset.name == "sacre":
         ranks = []
         for query, ranking, positives in zip(dataset.queries, ranked, dataset._positives):
-            ranking = [n for n in ranking if n != query.name]
-            ranks += [i + 1 for i, n in enumerate(ranking) if n in positives]
+            ranks += (ranks_without_junk(ranking, positives, {query.name}) + 1).tolist()
         top9 = [[n for n in r if n != q.name][:9] for q, r in zip(dataset.queries, ranked)]
         out.update(mean_rank=float(np.mean(ranks)), worst_rank=int(np.max(ranks)),
                    p9=float(np.mean([len(set(t) & p) / 9 for t, p in zip(top9, dataset._positives)])))
