@@ -109,12 +109,8 @@ def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_
                           progress: bool | None = None) -> tuple[PCAWhitening, ExtractionReport]:
     """PCA whitening of the pipeline's local descriptors (BLCF), learned on ``paths`` (at most
     ``max_descriptors``, sampled with ``seed``); keeps the build's ``local_whitening_dim``."""
-    pipeline = _local_pipeline(pipeline)
     descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
-    if len(descriptors) > max_descriptors:
-        keep = np.random.default_rng(seed).choice(len(descriptors), max_descriptors, replace=False)
-        descriptors = descriptors[np.sort(keep)]
-    return PCAWhitening.learn(descriptors, pipeline.build.local_whitening_dim), report
+    return _local_whitening_from(descriptors, _local_pipeline(pipeline), max_descriptors, seed), report
 
 
 def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: VocabularyConfig | None = None,
@@ -131,23 +127,42 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: Voc
         progress: progress bars (None: only on a terminal).
         whitening: applied to the descriptors first (the index must use the same one).
     """
-    pipeline = _local_pipeline(pipeline)
     descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
-    if whitening is not None:
-        descriptors = whitening.apply(descriptors)
-    return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress), report
+    return _vocabulary_from(descriptors, _local_pipeline(pipeline), config, progress, whitening), report
 
 
 def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: VocabularyTree,
                   cache_dir: str | None = None, n_jobs: int = 1, progress: bool | None = None,
                   whitening: PCAWhitening | None = None) -> tuple[HammingEmbedding, ExtractionReport]:
     """Learn a Hamming embedding's per-word medians from the descriptors of ``paths``."""
-    pipeline = _local_pipeline(pipeline)
     descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
+    return _hamming_from(descriptors, _local_pipeline(pipeline), vocabulary, n_jobs, whitening), report
+
+
+def _local_whitening_from(descriptors: np.ndarray, pipeline: Pipeline, max_descriptors: int = 200_000,
+                          seed: int = 0) -> PCAWhitening:
+    """``learn_local_whitening`` on (n, d) descriptors already extracted."""
+    if len(descriptors) > max_descriptors:
+        keep = np.random.default_rng(seed).choice(len(descriptors), max_descriptors, replace=False)
+        descriptors = descriptors[np.sort(keep)]
+    return PCAWhitening.learn(descriptors, pipeline.build.local_whitening_dim)
+
+
+def _vocabulary_from(descriptors: np.ndarray, pipeline: Pipeline, config: VocabularyConfig | None,
+                     progress: bool | None, whitening: PCAWhitening | None) -> VocabularyTree:
+    """``train_vocabulary`` on (n, d) descriptors already extracted."""
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress)
+
+
+def _hamming_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
+                  whitening: PCAWhitening | None) -> HammingEmbedding:
+    """``learn_hamming`` on (n, d) descriptors already extracted."""
     if whitening is not None:
         descriptors = whitening.apply(descriptors)
     words = vocabulary.quantize(descriptors, beam=pipeline.build.beam, n_jobs=n_jobs)
-    return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, pipeline.build.hamming_seed), report
+    return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, pipeline.build.hamming_seed)
 
 
 def learn_global_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
@@ -237,25 +252,28 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
                         "whitening ships for it; one learned on the indexed photos themselves hurts)")
         return empty_index(pipeline, whitening=whitening, cache_dir=cache_dir)
     build = pipeline.build
-    whitening = None
     if build.local_whitening_dim is not None:
-        paths = whiten_paths or train_paths
-        if not paths:
+        if not (whiten_paths or train_paths):
             raise BuildError(f"pipeline {pipeline.name} learns a descriptor whitening: give training images "
                              f"(ideally not the ones indexed)")
         if vocabulary is not None:
             raise BuildError(f"pipeline {pipeline.name} trains its vocabulary on whitened descriptors: "
                              f"give training images instead of a vocabulary")
-        whitening, _ = learn_local_whitening(paths, pipeline, cache_dir, n_jobs, progress=progress)
+    if vocabulary is None and not train_paths:
+        raise BuildError(f"pipeline {pipeline.name} needs a vocabulary or training images")
+    if build.hamming and not train_paths:
+        raise BuildError(f"pipeline {pipeline.name} learns a Hamming embedding: give training images")
+    # The training images are extracted once for whatever is learned from them.
+    training = local_descriptors(train_paths, pipeline, cache_dir, n_jobs, progress)[0] \
+        if vocabulary is None or build.hamming else None
+    whitening = None
+    if build.local_whitening_dim is not None:
+        whitening = _local_whitening_from(
+            local_descriptors(whiten_paths, pipeline, cache_dir, n_jobs, progress)[0] if whiten_paths else training,
+            pipeline)
     if vocabulary is None:
-        if not train_paths:
-            raise BuildError(f"pipeline {pipeline.name} needs a vocabulary or training images")
         config = vocabulary_config or build.vocabulary
         logger.info("training a %d-word vocabulary on %d images", config.n_words, len(train_paths))
-        vocabulary, _ = train_vocabulary(train_paths, pipeline, config, cache_dir, n_jobs, progress, whitening)
-    hamming = None
-    if build.hamming:
-        if not train_paths:
-            raise BuildError(f"pipeline {pipeline.name} learns a Hamming embedding: give training images")
-        hamming, _ = learn_hamming(train_paths, pipeline, vocabulary, cache_dir, n_jobs, progress, whitening)
+        vocabulary = _vocabulary_from(training, pipeline, config, progress, whitening)
+    hamming = _hamming_from(training, pipeline, vocabulary, n_jobs, whitening) if build.hamming else None
     return empty_index(pipeline, vocabulary, whitening, hamming, cache_dir)

@@ -54,8 +54,7 @@ def load_vocabulary_for(directory: str, pipeline: Pipeline | str) -> VocabularyT
     """Load a vocabulary for an index of ``pipeline``, refusing one trained for other features or for
     a pipeline with another vocabulary shape (ValueError naming both).
 
-    A vocabulary saved without its pipeline (before it was recorded) is refused only when its
-    descriptor dimension cannot fit.
+    A vocabulary saved without its pipeline (before it was recorded) is taken as it is.
     """
     pipeline = get_pipeline(pipeline)
     vocabulary, trained_for = _load_vocabulary(directory)
