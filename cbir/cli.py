@@ -43,8 +43,7 @@ def expand_images(arguments: list[str]) -> list[str]:
     paths = []
     for argument in map(str, arguments):
         if argument.startswith("@"):
-            with open(argument[1:], encoding="utf-8") as handle:
-                paths += [line.strip() for line in handle if line.strip()]
+            paths += read_list(argument[1:])
         elif os.path.isdir(argument):
             for folder, _, files in sorted(os.walk(argument)):
                 paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -91,7 +90,6 @@ def search_options(index, args):
 
 
 def cmd_vocab(args) -> None:
-    from bovw.vocabulary import VocabularyConfig
     from cbir.build import train_vocabulary
     from cbir.pipelines import get_pipeline
     from cbir.retrieval_index import save_vocabulary
@@ -100,9 +98,7 @@ def cmd_vocab(args) -> None:
         raise UsageError(f"{pipeline.name} has no separately trained vocabulary; give --train-root "
                          f"to cbir index or cbir eval instead")
     _refuse_overwrite(args.output, args.force)
-    default = pipeline.build.vocabulary
-    config = VocabularyConfig(branching=args.branching or default.branching, depth=args.depth or default.depth,
-                              niter=args.niter, seed=args.seed, max_descriptors=args.max_descriptors)
+    config = vocabulary_config(pipeline, args, niter=args.niter, max_descriptors=args.max_descriptors)
     paths = expand_images(args.images)
     logger.info("training a %d-word vocabulary (%d^%d) for %s on %d images", config.n_words, config.branching,
                 config.depth, pipeline.name, len(paths))
@@ -112,17 +108,19 @@ def cmd_vocab(args) -> None:
     print(f"saved a {vocabulary.n_words}-word vocabulary ({config.branching}^{config.depth}) to {args.output}")
 
 
+def vocabulary_config(pipeline, args, **settings):
+    """The pipeline's vocabulary shape with the command line's --branching, --depth and --seed."""
+    default = pipeline.build.vocabulary
+    return dataclasses.replace(default, branching=args.branching or default.branching,
+                               depth=args.depth or default.depth, seed=args.seed, **settings)
+
+
 def _new_index(args, pipeline):
     """An empty index for ``pipeline`` from the command line's learned parts."""
-    from bovw.vocabulary import VocabularyConfig
     from cbir.build import build_index
     from cbir.retrieval_index import load_vocabulary_for
     vocabulary = load_vocabulary_for(args.vocab, pipeline) if getattr(args, "vocab", None) else None
-    config = None
-    if pipeline.kind == "local" and (args.branching or args.depth):
-        default = pipeline.build.vocabulary
-        config = VocabularyConfig(branching=args.branching or default.branching, depth=args.depth or default.depth,
-                                  seed=args.seed)
+    config = vocabulary_config(pipeline, args) if pipeline.kind == "local" else None
     return build_index(pipeline, vocabulary, expand_images(args.train_root) if args.train_root else None,
                        expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs)
 
@@ -187,14 +185,14 @@ def cmd_remove(args) -> None:
 
 def expand_names(arguments: list[str]) -> list[str]:
     """Image names and @list files (one name per line) -> names."""
-    names = []
-    for argument in arguments:
-        if argument.startswith("@"):
-            with open(argument[1:], encoding="utf-8") as handle:
-                names += [line.strip() for line in handle if line.strip()]
-        else:
-            names.append(argument)
-    return names
+    return [name for argument in arguments
+            for name in (read_list(argument[1:]) if argument.startswith("@") else [argument])]
+
+
+def read_list(path: str) -> list[str]:
+    """The non-empty lines of a list file, stripped."""
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
 
 
 def cmd_query(args) -> None:
