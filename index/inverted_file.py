@@ -64,8 +64,9 @@ class InvertedFile:
         self._image_slots = np.zeros(0, dtype=np.int32)
         self._payload = {name: np.zeros((0,), dtype) for name, dtype in (payload_dtypes or {}).items()}
         # Added, not yet merged: per add() call, its words (int32 below 2^31 words),
-        # slots (int32) and payload arrays; _pending_images counts its images.
+        # slots (int32) and payload arrays; _pending_images counts its images, _pending_postings its postings.
         self._pending_words, self._pending_slots = [], []
+        self._pending_postings = 0
         self._pending_payload = {name: [] for name in self._payload}
         self._pending_images = 0
         self._consolidation_lock = threading.Lock()
@@ -164,8 +165,9 @@ class InvertedFile:
         self._pending_words.append(words.astype(np.int32) if self.n_words <= 2 ** 31 else words)
         self._pending_slots.append(np.repeat(slots, counts).astype(np.int32))
         self._pending_images += len(words_per_image)
+        self._pending_postings += len(words)
         self.n_images += len(words_per_image)
-        if sum(len(w) for w in self._pending_words) > max(len(self._image_slots) // 4, AUTO_MERGE_POSTINGS):
+        if self._pending_postings > max(len(self._image_slots) // 4, AUTO_MERGE_POSTINGS):
             self.consolidate()
         return slots
 
@@ -193,7 +195,7 @@ class InvertedFile:
             stats = self._statistics_of(offsets, image_slots)
             # Nothing changes until here, so a failed merge (out of memory) leaves the work pending.
             self._offsets, self._image_slots, self._payload, self._stats = offsets, image_slots, payload, stats
-            self._pending_words, self._pending_slots = [], []
+            self._pending_words, self._pending_slots, self._pending_postings = [], [], 0
             self._pending_payload = {name: [] for name in self._payload}
             self._pending_images = 0  # last: readers that see nothing pending find everything merged
 
