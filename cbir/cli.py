@@ -517,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cbir: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (e.g. ``| head``) stopped: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, IndexFormatError, ImageReadError, FileNotFoundError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cbir: {message}", file=sys.stderr)
