@@ -18,7 +18,7 @@ from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.global_index import GlobalIndex
 from cbir.pipelines import Pipeline, get_pipeline
-from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
+from cbir.retrieval_index import RetrievalIndex, local_feature_cache, local_feature_reader
 from cbir.searchable import SearchableIndex
 from cnn.global_descriptors import raw_vectors
 from cnn.whitening import PCAWhitening
@@ -91,8 +91,9 @@ def local_descriptors(paths: Sequence[str], pipeline: Pipeline | str, cache_dir:
     build = _local_pipeline(pipeline).build
     report = ExtractionReport()
     sample = None
-    for _, features in iter_features([str(p) for p in paths], lambda path: read_local_features(build, path),
-                                     local_feature_cache(build, cache_dir), report, n_jobs=n_jobs, verbose=progress):
+    extract, backend = local_feature_reader(build)
+    for _, features in iter_features([str(p) for p in paths], extract, local_feature_cache(build, cache_dir), report,
+                                     n_jobs=n_jobs, verbose=progress, backend=backend):
         if sample is None:
             row_bytes = features.descriptors.shape[1] * features.descriptors.itemsize
             sample = DescriptorSample(max(1, max_bytes // row_bytes), seed)

@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--cache", default=default_cache_dir(),
                        help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it); '' disables it")
-        p.add_argument("--jobs", type=int, default=1, help="threads (-1: all cores)")
+        p.add_argument("--jobs", type=int, default=-1,
+                       help="extraction workers and threads (default -1: all cores)")
 
     p = sub.add_parser("vocab", help="train a vocabulary tree from images")
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")

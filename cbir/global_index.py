@@ -69,7 +69,7 @@ class GlobalIndex(SearchableIndex):
     # ---- building -----------------------------------------------------------------------------
 
     def _feature_source(self):
-        return self.extractor, None
+        return self.extractor, None, "threads"
 
     def _item_bytes(self, item: dict) -> int:
         return sum(value.nbytes for value in item.values())

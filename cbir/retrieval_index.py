@@ -3,8 +3,9 @@ per-image store, searchable by example and saved as one directory."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,6 +84,16 @@ def read_local_features(build: LocalBuild, path: str) -> LocalFeatures:
     return extractor.extract(load_image(path, extractor.image, color=extractor.color))
 
 
+def local_feature_reader(build: LocalBuild) -> tuple[Callable[[str], LocalFeatures], str]:
+    """(path -> the build's features, ``bovw.extraction.iter_features`` backend to run it with).
+
+    SIFT runs in worker processes (2 workers: 252 against 276 ms per 1024-px photo with
+    threads, ``benchmarks/results/extraction_speed.md``); conv features in threads, so that
+    the network is loaded once.
+    """
+    return functools.partial(read_local_features, build), "processes" if build.sift is not None else "threads"
+
+
 def local_feature_cache(build: LocalBuild, directory: str | None) -> FeatureCache | None:
     """The feature cache of the build's extractor in ``directory`` (None: no cache), bounded by
     ``bovw.feature_cache.default_max_bytes()``."""
@@ -139,7 +150,8 @@ class RetrievalIndex(SearchableIndex):
 
     def _feature_source(self):
         build = self.pipeline.build
-        return (lambda path: read_local_features(build, path)), local_feature_cache(build, self.cache_dir)
+        extract, backend = local_feature_reader(build)
+        return extract, local_feature_cache(build, self.cache_dir), backend
 
     def _item_bytes(self, item: LocalFeatures) -> int:
         return item.keypoints.nbytes + item.descriptors.nbytes

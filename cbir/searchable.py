@@ -132,8 +132,9 @@ class SearchableIndex:
 
     # ---- what a subclass supplies -------------------------------------------------------------
 
-    def _feature_source(self) -> tuple[Callable[[str], object], FeatureCache | None]:
-        """(path -> features of an image file, feature cache used around it or None)."""
+    def _feature_source(self) -> tuple[Callable[[str], object], FeatureCache | None, str]:
+        """(path -> features of an image file, feature cache used around it or None,
+        ``bovw.extraction.iter_features`` backend that runs it)."""
         raise NotImplementedError
 
     def _add_batch(self, names: list[str], items: list, n_jobs: int) -> None:
@@ -233,7 +234,8 @@ class SearchableIndex:
             paths: image files.
             names: how each image is called in results (default: its path relative to ``root``
                 when the index has one, else the path as given).
-            n_jobs: extraction (and quantization) threads.
+            n_jobs: extraction workers (processes for SIFT, threads for CNN features) and
+                quantization threads.
             progress: show a progress bar (None: only on a terminal).
 
         Returns:
@@ -243,9 +245,10 @@ class SearchableIndex:
         name_of = name_map(paths, names if names is not None or self.root is None else
                            [self.name_for(p) for p in paths])
         report = ExtractionReport()
-        extract, cache = self._feature_source()
+        extract, cache, backend = self._feature_source()
         batch_names, batch_items, batch_bytes, seen = [], [], 0, set()
-        for path, item in iter_features(paths, extract, cache, report, n_jobs=n_jobs, verbose=progress):
+        for path, item in iter_features(paths, extract, cache, report, n_jobs=n_jobs, verbose=progress,
+                                        backend=backend):
             name = name_of[path]
             if name in self.names or name in seen:
                 report.skipped.append((path, f"an image named {name!r} is already indexed"))
