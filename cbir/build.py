@@ -16,6 +16,7 @@ import numpy as np
 from bovw.extraction import ExtractionReport, iter_features
 from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
+from cbir.fusion_index import FusionIndex
 from cbir.global_index import GlobalIndex
 from cbir.pipelines import Pipeline, get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, local_feature_reader
@@ -208,6 +209,8 @@ def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
                 cache_dir: str | None = None) -> SearchableIndex:
     """An empty index of the right kind for ``pipeline`` with the given learned parts."""
     pipeline = get_pipeline(pipeline)
+    if pipeline.kind == "fusion":
+        raise BuildError(f"pipeline {pipeline.name!r} joins two indexes: use build_index")
     if pipeline.kind == "global":
         if vocabulary is not None or hamming is not None:
             raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it takes no vocabulary")
@@ -242,6 +245,12 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         BuildError: what is missing (e.g. a Hamming pipeline without training images).
     """
     pipeline = get_pipeline(pipeline)
+    if pipeline.kind == "fusion":  # a local part (trained on train_paths) and a global part (whiten_paths)
+        parts = pipeline.search.fusion
+        return FusionIndex(pipeline, build_index(parts.local, vocabulary, train_paths, None, vocabulary_config,
+                                                 cache_dir, n_jobs, progress),
+                           build_index(parts.dense, None, None, whiten_paths, None, cache_dir, n_jobs, progress),
+                           cache_dir)
     if pipeline.kind == "global":
         if whiten_paths:
             logger.info("learning the %s whitening on %d images", pipeline.name, len(whiten_paths))

@@ -66,7 +66,7 @@ def _print_report(report: ExtractionReport) -> None:
 def search_options(index, args):
     """The index's search options, with the pipeline given by ``--search`` and each override applied."""
     from bovw.hamming import HammingConfig
-    from index.search_options import ExpansionConfig
+    from index.search_options import DiffusionConfig, ExpansionConfig
     from index.spatial_verification import VerificationConfig
     options = index.search_options(args.search)
     changes = {}
@@ -80,6 +80,19 @@ def search_options(index, args):
     if args.expand is not None:
         changes["expansion"] = dataclasses.replace(options.expansion or ExpansionConfig(),
                                                    max_results=args.expand) if args.expand else None
+    if args.expand_alpha is not None:
+        if changes.get("expansion", options.expansion) is None:
+            raise UsageError("--expand-alpha needs query expansion (--expand N)")
+        changes["expansion"] = dataclasses.replace(changes.get("expansion", options.expansion), alpha=args.expand_alpha)
+    if args.diffusion is not None:
+        changes["diffusion"] = None if args.diffusion == "off" else dataclasses.replace(
+            options.diffusion or DiffusionConfig(), regional=args.diffusion == "regional")
+    diffusion = {name: value for name, value in (("alpha", args.diffusion_alpha), ("k", args.diffusion_k),
+                                                  ("shortlist", args.diffusion_shortlist)) if value is not None}
+    if diffusion:
+        if changes.get("diffusion", options.diffusion) is None:
+            raise UsageError("--diffusion-alpha/-k/-shortlist need diffusion (--diffusion global or regional)")
+        changes["diffusion"] = dataclasses.replace(changes.get("diffusion", options.diffusion), **diffusion)
     if args.he_threshold is not None:
         changes["hamming"] = dataclasses.replace(options.hamming or HammingConfig(), threshold=args.he_threshold)
     if args.window_search is not None:
@@ -118,9 +131,11 @@ def vocabulary_config(pipeline, args, **settings):
 def _new_index(args, pipeline):
     """An empty index for ``pipeline`` from the command line's learned parts."""
     from cbir.build import build_index
+    from cbir.pipelines import get_pipeline
     from cbir.retrieval_index import load_vocabulary_for
-    vocabulary = load_vocabulary_for(args.vocab, pipeline) if getattr(args, "vocab", None) else None
-    config = vocabulary_config(pipeline, args) if pipeline.kind == "local" else None
+    local = get_pipeline(pipeline.search.fusion.local) if pipeline.kind == "fusion" else pipeline
+    vocabulary = load_vocabulary_for(args.vocab, local) if getattr(args, "vocab", None) else None
+    config = vocabulary_config(local, args) if local.kind == "local" else None
     return build_index(pipeline, vocabulary, expand_images(args.train_root) if args.train_root else None,
                        expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs)
 
@@ -351,14 +366,15 @@ def cmd_eval(args) -> None:
     from index.datasets import load_dataset
     dataset = load_dataset(args.dataset, args.root)
     pipeline = get_pipeline(args.method)
-    if pipeline.kind == "global" and not args.whiten_root and args.dataset in ("holidays", "ukbench") \
-            and shipped_whitening(pipeline) is not None:
+    dense = get_pipeline(pipeline.search.fusion.dense) if pipeline.kind == "fusion" else pipeline
+    if dense.kind == "global" and not args.whiten_root and args.dataset in ("holidays", "ukbench") \
+            and shipped_whitening(dense) is not None:
         logger.warning("without --whiten-root, %s uses the shipped whitening, learned on Holidays and UKBench "
                        "images: not an honest score on %s", pipeline.name, args.dataset)
     if args.index and os.path.exists(os.path.join(args.index, MANIFEST)):
         index = load_index(args.index, cache_dir=args.cache)
     else:
-        if pipeline.kind == "local" and not (args.vocab or args.train_root):
+        if pipeline.kind != "global" and not (args.vocab or args.train_root):
             logger.info("no --vocab or --train-root: training on the evaluated images (--root)")
             args.train_root = [args.root]
         index = _new_index(args, pipeline)
@@ -406,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--he-threshold", type=int, help="Hamming distance threshold (of 64 bits)")
         g.add_argument("--window-search", type=int, metavar="N", help="BLCF local search over the top N (0: off)")
         g.add_argument("--region-rerank", type=int, metavar="N", help="R-MAC region re-ranking of the top N (0: off)")
+        g.add_argument("--expand-alpha", type=float, metavar="A",
+                       help="query expansion weights: similarity^A (alpha-QE; 0: average)")
+        g.add_argument("--diffusion", choices=("off", "global", "regional"),
+                       help="CNN indexes: diffusion on the collection's kNN graph of images or of their "
+                            "R-MAC regions (rmac-rr indexes)")
+        g.add_argument("--diffusion-alpha", type=float, metavar="A", help="diffusion strength in (0, 1)")
+        g.add_argument("--diffusion-k", type=int, metavar="K", help="neighbours per node of the diffusion graph")
+        g.add_argument("--diffusion-shortlist", type=int, metavar="T",
+                       help="diffuse over the top T by descriptor similarity only (0: the whole graph)")
 
     def common(p):
         p.add_argument("--cache", default=default_cache_dir(),

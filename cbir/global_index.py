@@ -3,7 +3,9 @@
 when images are described."""
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,10 +15,13 @@ from cbir.searchable import SearchableIndex, part_arrays
 from cnn.global_descriptors import embed, raw_vectors
 from cnn.options import CHANNELS
 from cnn.whitening import PCAWhitening
+from index.collection_graph import CollectionGraph
 from index.dense_index import DenseIndex
 from index.persistence import IndexFormatError
 from index.ranking import rank_global
-from index.search_options import SearchOptions
+from index.search_options import DiffusionConfig, SearchOptions
+
+logger = logging.getLogger(__name__)
 
 #: Smallest query side in pixels (the head map has stride 32).
 MIN_QUERY_SIDE = 32
@@ -33,6 +38,10 @@ class GlobalQuery:
 
 class GlobalIndex(SearchableIndex):
     """Images searchable by a CNN global descriptor.
+
+    Diffusion searches use a kNN graph of the collection, built at the first search
+    that asks for it (or when an index whose pipeline diffuses is saved), saved with
+    the index, and dropped whenever images are added or removed.
 
     Args:
         pipeline: a global-descriptor pipeline (``gem``, ``rmac``...) or its name.
@@ -51,6 +60,8 @@ class GlobalIndex(SearchableIndex):
         self.whitening = whitening
         self.device = device
         self.dense = DenseIndex(whitening.output_dim if whitening is not None else CHANNELS["global"])
+        self.graph: CollectionGraph | None = None
+        self._graph_lock = threading.Lock()
         self._extractor = None
 
     @property
@@ -80,9 +91,11 @@ class GlobalIndex(SearchableIndex):
         with self._lock.writing():
             self.names.add(names)
             self.dense.add(np.stack([d.descriptor for d in described]), regions)
+            self.graph = None
 
     def _remove_slots(self, slots: list[int]) -> None:
         self.dense.remove(slots)
+        self.graph = None
 
     def _pending(self) -> bool:
         return self.dense.pending
@@ -107,12 +120,30 @@ class GlobalIndex(SearchableIndex):
         return False
 
     def _rank(self, prepared: GlobalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
-        return rank_global(prepared.descriptor, self.dense, options, top_k)
+        graph = self._graph_for(options.diffusion) if options.diffusion is not None else None
+        return rank_global(prepared.descriptor, prepared.rows, self.dense, options, top_k, graph)
+
+    def _graph_for(self, config: DiffusionConfig) -> CollectionGraph:
+        """The collection's graph with ``config``'s graph settings, built now if the index has
+        none or one built otherwise (call with the read lock held: the images cannot change)."""
+        with self._graph_lock:
+            if self.graph is None or self.graph.key != config.graph_key:
+                logger.info("building the diffusion graph of %d images (k=%d, gamma=%g%s)", len(self), config.k,
+                            config.gamma, ", regions" if config.regional else "")
+                self.graph = CollectionGraph.build(self.dense, config)
+            return self.graph
+
+    def save(self, directory: str) -> None:
+        """Atomically save the index; with the graph its pipeline's diffusion needs (built now if missing)."""
+        if self.pipeline.search.diffusion is not None and len(self):
+            with self._reading():
+                self._graph_for(self.pipeline.search.diffusion)
+        super().save(directory)
 
     # ---- persistence and facts ----------------------------------------------------------------
 
     def _parts(self) -> dict:
-        return {"whitening": self.whitening, "dense": self.dense}
+        return {"whitening": self.whitening, "dense": self.dense, "graph": self.graph}
 
     @classmethod
     def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "GlobalIndex":
@@ -121,12 +152,21 @@ class GlobalIndex(SearchableIndex):
         index = cls(pipeline, whitening, cache_dir)
         if meta.get("dense"):  # format-1 saves of an index that never held an image have none
             index.dense = DenseIndex.from_state_dict(meta["dense"], part_arrays(arrays, "dense"))
+        if meta.get("graph"):
+            index.graph = CollectionGraph.from_state_dict(meta["graph"], part_arrays(arrays, "graph"))
         return index
 
     def _check_sizes(self, directory: str) -> None:
         if len(self.dense) != len(self.names):
             raise IndexFormatError(f"{directory}: descriptors and image names disagree")
+        if self.graph is not None and (self.graph.n_images != len(self.names) or
+                                       (self.graph.regional and self.graph.graph.n != len(self.dense.regions))):
+            raise IndexFormatError(f"{directory}: the diffusion graph was built for another collection")
 
     def _info(self) -> dict:
+        graph = None if self.graph is None else {
+            "k": self.graph.k, "gamma": self.graph.graph.gamma, "regional": self.graph.regional,
+            "nodes": self.graph.graph.n, "edges": int(self.graph.graph.affinity.nnz // 2)}
         return {"descriptor_dim": self.dense.dim, "regions": int(len(self.dense.regions)),
-                "whitening_dim": self.whitening.output_dim if self.whitening is not None else None}
+                "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
+                "diffusion_graph": graph or "none (built by the first diffusion search)"}

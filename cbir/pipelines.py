@@ -20,7 +20,7 @@ from bovw.vocabulary import VocabularyConfig
 from cnn.global_descriptors import GlobalDescriptorConfig
 from cnn.options import BackboneOptions, ConvLocalOptions
 from index.persistence import dataclass_from_dict
-from index.search_options import ExpansionConfig, SearchOptions
+from index.search_options import DiffusionConfig, ExpansionConfig, FusionConfig, SearchOptions
 from index.spatial_verification import VerificationConfig
 
 
@@ -87,7 +87,21 @@ class GlobalBuild:
         return ImageOptions(max_side=self.backbone.max_side)
 
 
-BUILD_KINDS = {"local": LocalBuild, "global": GlobalBuild}
+@dataclass(frozen=True)
+class FusionBuild:
+    """How a fusion index is built: a local-feature index and a global-descriptor index of the
+    same images (searched together, see ``index.search_options.FusionConfig``).
+
+    Attributes:
+        local: build of the local-feature part.
+        dense: build of the global-descriptor part.
+    """
+
+    local: LocalBuild
+    dense: GlobalBuild
+
+
+BUILD_KINDS = {"local": LocalBuild, "global": GlobalBuild, "fusion": FusionBuild}
 
 
 @dataclass(frozen=True)
@@ -97,13 +111,13 @@ class Pipeline:
     Attributes:
         name: the name users type (``sift-bow``).
         description: one line for ``--help``.
-        build: ``LocalBuild`` or ``GlobalBuild``.
+        build: ``LocalBuild``, ``GlobalBuild`` or ``FusionBuild``.
         search: default search options.
     """
 
     name: str
     description: str
-    build: LocalBuild | GlobalBuild
+    build: LocalBuild | GlobalBuild | FusionBuild
     search: SearchOptions = SearchOptions()
 
     def __post_init__(self):
@@ -111,8 +125,8 @@ class Pipeline:
 
     @property
     def kind(self) -> str:
-        """``local`` (inverted file of local features) or ``global`` (dense descriptors)."""
-        return "local" if isinstance(self.build, LocalBuild) else "global"
+        """``local`` (inverted file of local features), ``global`` (dense descriptors) or ``fusion`` (both)."""
+        return next(kind for kind, build_type in BUILD_KINDS.items() if isinstance(self.build, build_type))
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (saved in index manifests)."""
@@ -129,8 +143,18 @@ class Pipeline:
             raise ValueError(f"invalid pipeline description: {exc!r}") from exc
 
 
-def check_search_options(build: LocalBuild | GlobalBuild, options: SearchOptions) -> None:
+def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options: SearchOptions) -> None:
     """ValueError naming the first option an index built with ``build`` cannot apply."""
+    if isinstance(build, FusionBuild):
+        if options.fusion is None or dataclasses.replace(options, fusion=None) != SearchOptions():
+            raise ValueError("a fusion index takes fusion settings only (its parts are searched with the "
+                             "pipelines they name)")
+        for kind, name in (("local", options.fusion.local), ("global", options.fusion.dense)):
+            if get_pipeline(name).kind != kind:
+                raise ValueError(f"fusion: pipeline {name!r} does not build a {kind} index")
+        return
+    if options.fusion is not None:
+        raise ValueError("fusion settings need a fusion index")
     if isinstance(build, GlobalBuild):
         local_only = [name for name, off in (("query assignments", options.query_assignments == 1),
                                               ("Hamming matching", options.hamming is None),
@@ -141,9 +165,15 @@ def check_search_options(build: LocalBuild | GlobalBuild, options: SearchOptions
             raise ValueError(f"{local_only[0]} needs a local-feature index; this one holds global descriptors")
         if options.region_rerank and not build.regions:
             raise ValueError("region re-ranking needs an index that stores R-MAC regions (built as rmac-rr)")
+        if options.diffusion is not None and options.diffusion.regional and not build.regions:
+            raise ValueError("regional diffusion needs an index that stores R-MAC regions (built as rmac-rr)")
         return
     if options.region_rerank:
         raise ValueError("region re-ranking needs an R-MAC index; this one holds local features")
+    if options.diffusion is not None:
+        raise ValueError("diffusion needs a global-descriptor index; this one holds local features")
+    if options.expansion is not None and options.verification is None:
+        raise ValueError("query expansion on a local-feature index needs spatial verification")
     if build.hamming != (options.hamming is not None):
         raise ValueError("Hamming matching settings are needed exactly for indexes with a Hamming embedding "
                          f"(this one has {'one' if build.hamming else 'none'})")
@@ -169,6 +199,14 @@ BLCF_BUILD = LocalBuild(conv=ConvLocalOptions(), vocabulary=VocabularyConfig(bra
                         local_whitening_dim=256)
 
 _VERIFY = VerificationConfig()
+#: alpha-QE of global descriptors (benchmarks/RESULTS.md, "Ranking refinement").
+_GLOBAL_QE = ExpansionConfig(max_results=2, alpha=3.0)
+#: Diffusion: a sparse graph and a short reach suit collections whose objects have a few views
+#: each (Holidays, UKBench, photo folders); alpha 0.99 with k 50, tuned for Oxford/Paris landmarks
+#: with hundreds of views, lost 0.17 Holidays mAP (benchmarks/RESULTS.md, "Ranking refinement").
+_DIFFUSION = DiffusionConfig(k=10, gamma=3.0, alpha=0.5, query_k=3)
+#: Regions (~20 per image) make a denser manifold that bears a longer reach.
+_REGIONAL_DIFFUSION = DiffusionConfig(k=30, gamma=3.0, alpha=0.8, query_k=3, regional=True)
 _BOW = SearchOptions(query_assignments=3)
 _HE = SearchOptions(query_assignments=3, hamming=HammingConfig())
 
@@ -205,6 +243,13 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), regions=True), SearchOptions(region_rerank=100)),
     Pipeline("crow", "EfficientNet-Lite0 head map, CroW weighting, L2-PCAw(512)-L2",
              GlobalBuild(descriptor=GlobalDescriptorConfig("crow", whitening_dim=512))),
+    Pipeline("rmac-qe", "rmac + alpha query expansion with the top results (alpha-QE)",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac")), SearchOptions(expansion=_GLOBAL_QE)),
+    Pipeline("rmac-diffusion", "rmac + diffusion on the collection's mutual kNN graph",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac")), SearchOptions(diffusion=_DIFFUSION)),
+    Pipeline("rmac-rr-diffusion", "rmac-rr + diffusion on the kNN graph of the images' R-MAC regions",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), regions=True),
+             SearchOptions(diffusion=_REGIONAL_DIFFUSION)),
 ]}
 
 
@@ -217,6 +262,13 @@ def get_pipeline(name: str | Pipeline) -> Pipeline:
         return PIPELINES[name]
     except KeyError:
         raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}") from None
+
+
+#: Fusion of the best SIFT and CNN pipelines (defined after get_pipeline: its options name them).
+PIPELINES["fusion"] = Pipeline(
+    "fusion", "sift-he-sv-qe and rmac-diffusion on the same images: verified results first, then "
+    "reciprocal-rank fusion", FusionBuild(HE_BUILD, PIPELINES["rmac-diffusion"].build),
+    SearchOptions(fusion=FusionConfig()))
 
 
 def pipeline_from_format1(data: dict, index_format: str) -> Pipeline:

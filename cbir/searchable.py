@@ -348,6 +348,11 @@ class SearchableIndex:
 
     def save(self, directory: str) -> None:
         """Atomically save the whole index as a directory (no pickle)."""
+        meta, arrays = self.state_dict()
+        save_arrays(directory, self.FORMAT, FORMAT_VERSION, meta, arrays)
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(metadata, arrays) of the whole index, as ``save`` writes them (see ``from_state_dict``)."""
         with self._reading():
             meta, arrays = {"pipeline": self.pipeline.to_dict(), "collection_root": self.root}, {}
             for prefix, part in {"names": self.names, **self._parts()}.items():
@@ -355,7 +360,16 @@ class SearchableIndex:
                 if part is not None:
                     meta[prefix], part_arrays = part.state_dict()
                     arrays.update({f"{prefix}.{name}": value for name, value in part_arrays.items()})
-        save_arrays(directory, self.FORMAT, FORMAT_VERSION, meta, arrays)
+        return meta, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict, cache_dir: str | None = None) -> "SearchableIndex":
+        """Rebuild an index of this class from ``state_dict()`` output (ValueError, KeyError or
+        TypeError when inconsistent)."""
+        index = cls._from_parts(Pipeline.from_dict(meta["pipeline"]), meta, arrays, cache_dir)
+        index.names = ImageNames.from_state_dict(meta["names"], part_arrays(arrays, "names"))
+        index.root = meta.get("collection_root")
+        return index
 
     @classmethod
     def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
@@ -387,10 +401,7 @@ class SearchableIndex:
         try:
             if version == 1:
                 meta, arrays = _upgrade_format1(fmt, meta, arrays)
-            pipeline = Pipeline.from_dict(meta["pipeline"])
-            index = target._from_parts(pipeline, meta, arrays, cache_dir)
-            index.names = ImageNames.from_state_dict(meta["names"], part_arrays(arrays, "names"))
-            index.root = meta.get("collection_root")
+            index = target.from_state_dict(meta, arrays, cache_dir)
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"{directory}: invalid index ({exc.__class__.__name__}: {exc})") from exc
         index._check_sizes(directory)
@@ -446,7 +457,6 @@ def _upgrade_format1(fmt: str, meta: dict, arrays: dict) -> tuple[dict, dict]:
 def load_index(directory: str, cache_dir: str | None = None, verify: bool = True,
                mmap: bool = False) -> SearchableIndex:
     """Load a saved index of any kind, by its manifest (see ``SearchableIndex.load``)."""
-    import cbir.global_index  # noqa: F401  (registers the index classes)
-    import cbir.retrieval_index  # noqa: F401
+    import cbir.fusion_index  # noqa: F401  (registers the index classes)
     return SearchableIndex.load(directory, cache_dir=cache_dir, verify=verify, mmap=mmap)
 

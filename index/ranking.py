@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.collection_graph import CollectionGraph
 from index.dense_index import DenseIndex
+from index.global_refinement import diffusion_scores, expand_descriptor
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.kernels import top_indices
@@ -78,19 +80,33 @@ def rank_local(query: LocalQuery, inverted: InvertedFile, images: ImageStore, op
     return ranking[:wanted]
 
 
-def rank_global(descriptor: np.ndarray, dense: DenseIndex, options: SearchOptions,
-                top_k: int | None = None) -> list[RankedImage]:
-    """Rank a collection of global descriptors by inner product, then (per ``options``) re-rank
-    the top ``region_rerank`` by the best match of the query with each image's regions.
+def rank_global(descriptor: np.ndarray, rows: np.ndarray, dense: DenseIndex, options: SearchOptions,
+                top_k: int | None = None, graph: CollectionGraph | None = None) -> list[RankedImage]:
+    """Rank a collection of global descriptors by inner product, after (per ``options``) query
+    expansion; then rank by diffusion on the collection's graph, and re-rank the top
+    ``region_rerank`` by the best match of the query with each image's regions.
 
     Args:
         descriptor: (d,) float32 unit query descriptor.
+        rows: (r, d) float32 query rows (R-MAC regions), used by regional diffusion.
         dense: the collection's descriptors (and regions).
         options: how to rank.
         top_k: results wanted (None: every image).
+        graph: the collection's graph, built with ``options.diffusion`` (needed exactly when it is set).
+
+    Returns:
+        at most ``top_k`` entries, best first; with diffusion, images it did not reach follow in
+        descriptor order with score 0.
     """
+    if options.expansion is not None:
+        descriptor = expand_descriptor(descriptor, dense, options.expansion)
     scores = dense.scores(descriptor)
-    order = top_indices(scores, None if top_k is None else max(top_k, options.region_rerank))
+    if options.diffusion is not None:
+        diffused = diffusion_scores(scores, rows, dense, graph, options.diffusion)
+        order = np.lexsort((-scores, -diffused))  # stable: ties keep the lower slot first
+        scores = diffused
+    else:
+        order = top_indices(scores, None if top_k is None else max(top_k, options.region_rerank))
     if options.region_rerank:
         head = order[:options.region_rerank]
         region = dense.region_scores(descriptor, head)

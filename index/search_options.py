@@ -17,16 +17,95 @@ from index.spatial_verification import ESTIMATORS, VerificationConfig
 
 @dataclass(frozen=True)
 class ExpansionConfig:
-    """Query expansion with spatially verified results.
+    """Query expansion: the query and its best results averaged into a new query.
+
+    Local-feature indexes expand with their spatially verified results; global
+    indexes with their top results by descriptor similarity.
 
     Attributes:
-        max_results: verified results (best first) added to the query.
+        max_results: results (best first) added to the query.
         alpha: 0 for average query expansion (Chum et al. 2007); > 0 weights each
             result by its similarity to the query to the power alpha (alpha-QE).
     """
 
     max_results: int = 50
     alpha: float = 0.0
+
+    def __post_init__(self):
+        if self.max_results < 1 or self.alpha < 0:
+            raise ValueError("query expansion needs max_results >= 1 and alpha >= 0")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Diffusion on a kNN graph of the collection (Iscen et al. 2017). Global indexes.
+
+    The graph (``k``, ``gamma``, ``regional``) is built from the index's vectors at
+    the first search that needs it and saved with the index; the other fields only
+    change how a query runs.
+
+    Attributes:
+        k: neighbours per node of the mutual kNN graph.
+        gamma: affinities are similarities clipped at 0 to the power gamma.
+        regional: graph nodes are the images' R-MAC regions (pooled back to images)
+            instead of one descriptor per image.
+        alpha: diffusion strength in (0, 1): scores solve (I - alpha S) f = y.
+        query_k: database nodes the query enters the graph through (its nearest).
+        iterations: conjugate-gradient iterations.
+        shortlist: solve only over the query's top results by descriptor similarity
+            (truncation; 0: the whole graph). The rest follows in descriptor order.
+        pooling: regional graphs: image score = ``sum`` or ``max`` of its regions' scores.
+    """
+
+    k: int = 10
+    gamma: float = 3.0
+    regional: bool = False
+    alpha: float = 0.5
+    query_k: int = 3
+    iterations: int = 20
+    shortlist: int = 0
+    pooling: str = "sum"
+
+    def __post_init__(self):
+        if self.k < 1 or self.query_k < 1 or self.iterations < 1 or self.shortlist < 0:
+            raise ValueError("diffusion needs k, query_k and iterations >= 1 and shortlist >= 0")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"diffusion alpha must lie in (0, 1), got {self.alpha}")
+        if self.pooling not in ("sum", "max"):
+            raise ValueError(f"diffusion pooling must be 'sum' or 'max', got {self.pooling!r}")
+
+    @property
+    def graph_key(self) -> tuple:
+        """What the graph depends on (a graph built with another key is rebuilt)."""
+        return self.k, self.gamma, self.regional
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Late fusion of a local-feature ranking with a global-descriptor ranking of the same images.
+
+    Images whose spatial verification found at least ``verified_inliers`` inliers come
+    first; every image is ordered by reciprocal-rank fusion,
+    ``local_weight / (local_rank + rank_offset) + 1 / (global_rank + rank_offset)``
+    (ranks from 0; an image missing from a ranking gets nothing from it).
+
+    Attributes:
+        local: pipeline whose search options rank the local part (built like it).
+        dense: pipeline whose search options rank the global part.
+        local_weight: weight of the local ranking.
+        rank_offset: the constant c of reciprocal-rank fusion.
+        verified_inliers: inliers that put an image first (0: no such rule).
+    """
+
+    local: str = "sift-he-sv-qe"
+    dense: str = "rmac-diffusion"
+    local_weight: float = 0.7
+    rank_offset: float = 3.0
+    verified_inliers: int = 10
+
+    def __post_init__(self):
+        if self.local_weight < 0 or self.rank_offset <= 0 or self.verified_inliers < 0:
+            raise ValueError("fusion needs local_weight >= 0, rank_offset > 0 and verified_inliers >= 0")
 
 
 @dataclass(frozen=True)
@@ -41,9 +120,12 @@ class SearchOptions:
         window_search: re-rank this many top results by their best window of the
             word map (BLCF local search; 0: off).
         verification: spatial re-ranking of the top results, or None. Local-feature indexes.
-        expansion: query expansion with the verified results, or None (needs verification).
+        expansion: query expansion, or None (local-feature indexes: needs verification).
         region_rerank: re-rank this many top results by the best match between the
             query descriptor and each image's stored R-MAC regions (0: off). Global indexes.
+        diffusion: diffusion on the collection's kNN graph, or None. Global indexes.
+        fusion: how a fusion index combines its two rankings (set exactly for fusion indexes,
+            and alone).
     """
 
     query_assignments: int = 1
@@ -52,14 +134,14 @@ class SearchOptions:
     verification: VerificationConfig | None = None
     expansion: ExpansionConfig | None = None
     region_rerank: int = 0
+    diffusion: DiffusionConfig | None = None
+    fusion: FusionConfig | None = None
 
     def __post_init__(self):
         if self.query_assignments < 1:
             raise ValueError("query_assignments must be at least 1")
         if self.window_search < 0 or self.region_rerank < 0:
             raise ValueError("window_search and region_rerank count results: they cannot be negative")
-        if self.expansion is not None and self.verification is None:
-            raise ValueError("query expansion needs spatial verification")
         if self.verification is not None and self.verification.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.verification.estimator!r}; known: {', '.join(ESTIMATORS)}")
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cbir.pipelines import PIPELINES, Pipeline, check_search_options, get_pipeline, pipeline_from_format1
-from index.search_options import SearchOptions
+from index.search_options import DiffusionConfig, SearchOptions
 
 FORMAT1 = os.path.join(os.path.dirname(__file__), "..", "data", "format-v1")
 
@@ -48,5 +48,14 @@ def test_options_an_index_cannot_apply_are_named():
     check_search_options(conv, SearchOptions(window_search=5))
     with pytest.raises(ValueError, match="unknown pipeline 'sift'"):
         get_pipeline("sift")
-    with pytest.raises(ValueError, match="query expansion needs spatial verification"):
-        SearchOptions(expansion=get_pipeline("sift-sv-qe").search.expansion)
+    expansion = get_pipeline("sift-sv-qe").search.expansion
+    with pytest.raises(ValueError, match="query expansion on a local-feature index needs spatial verification"):
+        check_search_options(local, SearchOptions(expansion=expansion))
+    check_search_options(get_pipeline("gem").build, SearchOptions(expansion=expansion))
+    with pytest.raises(ValueError, match="diffusion needs a global-descriptor index"):
+        check_search_options(local, SearchOptions(diffusion=DiffusionConfig()))
+    with pytest.raises(ValueError, match="regional diffusion needs an index that stores R-MAC regions"):
+        check_search_options(get_pipeline("rmac").build, SearchOptions(diffusion=DiffusionConfig(regional=True)))
+    check_search_options(get_pipeline("rmac-rr").build, SearchOptions(diffusion=DiffusionConfig(regional=True)))
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        DiffusionConfig(alpha=1.0)

@@ -69,3 +69,25 @@ def test_rmac_rr_index_serves_rmac_search(ukbench_subset, whitening_images, map_
     unreranked = index.search(query, options=dataclasses.replace(index.pipeline.search, region_rerank=0))
     assert [(r.name, r.score) for r in unreranked] == [(r.name, r.score) for r in plain.search(query)]
     assert [r.score for r in index.search(query)] != [r.score for r in unreranked]
+
+
+def test_diffusion_graph_is_saved_with_the_index_and_rebuilt_after_changes(ukbench_subset, whitening_images,
+                                                                          map_cache, tmp_path):
+    whitening, _ = learn_global_whitening(whitening_images, "rmac", map_cache, progress=False)
+    index = GlobalIndex("rmac-diffusion", whitening, map_cache)
+    index_dataset(index, ukbench_subset, progress=False)
+    assert index.graph is None  # built by the first diffusion search, or by save
+    assert run_queries(index, ukbench_subset, progress=False).scores["N-S"] >= 3.2
+    assert index.graph.n_images == len(index)
+    index.save(str(tmp_path / "idx"))
+    loaded = load_index(str(tmp_path / "idx"), cache_dir=map_cache)
+    assert loaded.info()["diffusion_graph"]["nodes"] == len(index)
+    query = ukbench_subset.queries[5].path
+    assert [(r.name, r.score) for r in loaded.search(query)] == [(r.name, r.score) for r in index.search(query)]
+    # the same index serves plain rmac search, and diffusion options per call
+    assert loaded.serves("rmac") and [r.name for r in loaded.search(query, options="rmac")][:1] == ["ukbench00005.jpg"]
+    loaded.remove(["ukbench00006.jpg"])
+    assert loaded.graph is None and loaded.info()["diffusion_graph"].startswith("none")
+    names = [r.name for r in loaded.search(query, top_k=3)]
+    assert names[0] == "ukbench00005.jpg" and "ukbench00006.jpg" not in names
+    assert loaded.graph.n_images == len(loaded) == len(index) - 1

@@ -40,7 +40,7 @@ def test_global_ranking_and_region_reranking(rng):
     regions = [np.eye(4, dtype=np.float32)[[k]] for k in (3, 0, 1, 0)]
     dense.add(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), regions)
     query = np.array([1, 0, 0, 0], np.float32)
-    assert [e.slot for e in rank_global(query, dense, SearchOptions())] == [0, 1, 2, 3]
-    reranked = rank_global(query, dense, SearchOptions(region_rerank=2), top_k=3)
+    assert [e.slot for e in rank_global(query, query[None], dense, SearchOptions())] == [0, 1, 2, 3]
+    reranked = rank_global(query, query[None], dense, SearchOptions(region_rerank=2), top_k=3)
     assert [e.slot for e in reranked] == [1, 0, 2]  # only the top 2 are re-ranked: slot 3 stays last
     assert reranked[0].score == 1.0 and reranked[1].score == 0.0

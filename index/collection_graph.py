@@ -1,0 +1,76 @@
+"""The diffusion graph a global index keeps over its images, or over their regions.
+
+Built from the index's descriptors (``index.diffusion.knn_graph``) when a search
+first asks for diffusion, saved with the index, and dropped when images are added
+or removed (the next diffusion search rebuilds it): a graph never describes
+another collection than the one it ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.dense_index import DenseIndex
+from index.diffusion import DiffusionGraph, knn_graph
+from index.search_options import DiffusionConfig
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CollectionGraph:
+    """A diffusion graph over a collection.
+
+    Attributes:
+        graph: the normalised kNN graph; its nodes are the images (global) or their regions.
+        k: neighbours per node asked for (the graph's own ``k`` is smaller on tiny collections).
+        regional: nodes are regions.
+        node_image: (m,) int64 image slot of each node (``arange(n_images)`` when not regional).
+        n_images: images of the collection it was built from.
+    """
+
+    graph: DiffusionGraph
+    k: int
+    regional: bool
+    node_image: np.ndarray
+    n_images: int
+
+    @property
+    def key(self) -> tuple:
+        """(k, gamma, regional) as in ``DiffusionConfig.graph_key``."""
+        return self.k, self.graph.gamma, self.regional
+
+    @classmethod
+    def build(cls, dense: DenseIndex, config: DiffusionConfig) -> "CollectionGraph":
+        """The mutual kNN graph of ``dense``'s descriptors (or regions, per ``config.regional``)."""
+        if config.regional:
+            vectors, node_image = dense.regions, np.repeat(np.arange(len(dense)), np.diff(dense.region_offsets))
+        else:
+            vectors, node_image = dense.vectors, np.arange(len(dense))
+        return cls(knn_graph(vectors, k=config.k, gamma=config.gamma), config.k, config.regional,
+                   node_image.astype(np.int64), len(dense))
+
+    def image_nodes(self, slots: np.ndarray) -> np.ndarray:
+        """(t,) int64 nodes of the given image slots."""
+        return np.flatnonzero(np.isin(self.node_image, slots)) if self.regional else np.asarray(slots, np.int64)
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(metadata, arrays) for persistence."""
+        arrays = self.graph.to_arrays()
+        meta = {"kind": "collection-graph", "version": STATE_VERSION, "k": self.k, "graph_k": self.graph.k, "gamma": self.graph.gamma,
+                "regional": self.regional, "n_images": self.n_images}
+        return meta, {**{name: value for name, value in arrays.items() if name not in ("k", "gamma")},
+                      "node_image": self.node_image}
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict) -> "CollectionGraph":
+        """Rebuild from ``state_dict()`` output (ValueError when inconsistent)."""
+        if meta.get("kind") != "collection-graph" or meta.get("version") != STATE_VERSION:
+            raise ValueError(f"not a version-{STATE_VERSION} collection graph")
+        graph = DiffusionGraph.from_arrays({**arrays, "k": np.array(meta["graph_k"]), "gamma": np.array(meta["gamma"])})
+        node_image = np.asarray(arrays["node_image"], np.int64)
+        n_images = int(meta["n_images"])
+        if node_image.shape != (graph.n,) or (len(node_image) and (node_image.min() < 0 or node_image.max() >= n_images)):
+            raise ValueError("collection graph arrays are inconsistent")
+        return cls(graph, int(meta["k"]), bool(meta["regional"]), node_image, n_images)
