@@ -103,6 +103,17 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
                  "--top-k", "2", "--cache", cache]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
+                 "--diffusion", "global", "--diffusion-alpha", "0.6", "--expand", "2", "--expand-alpha", "3",
+                 "--cache", cache]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--diffusion", "regional"]) == 1
+    assert "regional diffusion needs an index that stores R-MAC regions" in capsys.readouterr().err
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--expand-alpha", "3"]) == 1
+    assert "--expand-alpha needs query expansion" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "ukbench", "--root", str(image_folder), "--method", "fusion",
+                 "--train-root", other, "--whiten-root", other, "--branching", "20", "--cache", cache]) == 0
+    assert "fusion  N-S" in capsys.readouterr().out
     assert main(["index", str(image_folder), "-o", str(tmp_path / "self"), "--method", "gem",
                  "--whiten-root", str(image_folder), "--cache", cache]) == 0
     assert "the whitening is learned on 17 of the indexed images" in capsys.readouterr().err  # broken.jpg too

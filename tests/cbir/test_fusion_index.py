@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import pytest
 
 pytest.importorskip("torch")
@@ -13,17 +16,22 @@ from index.search_options import SearchOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def fusion(ukbench_subset, small_vocabulary, feature_cache_dir, data_dir):
-    """sift-he (the session's small vocabulary) and rmac-diffusion (whitening learned on other
-    UKBench images) over the 60-image subset."""
-    import os
+def new_fusion(ukbench_subset, small_vocabulary, feature_cache_dir, data_dir):
+    """Empty fusion indexes: sift-he (the session's small vocabulary) and rmac-diffusion (whitening
+    learned on other UKBench images)."""
     others = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
     hamming, _ = learn_hamming(ukbench_subset.database_paths, "sift-he", small_vocabulary, feature_cache_dir,
                                progress=False)
-    whitening, _ = learn_global_whitening(others, "rmac", feature_cache_dir, progress=False)
-    index = FusionIndex("fusion", RetrievalIndex("sift-he", small_vocabulary, hamming=hamming,
-                                                 cache_dir=feature_cache_dir),
-                        GlobalIndex("rmac-diffusion", whitening, feature_cache_dir), feature_cache_dir)
+    whitening, _ = learn_global_whitening(others, "rmac-rr", feature_cache_dir, progress=False)
+    return lambda: FusionIndex(
+        "fusion", RetrievalIndex("sift-he", small_vocabulary, hamming=hamming, cache_dir=feature_cache_dir),
+        GlobalIndex("rmac-diffusion", whitening, feature_cache_dir), feature_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def fusion(new_fusion, ukbench_subset):
+    """A fusion index of the 60-image UKBench subset."""
+    index = new_fusion()
     index_dataset(index, ukbench_subset, n_jobs=2, progress=False)
     return index
 
@@ -59,3 +67,36 @@ def test_fusion_index_saves_removes_and_refuses_foreign_options(fusion, ukbench_
         empty_index("fusion")
     with pytest.raises(Exception, match="needs a vocabulary or training images"):
         build_index("fusion")
+
+
+def test_revisitop_protocol_with_query_boxes_runs_the_refined_pipelines(new_fusion, data_dir, feature_cache_dir,
+                                                                       tmp_path):
+    """A landmark set in the revisitop layout: two Sacre-Coeur photos queried by a box around the
+    basilica, the eight others to find among 40 Holidays photos."""
+    from index.datasets import load_dataset
+    photos = sorted(os.listdir(os.path.join(data_dir, "sacre_coeur")))
+    distractors = sorted(os.listdir(os.path.join(data_dir, "holidays")))[:40]
+    os.makedirs(tmp_path / "jpg")
+    for i, name in enumerate(photos):
+        os.symlink(os.path.join(data_dir, "sacre_coeur", name), tmp_path / "jpg" / (f"q{i}.jpg" if i < 2 else f"sc{i}.jpg"))
+    for name in distractors:
+        os.symlink(os.path.join(data_dir, "holidays", name), tmp_path / "jpg" / name)
+    imlist = [f"sc{i}" for i in range(2, len(photos))] + [os.path.splitext(n)[0] for n in distractors]
+    from PIL import Image
+    boxes = []
+    for i in range(2):
+        w, h = Image.open(tmp_path / "jpg" / f"q{i}.jpg").size
+        boxes.append([w * 0.2, h * 0.1, w * 0.8, h * 0.9])
+    gnd = {"imlist": imlist, "qimlist": ["q0", "q1"],
+           "gnd": [{"easy": list(range(8)), "hard": [], "junk": [], "bbx": box} for box in boxes]}
+    with open(tmp_path / "gnd_rsacre.pkl", "wb") as handle:
+        pickle.dump(gnd, handle)
+    dataset = load_dataset("revisitop", str(tmp_path))
+    index = new_fusion()
+    regional = GlobalIndex("rmac-rr-diffusion", index.dense.whitening, feature_cache_dir)
+    for each in (index, regional):
+        index_dataset(each, dataset, n_jobs=2, progress=False)
+    for part, options in ((index, "fusion"), (index.dense, "rmac-diffusion"), (index.dense, "rmac-qe"),
+                          (regional, "rmac-rr-diffusion")):
+        scores = run_queries(part, dataset, options, progress=False).scores
+        assert scores["M"] >= 0.9, (options, scores)
