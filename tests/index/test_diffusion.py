@@ -1,12 +1,14 @@
 import io
+import time
 
 import numpy as np
 import pytest
 from scipy import sparse
 
+from index import diffusion
 from index.diffusion import (DiffusionGraph, csr_from_arrays, csr_to_arrays, diffuse, diffuse_offline,
-                             graph_from_affinity, knn_graph, offline_rows, pair_affinity, pool_to_images,
-                             query_seed)
+                             graph_from_affinity, graph_from_neighbours, knn_graph, offline_rows, pair_affinity,
+                             pool_to_images, query_seed)
 
 
 def unit(vectors):
@@ -196,3 +198,62 @@ def test_small_collections_use_every_other_node(n, rng):
                        diffuse(graph, y, iterations=100), rtol=1e-4, atol=1e-6)
     if n == 1:
         assert np.allclose(f, y)  # an isolated node keeps its seed
+
+
+def clustered(rng, groups=300, size=10, d=32, noise=0.5):
+    """(groups * size, d) unit vectors: groups of near-duplicates around random centres."""
+    centres = np.repeat(unit(rng.standard_normal((groups, d))), size, axis=0)
+    return unit(centres + noise / np.sqrt(d) * rng.standard_normal(centres.shape))
+
+
+def test_hnsw_search_recovers_most_mutual_edges_quickly(rng):
+    vectors = clustered(rng)
+    exact = knn_graph(vectors, k=20, method="exact").affinity
+    start = time.perf_counter()
+    approximate = knn_graph(vectors, k=20, method="hnsw").affinity
+    assert time.perf_counter() - start < 5.0  # ~0.7 s on 2 loaded cores
+    assert abs(approximate - approximate.T).max() == 0 and np.all(approximate.diagonal() == 0)
+    kept = exact.multiply(approximate > 0)
+    assert kept.nnz >= 0.9 * exact.nnz and kept.sum() >= 0.95 * exact.sum()
+    assert abs(approximate.multiply(exact > 0) - kept).max() < 1e-5  # an edge found by both: same affinity
+
+
+def test_auto_search_is_exact_below_the_threshold_and_unknown_methods_fail(random_vectors):
+    assert len(random_vectors) < diffusion.EXACT_BELOW
+    auto, exact = knn_graph(random_vectors, k=10).affinity, knn_graph(random_vectors, k=10, method="exact").affinity
+    assert np.array_equal(auto.indptr, exact.indptr) and np.array_equal(auto.indices, exact.indices)
+    assert np.array_equal(auto.data, exact.data)
+    with pytest.raises(ValueError):
+        knn_graph(random_vectors, k=10, method="ivf")
+    with pytest.raises(ValueError):
+        diffusion.neighbour_index(random_vectors, "ivf")
+
+
+def test_a_search_that_finds_fewer_than_k_still_gives_a_valid_graph(random_vectors, monkeypatch):
+    search = diffusion._nearest_others
+
+    def short(*args):
+        neighbours, similarities = search(*args)
+        neighbours[::3, -4:] = -1  # as an approximate search may return
+        return neighbours, similarities
+
+    monkeypatch.setattr(diffusion, "_nearest_others", short)
+    for mutual in (True, False):
+        graph = knn_graph(random_vectors, k=10, mutual=mutual)
+        assert graph.k == 10 and graph.affinity.indices.min() >= 0
+        assert abs(graph.affinity - graph.affinity.T).max() == 0 and np.all(graph.affinity.diagonal() == 0)
+    assert np.diff(knn_graph(random_vectors, k=10, mutual=False).affinity.indptr)[::3].min() >= 6
+
+
+def test_mutuality_by_similarity_keeps_an_edge_whose_reverse_search_missed(random_vectors):
+    neighbours, similarities = diffusion._nearest_others(random_vectors, 10)
+    by_lists = graph_from_neighbours(neighbours, similarities).affinity
+    exact = knn_graph(random_vectors, k=10, method="exact").affinity
+    assert abs(by_lists - exact).max() == 0
+    assert abs(graph_from_neighbours(neighbours, similarities, by_similarity=True).affinity - exact).max() == 0
+    i, j = next((i, j) for i in range(80) for j in neighbours[i]
+                if by_lists[i, j] > 0 and list(neighbours[j]).index(i) < 9)  # i is not j's last neighbour
+    missed = neighbours.copy()
+    missed[j, list(neighbours[j]).index(i)] = -1  # j's search did not find i
+    assert graph_from_neighbours(missed, similarities).affinity[i, j] == 0
+    assert graph_from_neighbours(missed, similarities, by_similarity=True).affinity[i, j] == exact[i, j]
