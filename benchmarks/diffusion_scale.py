@@ -364,11 +364,11 @@ def exponent(rows: list[dict], value) -> str:
 
 def report(rows: list[dict], args, load_start: str, load_end: str, total_s: float) -> str:
     med = np.median
-    lines = [f"Load average (1 / 5 / 15 min) at the start {load_start}, at the end {load_end}: the 2 cores were "
-             f"shared with other benchmarks throughout, so every time here is pessimistic; the ratios to the "
-             f"kNN search (medians of per-query ratios) are the steadier numbers. The graph build uses both cores "
-             f"(faiss, BLAS); queries run on one thread (threadpoolctl), as a server answering several at once. "
-             f"Whole run {total_s / 60:.0f} min.", "",
+    lines = [f"Load average (1 / 5 / 15 min) at the start {load_start}, at the end {load_end}. The 2 cores are "
+             f"shared: other benchmarks ran on this machine during the session, so times can be pessimistic, and "
+             f"the ratios to the kNN search (medians of per-query ratios) are the steadier numbers. The graph build "
+             f"uses both cores itself (faiss, BLAS: a 1-min load of ~2 is this run alone); queries run on one "
+             f"thread (threadpoolctl), as a server answering several at once. Whole run {total_s / 60:.0f} min.", "",
              f"Synthetic {args.dim}-d unit vectors (groups of {GROUP_SIZES[0]}-{GROUP_SIZES[1]} near-duplicates "
              f"with the real GeM descriptors' statistics, see the script's docstring), k = {args.k} mutual "
              f"neighbours, gamma 3, alpha {args.alpha}, {args.iterations} conjugate-gradient iterations (tol 1e-6), "
@@ -455,7 +455,7 @@ def report(rows: list[dict], args, load_start: str, load_end: str, total_s: floa
                                                          if key.startswith("T") and "overlap" not in key]
                             + ([("offline", "offline")] if "offline" in t else []))
         lines += ["", f"Floor (global diffusion adds at most 20 ms per query at 10^4 images): {verdict} "
-                      f"(medians, on the loaded machine)."]
+                      f"(medians, one thread)."]
     if len(rows) > 1:
         shortest = min(int(s) for s in args.shortlists.split(","))
         lines += ["", "## How each grows", "",
@@ -467,7 +467,44 @@ def report(rows: list[dict], args, load_start: str, load_end: str, total_s: floa
                   f"* kNN search per query: {exponent(rows, lambda r: med(r['times']['knn']))}",
                   f"* diffusion on the whole graph per query: {exponent(rows, lambda r: med(r['times']['full']))}",
                   f"* diffusion truncated to T = {shortest}: "
-                  f"{exponent(rows, lambda r: med(r['times'].get(f'T{shortest}', [np.nan])))}"]
+                  f"{exponent(rows, lambda r: med(r['times'].get(f'T{shortest}', [np.nan])))}", ""]
+        last = rows[-1]
+        truncated = " / ".join(f"{med(r['times'][f'T{shortest}']):.1f}" for r in rows if f"T{shortest}" in r["times"])
+        lines.append(
+            f"The exact neighbour search compares every pair (~n^2 d) and is used only below "
+            f"{diffusion.EXACT_BELOW:,} vectors; HNSW inserts and searches each vector through a graph (~n log n d "
+            f"in theory)" + (f" and grew as n^{np.log(last['build_s'] / rows[-2]['build_s']) / np.log(last['n'] / rows[-2]['n']):.2f} "
+                             f"from {rows[-2]['n']:,} to {last['n']:,}" if rows[-2]["method"] == last["method"] == "hnsw" else "")
+            + f" ({last['build_s'] / 60:.1f} min at {last['n']:,} on 2 cores). The rest of the build (scipy) and "
+            f"the graph's bytes grow with the edges, ~n (mutual edges per node: "
+            f"{rows[0]['edges_per_node']:.1f} at {rows[0]['n']:,}, {last['edges_per_node']:.1f} at {last['n']:,}). "
+            f"Per query, the kNN search scans the database and diffusion on the whole graph does "
+            f"{args.iterations} sparse products with it: both ~n, diffusion {med(last['times']['full'] / last['times']['knn']):.1f}x "
+            f"the kNN search at {last['n']:,}. Truncated to T = {shortest} the solve no longer depends on n; what "
+            f"remains of n in it (top-T selection over n scores, the n-long seed and score vectors, scipy's column "
+            f"indexing) is small: it took {truncated} ms at the sizes above, "
+            f"{med(last['times'][f'T{shortest}'] / last['times']['knn']):.2f}x the kNN search at {last['n']:,}: with "
+            f"truncation a query costs the kNN search plus {med(last['times'][f'T{shortest}']):.1f} ms there.")
+        if "check" in last:
+            c, sweep = last["check"], last["check"]["sweep"]
+            lines.append("")
+            lines.append(
+                f"The approximate graph at {last['n']:,} (efSearch {diffusion.HNSW_EF_SEARCH}, against an exact "
+                f"search of {args.recall_nodes} sampled nodes): HNSW found "
+                f"{c['recall']:.2f} of the sampled nodes' exact {args.k} nearest ({c['weight']:.2f} of their "
+                f"affinity); the graph kept {c['edges']:.2f} of their exact mutual edges ({c['edge_weight']:.2f} of "
+                f"the affinity), {last['isolated']:.1%} of its nodes have no edge. efSearch {sweep[-1][0]} would find "
+                f"{sweep[-1][2]:.2f} ({sweep[-1][3]:.2f} of the affinity) for {sweep[-1][1] / sweep[0][1]:.1f}x the "
+                f"search time (knn_graph's ef_search argument).")
+        offline = [r for r in rows if "offline_s" in r]
+        if offline:
+            r = offline[-1]
+            lines.append("")
+            lines.append(
+                f"Offline diffusion was built only up to {r['n']:,} ({r['offline_s']:.0f} s): it solves one system per "
+                f"database node over the whole graph, ~n^2, so about {r['offline_s'] * 100 / 60:.0f} min at 10x the "
+                f"size and {r['offline_s'] * 1e4 / 3600:.0f} h at 100x, for rows of n x {TOP} entries; its queries "
+                f"({med(r['times']['offline']):.1f} ms at {r['n']:,}) are the cheapest.")
     return "\n".join(lines)
 
 
