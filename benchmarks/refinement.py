@@ -6,10 +6,11 @@ Hamming embedding); the diffusion graphs are built on the evaluated database its
 (unsupervised, no labels), as ``cbir eval`` does. Rows are what ``cbir eval --method M
 --train-root OTHER --whiten-root OTHER`` (plus the listed search options) reports.
 
-Verified-edge diffusion: every database image queries the sift-he index with spatial
-verification (``sift-he-sv``, top 100); pairs with at least ``--edge-inliers`` inliers
-are added to the rmac kNN graph's affinities with weight 1, then rmac-diffusion runs
-on that graph. (Measured here, not yet an index option.)
+Verified-edge diffusion (``FusionConfig.verified_edges``): while the fusion index is
+built, every added image queries its sift-he part with spatial verification (top 100);
+pairs with at least ``--edge-inliers`` inliers join their images in the rmac kNN graph
+with weight 1, and the CNN part's diffusion runs on that graph. Build times are given
+with and without it (extraction comes from the feature cache in both).
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ import numpy as np
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from cbir.build import build_index
 from cbir.evaluate import index_dataset, run_queries
-from cbir.fusion_index import FusionIndex
 from cbir.pipelines import get_pipeline
-from index.diffusion import graph_from_affinity, pair_affinity
+from index.search_options import FusionConfig, SearchOptions
 
 GLOBAL = ["spoc", "mac", "gem", "crow", "rmac"]
 QE = {"aqe": "AQE (top 2)", "alpha-qe": "alpha-QE (top 2, alpha 3)", "diffusion": "global diffusion"}
@@ -38,6 +38,7 @@ def parse_args():
     parser.add_argument("--methods", default=",".join(GLOBAL), help="global pipelines")
     parser.add_argument("--edge-inliers", type=int, default=10, help="inliers that make a verified edge")
     parser.add_argument("--jobs", type=int, default=2, help="extraction workers")
+    parser.add_argument("--fusion-only", action="store_true", help="only the fusion rows (and their parts)")
     parser.add_argument("--name", default="refinement", help="result file name under benchmarks/results")
     return parser.parse_args()
 
@@ -58,62 +59,63 @@ def variants(pipeline) -> dict:
             QE["diffusion"]: dataclasses.replace(base, diffusion=diffusion.diffusion)}
 
 
-def verified_graph_scores(fusion: FusionIndex, dataset, inliers: int) -> tuple[float, float, float]:
-    """(score, median query ms, verified edges per image) of rmac-diffusion on its kNN graph plus
-    the verified SIFT pairs of the database."""
-    dense, local = fusion.dense, fusion.local
-    options = dense.pipeline.search
-    dense.search(dataset.queries[0].path)  # builds the kNN graph
-    path_of = dict(zip(dataset.database, dataset.database_paths))
-    pairs = []
-    for slot in range(len(local)):
-        for result in local.search(path_of[local.names[slot]], top_k=100, options="sift-he-sv"):
-            if result.inliers is not None and result.inliers >= inliers and result.slot != slot:
-                pairs.append((slot, result.slot))
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    extra = pair_affinity(pairs, np.ones(len(pairs), np.float32), len(dense))
-    knn = dense.graph
-    dense.graph = dataclasses.replace(knn, graph=graph_from_affinity(knn.graph.affinity.maximum(extra),
-                                                                     knn.graph.k, knn.graph.gamma))
-    score, ms = evaluate(dense, dataset, options)
-    dense.graph = knn
-    return score, ms, extra.nnz / len(dense)
+def fusion_with_edges(inliers: int):
+    """The ``fusion`` pipeline with verified edges of at least ``inliers`` inliers."""
+    pipeline = get_pipeline("fusion")
+    return dataclasses.replace(pipeline, search=SearchOptions(fusion=dataclasses.replace(
+        pipeline.search.fusion, verified_edges=inliers)))
+
+
+def built(pipeline, dataset, other, args):
+    """(index of ``dataset`` built like ``pipeline`` with parts learned on ``other``, seconds to add the images)."""
+    index = build_index(pipeline, train_paths=other, whiten_paths=other, cache_dir=args.cache, n_jobs=args.jobs,
+                        progress=False)
+    started = time.perf_counter()
+    index_dataset(index, dataset, n_jobs=args.jobs, progress=False)
+    return index, time.perf_counter() - started
 
 
 def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
     rows: dict[str, dict[str, tuple]] = {}
+    builds: dict[str, dict[str, float]] = {}
     started = time.time()
     for name, dataset in datasets.items():
         other = datasets[OTHER[name]].database_paths
-        for method in args.methods.split(","):
+        for method in [] if args.fusion_only else args.methods.split(","):
             pipeline = get_pipeline(method)
             index = build_index(pipeline, whiten_paths=other, cache_dir=args.cache, n_jobs=args.jobs, progress=False)
             index_dataset(index, dataset, n_jobs=args.jobs, progress=False)
             for label, options in variants(pipeline).items():
                 rows.setdefault(f"{method}, {label}", {})[name] = evaluate(index, dataset, options)
                 print(f"{name} {method} {label}: {rows[f'{method}, {label}'][name]}", flush=True)
-        regional = build_index("rmac-rr-diffusion", whiten_paths=other, cache_dir=args.cache, n_jobs=args.jobs,
-                               progress=False)
-        index_dataset(regional, dataset, n_jobs=args.jobs, progress=False)
-        for label, options in (("rmac-rr (region re-ranking)", "rmac-rr"),
-                               ("rmac-rr-diffusion (regional diffusion)", "rmac-rr-diffusion")):
-            rows.setdefault(label, {})[name] = evaluate(regional, dataset, options)
-            print(f"{name} {label}: {rows[label][name]}", flush=True)
-        fusion = build_index("fusion", train_paths=other, whiten_paths=other, cache_dir=args.cache,
-                             n_jobs=args.jobs, progress=False)
-        index_dataset(fusion, dataset, n_jobs=args.jobs, progress=False)
+        if not args.fusion_only:
+            regional, _ = built("rmac-rr-diffusion", dataset, other, args)
+            for label, options in (("rmac-rr (region re-ranking)", "rmac-rr"),
+                                   ("rmac-rr-diffusion (regional diffusion)", "rmac-rr-diffusion")):
+                rows.setdefault(label, {})[name] = evaluate(regional, dataset, options)
+                print(f"{name} {label}: {rows[label][name]}", flush=True)
+        fusion, seconds = built("fusion", dataset, other, args)
+        builds.setdefault("fusion", {})[name] = (seconds, 0.0)
         for label, index, options in (("sift-he", fusion.local, "sift-he"),
                                       ("sift-he-sv-qe", fusion.local, "sift-he-sv-qe"),
                                       ("rmac-diffusion (fusion's CNN part)", fusion.dense, "rmac-diffusion"),
                                       ("**fusion**", fusion, "fusion")):
             rows.setdefault(label, {})[name] = evaluate(index, dataset, options)
             print(f"{name} {label}: {rows[label][name]}", flush=True)
-        score, ms, edges = verified_graph_scores(fusion, dataset, args.edge_inliers)
-        label = f"rmac-diffusion on kNN + verified edges (>= {args.edge_inliers} inliers)"
-        rows.setdefault(label, {})[name] = (score, ms)
-        print(f"{name} {label}: {score} ({edges:.1f} verified edges per image)", flush=True)
+        pipeline = fusion_with_edges(args.edge_inliers)
+        fusion, seconds = built(pipeline, dataset, other, args)
+        builds.setdefault(f"fusion, verified edges >= {args.edge_inliers} inliers", {})[name] = (
+            seconds, len(fusion.verified) / len(fusion))
+        dense = dataclasses.replace(get_pipeline("rmac-diffusion").search, diffusion=dataclasses.replace(
+            get_pipeline("rmac-diffusion").search.diffusion, verified_edges=args.edge_inliers))
+        for label, index, options in (
+                (f"rmac-diffusion on kNN + verified edges (>= {args.edge_inliers} inliers)", fusion.dense, dense),
+                (f"**fusion with verified edges** (>= {args.edge_inliers} inliers)", fusion, pipeline.search)):
+            rows.setdefault(label, {})[name] = evaluate(index, dataset, options)
+            print(f"{name} {label}: {rows[label][name]} ({len(fusion.verified) / len(fusion):.1f} verified pairs "
+                  f"per image)", flush=True)
     lines = ["Learned parts from the other set; graphs built on the evaluated database (no labels). "
              f"Total {(time.time() - started) / 60:.0f} min.", "",
              "| pipeline, refinement | Holidays-811 mAP | UKBench-1000 N-S | query ms median (H / U) |",
@@ -121,6 +123,11 @@ def main():
     for label, cells in rows.items():
         lines.append(f"| {label} | {cells['holidays'][0]:.4f} | {cells['ukbench'][0]:.4f} | "
                      f"{cells['holidays'][1]:.1f} / {cells['ukbench'][1]:.1f} |")
+    lines += ["", "Adding the images to a fusion index (features from the cache; graph built by the first search):", "",
+              "| index | Holidays-811 s | UKBench-1000 s | verified pairs per image (H / U) |", "|---|---|---|---|"]
+    for label, cells in builds.items():
+        lines.append(f"| {label} | {cells['holidays'][0]:.0f} | {cells['ukbench'][0]:.0f} | "
+                     f"{cells['holidays'][1]:.2f} / {cells['ukbench'][1]:.2f} |")
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
 
 

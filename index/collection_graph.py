@@ -3,7 +3,8 @@
 Built from the index's descriptors (``index.diffusion.knn_graph``) when a search
 first asks for diffusion, saved with the index, and dropped when images are added
 or removed (the next diffusion search rebuilds it): a graph never describes
-another collection than the one it ranks.
+another collection than the one it ranks. A fusion index adds its verified image
+pairs as edges (``verified_edges``).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.dense_index import DenseIndex
-from index.diffusion import DiffusionGraph, knn_graph
+from index.diffusion import DiffusionGraph, graph_from_affinity, knn_graph
 from index.search_options import DiffusionConfig
+from index.verified_pairs import VerifiedPairs
 
 STATE_VERSION = 1
 
@@ -28,6 +30,8 @@ class CollectionGraph:
         regional: nodes are regions.
         node_image: (m,) int64 image slot of each node (``arange(n_images)`` when not regional).
         n_images: images of the collection it was built from.
+        verified_edges: inliers of the verified pairs added as edges (0: a kNN graph alone).
+        edges: verified pairs added.
     """
 
     graph: DiffusionGraph
@@ -35,21 +39,33 @@ class CollectionGraph:
     regional: bool
     node_image: np.ndarray
     n_images: int
+    verified_edges: int = 0
+    edges: int = 0
 
     @property
     def key(self) -> tuple:
-        """(k, gamma, regional) as in ``DiffusionConfig.graph_key``."""
-        return self.k, self.graph.gamma, self.regional
+        """(k, gamma, regional, verified_edges) as in ``DiffusionConfig.graph_key``."""
+        return self.k, self.graph.gamma, self.regional, self.verified_edges
 
     @classmethod
-    def build(cls, dense: DenseIndex, config: DiffusionConfig) -> "CollectionGraph":
-        """The mutual kNN graph of ``dense``'s descriptors (or regions, per ``config.regional``)."""
+    def build(cls, dense: DenseIndex, config: DiffusionConfig,
+              verified: VerifiedPairs | None = None) -> "CollectionGraph":
+        """The mutual kNN graph of ``dense``'s descriptors (or regions, per ``config.regional``), with
+        the ``verified`` pairs of at least ``config.verified_edges`` inliers as edges of weight 1
+        (ValueError when the config asks for them and there are none to give)."""
         if config.regional:
             vectors, node_image = dense.regions, np.repeat(np.arange(len(dense)), np.diff(dense.region_offsets))
         else:
             vectors, node_image = dense.vectors, np.arange(len(dense))
-        return cls(knn_graph(vectors, k=config.k, gamma=config.gamma), config.k, config.regional,
-                   node_image.astype(np.int64), len(dense))
+        graph, edges = knn_graph(vectors, k=config.k, gamma=config.gamma), 0
+        if config.verified_edges:
+            if verified is None:
+                raise ValueError("verified-edge diffusion needs the verified image pairs that a fusion index "
+                                 "keeps; this index has none")
+            extra = verified.affinity(len(dense), config.verified_edges)
+            graph, edges = graph_from_affinity(graph.affinity.maximum(extra), graph.k, graph.gamma), extra.nnz // 2
+        return cls(graph, config.k, config.regional, node_image.astype(np.int64), len(dense),
+                   config.verified_edges, edges)
 
     def image_nodes(self, slots: np.ndarray) -> np.ndarray:
         """(t,) int64 nodes of the given image slots."""
@@ -59,7 +75,8 @@ class CollectionGraph:
         """(metadata, arrays) for persistence."""
         arrays = self.graph.to_arrays()
         meta = {"kind": "collection-graph", "version": STATE_VERSION, "k": self.k, "graph_k": self.graph.k, "gamma": self.graph.gamma,
-                "regional": self.regional, "n_images": self.n_images}
+                "regional": self.regional, "n_images": self.n_images, "verified_edges": self.verified_edges,
+                "edges": self.edges}
         return meta, {**{name: value for name, value in arrays.items() if name not in ("k", "gamma")},
                       "node_image": self.node_image}
 
@@ -73,4 +90,5 @@ class CollectionGraph:
         n_images = int(meta["n_images"])
         if node_image.shape != (graph.n,) or (len(node_image) and (node_image.min() < 0 or node_image.max() >= n_images)):
             raise ValueError("collection graph arrays are inconsistent")
-        return cls(graph, int(meta["k"]), bool(meta["regional"]), node_image, n_images)
+        return cls(graph, int(meta["k"]), bool(meta["regional"]), node_image, n_images,
+                   int(meta.get("verified_edges", 0)), int(meta.get("edges", 0)))

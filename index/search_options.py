@@ -55,6 +55,9 @@ class DiffusionConfig:
         shortlist: solve only over the query's top results by descriptor similarity
             (truncation; 0: the whole graph). The rest follows in descriptor order.
         pooling: regional graphs: image score = ``sum`` or ``max`` of its regions' scores.
+        verified_edges: also join the images of every spatially verified pair with at least
+            this many inliers (weight 1, as strong as a duplicate); 0: the kNN graph alone.
+            Only indexes that hold verified pairs (the CNN part of a fusion index) have them.
     """
 
     k: int = 10
@@ -65,10 +68,13 @@ class DiffusionConfig:
     iterations: int = 20
     shortlist: int = 0
     pooling: str = "sum"
+    verified_edges: int = 0
 
     def __post_init__(self):
-        if self.k < 1 or self.query_k < 1 or self.iterations < 1 or self.shortlist < 0:
-            raise ValueError("diffusion needs k, query_k and iterations >= 1 and shortlist >= 0")
+        if self.k < 1 or self.query_k < 1 or self.iterations < 1 or self.shortlist < 0 or self.verified_edges < 0:
+            raise ValueError("diffusion needs k, query_k and iterations >= 1, shortlist and verified_edges >= 0")
+        if self.regional and self.verified_edges:
+            raise ValueError("verified edges join images: they need a graph of images, not of regions")
         if not 0 < self.alpha < 1:
             raise ValueError(f"diffusion alpha must lie in (0, 1), got {self.alpha}")
         if self.pooling not in ("sum", "max"):
@@ -77,7 +83,7 @@ class DiffusionConfig:
     @property
     def graph_key(self) -> tuple:
         """What the graph depends on (a graph built with another key is rebuilt)."""
-        return self.k, self.gamma, self.regional
+        return self.k, self.gamma, self.regional, self.verified_edges
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,10 @@ class FusionConfig:
         local_weight: weight of the local ranking.
         rank_offset: the constant c of reciprocal-rank fusion.
         verified_inliers: inliers that put an image first (0: no such rule).
+        verified_edges: verify each added image against the collection (the local part's
+            verification, its top results) and add the pairs with at least this many inliers
+            as edges of the global part's diffusion graph (0: none). It costs one verified
+            query per added image at indexing time.
     """
 
     local: str = "sift-he-sv-qe"
@@ -102,10 +112,12 @@ class FusionConfig:
     local_weight: float = 0.7
     rank_offset: float = 3.0
     verified_inliers: int = 10
+    verified_edges: int = 0
 
     def __post_init__(self):
-        if self.local_weight < 0 or self.rank_offset <= 0 or self.verified_inliers < 0:
-            raise ValueError("fusion needs local_weight >= 0, rank_offset > 0 and verified_inliers >= 0")
+        if self.local_weight < 0 or self.rank_offset <= 0 or self.verified_inliers < 0 or self.verified_edges < 0:
+            raise ValueError("fusion needs local_weight >= 0, rank_offset > 0, verified_inliers and "
+                             "verified_edges >= 0")
 
 
 @dataclass(frozen=True)

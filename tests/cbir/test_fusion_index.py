@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pickle
 
@@ -11,8 +12,10 @@ from cbir.evaluate import index_dataset, run_queries  # noqa: E402
 from cbir.fusion_index import FusionIndex  # noqa: E402
 from cbir.global_index import GlobalIndex  # noqa: E402
 from cbir.retrieval_index import RetrievalIndex  # noqa: E402
+from cbir.pipelines import get_pipeline  # noqa: E402
 from cbir.searchable import load_index  # noqa: E402
-from index.search_options import SearchOptions  # noqa: E402
+from index.persistence import IndexFormatError  # noqa: E402
+from index.search_options import FusionConfig, SearchOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +26,8 @@ def new_fusion(ukbench_subset, small_vocabulary, feature_cache_dir, data_dir):
     hamming, _ = learn_hamming(ukbench_subset.database_paths, "sift-he", small_vocabulary, feature_cache_dir,
                                progress=False)
     whitening, _ = learn_global_whitening(others, "rmac-rr", feature_cache_dir, progress=False)
-    return lambda: FusionIndex(
-        "fusion", RetrievalIndex("sift-he", small_vocabulary, hamming=hamming, cache_dir=feature_cache_dir),
+    return lambda pipeline="fusion": FusionIndex(
+        pipeline, RetrievalIndex("sift-he", small_vocabulary, hamming=hamming, cache_dir=feature_cache_dir),
         GlobalIndex("rmac-diffusion", whitening, feature_cache_dir), feature_cache_dir)
 
 
@@ -67,6 +70,40 @@ def test_fusion_index_saves_removes_and_refuses_foreign_options(fusion, ukbench_
         empty_index("fusion")
     with pytest.raises(Exception, match="needs a vocabulary or training images"):
         build_index("fusion")
+
+
+def test_verified_edges_join_only_same_object_images_and_follow_additions_and_removals(new_fusion, ukbench_subset):
+    pipeline = dataclasses.replace(get_pipeline("fusion"), search=SearchOptions(fusion=FusionConfig(verified_edges=10)))
+    index = new_fusion(pipeline)
+    paths, names = ukbench_subset.database_paths, ukbench_subset.database
+    index.add_images(paths[:40], names[:40], n_jobs=2, progress=False)
+    index.add_images(paths[40:], names[40:], n_jobs=2, progress=False)  # verified against the first 40 too
+
+    def objects(idx):
+        return [[int(idx.names[s][7:12]) // 4 for s in pair] for pair in idx.verified.pairs]
+
+    assert len(index.verified) >= 45 and all(a == b for a, b in objects(index))  # of 90 same-object pairs
+    assert len({tuple(p) for p in objects(index)}) >= 12  # spread over the 15 objects
+    plain = run_queries(index.dense, ukbench_subset, "rmac-diffusion", progress=False).scores["N-S"]
+    fused = run_queries(index, ukbench_subset, progress=False).scores["N-S"]
+    graph = index.dense.graph
+    assert graph.verified_edges == 10 and graph.edges == len(index.verified)
+    joined = run_queries(index.dense, ukbench_subset, dataclasses.replace(
+        get_pipeline("rmac-diffusion").search, diffusion=dataclasses.replace(
+            get_pipeline("rmac-diffusion").search.diffusion, verified_edges=10)), progress=False).scores["N-S"]
+    assert joined >= plain and min(joined, fused) >= 3.9, (plain, joined, fused)  # lifts: benchmarks/refinement.py
+    before = len(index.verified)
+    index.remove(["ukbench00005.jpg", "ukbench00030.jpg"])
+    assert 0 < len(index.verified) < before and all(a == b for a, b in objects(index))
+    assert index.dense.graph is None  # rebuilt with the renumbered pairs by the next search
+    meta, arrays = index.state_dict()
+    again = FusionIndex.from_state_dict(meta, arrays)
+    assert again.verified.pairs.tolist() == index.verified.pairs.tolist()
+    index.search(ukbench_subset.queries[0].path)
+    meta, arrays = index.state_dict()
+    meta["dense"]["graph"]["edges"] += 1
+    with pytest.raises(IndexFormatError, match="other verified pairs"):
+        FusionIndex.from_state_dict(meta, arrays)._check_sizes("saved")
 
 
 def test_revisitop_protocol_with_query_boxes_runs_the_refined_pipelines(new_fusion, data_dir, feature_cache_dir,

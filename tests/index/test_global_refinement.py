@@ -76,7 +76,7 @@ def test_graph_state_round_trip_and_checks():
     dense = DenseIndex(3)
     dense.add(chains())
     graph = CollectionGraph.build(dense, DiffusionConfig(k=50))
-    assert graph.key == (50, 3.0, False) and graph.graph.k == 39  # asked for 50, 40 nodes
+    assert graph.key == (50, 3.0, False, 0) and graph.graph.k == 39  # asked for 50, 40 nodes
     meta, arrays = graph.state_dict()
     again = CollectionGraph.from_state_dict(meta, arrays)
     assert again.key == graph.key and (again.graph.transition != graph.graph.transition).nnz == 0
