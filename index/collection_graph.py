@@ -8,16 +8,21 @@ pairs as edges (``verified_edges``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import sparse
 
 from index.dense_index import DenseIndex
-from index.diffusion import DiffusionGraph, graph_from_affinity, knn_graph
+from index.diffusion import (DiffusionGraph, csr_from_arrays, csr_to_arrays, graph_from_affinity, knn_graph,
+                             offline_rows)
 from index.search_options import DiffusionConfig
 from index.verified_pairs import VerifiedPairs
 
 STATE_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class CollectionGraph:
         n_images: images of the collection it was built from.
         verified_edges: inliers of the verified pairs added as edges (0: a kNN graph alone).
         edges: verified pairs added.
+        offline: precomputed diffusion rows, ``{(top, alpha, iterations): (m, m) csr_array}`` (at most
+            one entry; see :meth:`offline_rows`).
     """
 
     graph: DiffusionGraph
@@ -41,6 +48,7 @@ class CollectionGraph:
     n_images: int
     verified_edges: int = 0
     edges: int = 0
+    offline: dict = field(default_factory=dict, compare=False)
 
     @property
     def key(self) -> tuple:
@@ -71,14 +79,30 @@ class CollectionGraph:
         """(t,) int64 nodes of the given image slots."""
         return np.flatnonzero(np.isin(self.node_image, slots)) if self.regional else np.asarray(slots, np.int64)
 
+    def offline_rows(self, config: DiffusionConfig) -> sparse.csr_array:
+        """Every node's ``config.offline`` largest diffusion scores with ``config``'s alpha and
+        iterations, computed at the first call (about n solves) and kept with the graph."""
+        key = (config.offline, config.alpha, config.iterations)
+        rows = self.offline.get(key)
+        if rows is None:
+            logger.info("precomputing offline diffusion rows of %d nodes (top %d)", self.graph.n, config.offline)
+            rows = offline_rows(self.graph, config.alpha, config.iterations, config.offline)
+            self.offline.clear()
+            self.offline[key] = rows
+        return rows
+
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) for persistence."""
         arrays = self.graph.to_arrays()
         meta = {"kind": "collection-graph", "version": STATE_VERSION, "k": self.k, "graph_k": self.graph.k, "gamma": self.graph.gamma,
                 "regional": self.regional, "n_images": self.n_images, "verified_edges": self.verified_edges,
-                "edges": self.edges}
-        return meta, {**{name: value for name, value in arrays.items() if name not in ("k", "gamma")},
-                      "node_image": self.node_image}
+                "edges": self.edges, "offline": None}
+        arrays = {**{name: value for name, value in arrays.items() if name not in ("k", "gamma")},
+                  "node_image": self.node_image}
+        for (top, alpha, iterations), rows in list(self.offline.items()):
+            meta["offline"] = {"top": top, "alpha": alpha, "iterations": iterations}
+            arrays.update({f"offline_{name}": value for name, value in csr_to_arrays(rows).items()})
+        return meta, arrays
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "CollectionGraph":
@@ -90,5 +114,13 @@ class CollectionGraph:
         n_images = int(meta["n_images"])
         if node_image.shape != (graph.n,) or (len(node_image) and (node_image.min() < 0 or node_image.max() >= n_images)):
             raise ValueError("collection graph arrays are inconsistent")
+        offline = {}
+        if meta.get("offline"):
+            rows = csr_from_arrays({name[len("offline_"):]: value for name, value in arrays.items()
+                                    if name.startswith("offline_")})
+            if rows.shape != (graph.n, graph.n):
+                raise ValueError("offline diffusion rows do not fit the collection graph")
+            offline[(int(meta["offline"]["top"]), float(meta["offline"]["alpha"]),
+                     int(meta["offline"]["iterations"]))] = rows
         return cls(graph, int(meta["k"]), bool(meta["regional"]), node_image, n_images,
-                   int(meta.get("verified_edges", 0)), int(meta.get("edges", 0)))
+                   int(meta.get("verified_edges", 0)), int(meta.get("edges", 0)), offline)

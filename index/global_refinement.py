@@ -9,7 +9,7 @@ import numpy as np
 
 from index.collection_graph import CollectionGraph
 from index.dense_index import DenseIndex
-from index.diffusion import diffuse, pool_to_images, query_seed
+from index.diffusion import diffuse, diffuse_offline, pool_to_images, query_seed
 from index.kernels import top_indices
 from index.search_options import DiffusionConfig, ExpansionConfig
 
@@ -43,7 +43,8 @@ def diffusion_scores(scores: np.ndarray, rows: np.ndarray, dense: DenseIndex, gr
     The query enters through its ``query_k`` most similar nodes (seeds ``similarity ** gamma``;
     regional graphs: the nearest regions of each query row, summed); scores solve
     ``(I - alpha S) f = y``, restricted to the images of the descriptor shortlist when
-    ``config.shortlist`` is set; regional node scores are pooled to images.
+    ``config.shortlist`` is set, or read from the graph's precomputed rows when ``config.offline``
+    is (computed at the first such call); regional node scores are pooled to images.
 
     Args:
         scores: (n,) float32 descriptor similarities of the query to every image.
@@ -59,8 +60,11 @@ def diffusion_scores(scores: np.ndarray, rows: np.ndarray, dense: DenseIndex, gr
     nodes = None
     if config.shortlist:
         nodes = graph.image_nodes(top_indices(scores, config.shortlist))
-    f = diffuse(graph.graph, query_seed(node_scores, config.query_k, graph.graph.gamma), config.alpha,
-                config.iterations, shortlist=nodes)
+    seed = query_seed(node_scores, config.query_k, graph.graph.gamma)
+    if config.offline:
+        f = diffuse_offline(graph.offline_rows(config), seed)
+    else:
+        f = diffuse(graph.graph, seed, config.alpha, config.iterations, shortlist=nodes)
     if graph.regional:
         return pool_to_images(f, graph.node_image, graph.n_images, config.pooling)
     return f

@@ -57,6 +57,17 @@ def test_diffusion_search_follows_the_query_s_own_manifold():
     assert sorted(e.slot for e in short[:5]) == sorted(knn[:5])
     assert [e.slot for e in short[5:]] == knn[5:]
     assert all(e.score == 0 for e in short[5:])
+    # Offline rows (every node's top 40 = all of them): the same ranking without a per-query solve.
+    offline = dataclasses.replace(config, offline=40)
+    ranked = rank_global(query, query[None], dense, SearchOptions(diffusion=offline), graph=graph)
+    assert [e.slot for e in ranked[:20]] == diffused[:20]
+    assert list(graph.offline) == [(40, 0.99, 50)]
+    meta, arrays = graph.state_dict()
+    again = CollectionGraph.from_state_dict(meta, arrays)
+    assert [e.slot for e in rank_global(query, query[None], dense, SearchOptions(diffusion=offline),
+                                        graph=again)] == [e.slot for e in ranked]
+    with pytest.raises(ValueError, match="set offline or shortlist"):
+        dataclasses.replace(config, offline=40, shortlist=5)
 
 
 def test_regional_graph_pools_region_scores_to_images():
