@@ -1,4 +1,6 @@
-"""PCA whitening of descriptors (learned on one dataset, applied to another)."""
+"""Whitening of descriptors (learned on one dataset, applied to another): PCA whitening, or
+learned whitening (Lw, Radenović et al. 2016) from matching pairs. Both are a linear map
+``x -> l2((x - mean) @ projection)`` and share one class, so whatever applies one applies the other."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +8,9 @@ import numpy as np
 from cnn.pooling import l2_normalize
 
 STATE_VERSION = 1
+#: How a whitening was learned (``PCAWhitening.method``); saved in the state's meta only when not "pca",
+#: so states saved before Lw existed load unchanged, as "pca".
+METHODS = ("pca", "learned")
 
 
 class PCAWhitening:
@@ -14,9 +19,14 @@ class PCAWhitening:
     Args:
         mean: (d,) float32.
         projection: (d, k) float32.
+        method: ``"pca"`` (:meth:`learn`) or ``"learned"`` (:meth:`learn_from_pairs`); applying
+            does not depend on it.
     """
 
-    def __init__(self, mean: np.ndarray, projection: np.ndarray):
+    def __init__(self, mean: np.ndarray, projection: np.ndarray, method: str = "pca"):
+        if method not in METHODS:
+            raise ValueError(f"unknown whitening method {method!r}; known: {', '.join(METHODS)}")
+        self.method = method
         self.mean = np.asarray(mean, np.float32)
         self.projection = np.asarray(projection, np.float32)
         if self.mean.ndim != 1 or self.projection.ndim != 2 or self.projection.shape[0] != len(self.mean):
@@ -46,16 +56,67 @@ class PCAWhitening:
         values = np.maximum(values, eps * values[0])
         return cls(mean.astype(np.float32), (vectors / np.sqrt(values)).astype(np.float32))
 
+    @classmethod
+    def learn_from_pairs(cls, x: np.ndarray, pairs: np.ndarray, dim: int | None = None, eps: float = 1e-2,
+                         population: np.ndarray | None = None) -> "PCAWhitening":
+        """Learned whitening (Lw; Radenović, Tolias, Chum, CVPR 2016; cirtorch ``whitenlearn``).
+
+        Matching vectors should coincide and the rest spread: with ``S`` the covariance of the
+        matching-pair differences ``x[i] - x[j]`` and ``P1 = S^-1/2``, the pairs' differences
+        get identity covariance; then PCA of ``P1 (v - mean)`` over the population (a rotation,
+        no further scaling, as in cirtorch) orders the directions by how much the population
+        still varies along them, and the top ``dim`` are kept. Projection: ``P1 @ eigvecs[:, :dim]``.
+
+        cirtorch inverts the Cholesky factor of ``S``; any ``P1`` with ``P1 S P1^T = I`` gives the
+        same result up to the signs of the kept directions, and the inverse square root lets
+        eigenvalues of ``S`` below ``eps`` times the largest be clamped: with fewer pairs than
+        dimensions ``S`` is singular, and unconstrained directions would otherwise be amplified
+        without bound.
+
+        Args:
+            x: (n, d) L2-normalised vectors the pairs index into.
+            pairs: (m, 2) int indices of matching vectors (e.g. ``MinedPairs.pairs``).
+            dim: components kept (default: all d).
+            eps: eigenvalues of ``S`` are clamped at ``eps`` times the largest (amplification
+                at most ``eps ** -0.5`` relative to the most variable difference direction).
+            population: (N, d) vectors the mean and the PCA step are taken over (default: ``x``);
+                e.g. all R-MAC region vectors while ``x`` holds the per-image vectors.
+
+        Returns:
+            a whitening with ``method == "learned"`` (applied like any other).
+        """
+        x = np.asarray(x, np.float64)
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        if len(pairs) < 1:
+            raise ValueError("learned whitening needs at least one matching pair")
+        if pairs.min() < 0 or pairs.max() >= len(x):
+            raise ValueError(f"pair indices must lie in [0, {len(x)}) (the rows of x)")
+        population = x if population is None else np.asarray(population, np.float64)
+        if population.ndim != 2 or population.shape[1] != x.shape[1] or len(population) < 2:
+            raise ValueError(f"population {population.shape} must hold at least 2 vectors of x's {x.shape[1]} dims")
+        differences = x[pairs[:, 0]] - x[pairs[:, 1]]
+        values, vectors = np.linalg.eigh(differences.T @ differences / len(differences))
+        values = np.maximum(values, eps * max(values[-1], 1e-30))
+        inverse_root = (vectors / np.sqrt(values)) @ vectors.T  # S^-1/2, symmetric
+        mean = population.mean(axis=0)
+        whitened = (population - mean) @ inverse_root
+        values, vectors = np.linalg.eigh(whitened.T @ whitened / len(whitened))
+        keep = min(dim or x.shape[1], x.shape[1])
+        vectors = vectors[:, np.argsort(values)[::-1][:keep]]
+        return cls(mean.astype(np.float32), (inverse_root @ vectors).astype(np.float32), method="learned")
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(n, d) -> (n, k) float32 whitened and L2-normalised."""
         return l2_normalize((np.asarray(x, np.float32) - self.mean) @ self.projection)
 
     def state_dict(self) -> tuple[dict, dict]:
-        return ({"kind": "pca-whitening", "version": STATE_VERSION},
-                {"mean": self.mean, "projection": self.projection})
+        meta = {"kind": "pca-whitening", "version": STATE_VERSION}
+        if self.method != "pca":
+            meta["method"] = self.method
+        return meta, {"mean": self.mean, "projection": self.projection}
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "PCAWhitening":
         if meta.get("kind") != "pca-whitening" or meta.get("version") != STATE_VERSION:
             raise ValueError(f"not a version-{STATE_VERSION} PCA whitening")
-        return cls(arrays["mean"], arrays["projection"])
+        return cls(arrays["mean"], arrays["projection"], meta.get("method", "pca"))

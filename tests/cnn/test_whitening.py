@@ -45,3 +45,61 @@ def test_state_round_trip_and_refusals(correlated):
         PCAWhitening(whitening.mean[:7], whitening.projection)
     with pytest.raises(ValueError):
         PCAWhitening.learn(correlated[:1])
+
+
+def _classes_with_nuisance(rng, n_classes=300, views=2):
+    """Views of classes in 8-d, rotated by a known orthogonal map.
+
+    Before the rotation: class centres vary along axes 0-3 (std 1, the discriminative
+    directions); each view adds a within-class nuisance along axes 4, 5 (std 3, larger than
+    the classes' spread) and small noise everywhere (std 0.1). Returns (x, pairs, rotation)
+    with x = z @ rotation, pairs = the (view 0, view 1) rows of each class.
+    """
+    rotation = np.linalg.qr(rng.standard_normal((8, 8)))[0]
+    centres = np.zeros((n_classes, 8))
+    centres[:, :4] = rng.standard_normal((n_classes, 4))
+    z = np.repeat(centres, views, axis=0) + rng.standard_normal((n_classes * views, 8)) * 0.1
+    z[:, 4:6] += rng.standard_normal((n_classes * views, 2)) * 3.0
+    pairs = np.arange(n_classes * views).reshape(n_classes, views)[:, :2]
+    return z @ rotation + 0.5, pairs, rotation
+
+
+def test_learned_whitening_makes_pair_differences_white_and_keeps_the_discriminative_directions(rng):
+    x, pairs, rotation = _classes_with_nuisance(rng)
+    lw = PCAWhitening.learn_from_pairs(x, pairs, eps=1e-6)
+    assert lw.method == "learned" and (lw.input_dim, lw.output_dim) == (8, 8)
+    differences = (x[pairs[:, 0]] - x[pairs[:, 1]]) @ lw.projection
+    assert np.allclose(differences.T @ differences / len(differences), np.eye(8), atol=1e-6)
+    # The four directions kept first are the class-centre axes: the rotation's rows 0-3 map
+    # onto them, the nuisance rows 4 and 5 (3x the classes' spread) almost vanish there.
+    top = lw.projection[:, :4]
+    signal, nuisance = np.linalg.norm(rotation[:4] @ top), np.linalg.norm(rotation[4:6] @ top)
+    assert nuisance < 0.05 * signal
+    # PCA whitening keeps the largest variance instead: the nuisance first.
+    pca = PCAWhitening.learn(x, dim=4)
+    assert np.linalg.norm(rotation[4:6] @ pca.projection[:, :2]) > 10 * np.linalg.norm(rotation[:4] @ pca.projection[:, :2])
+    # So matching views are nearest neighbours after Lw to 4 dims, much less after PCAw.
+    def pair_recall(whitening):
+        v = whitening.apply(x)
+        nearest = np.argsort(-(v @ v.T) + 2 * np.eye(len(v)), axis=1)[:, 0]
+        return np.mean(nearest[pairs[:, 0]] == pairs[:, 1])
+    assert pair_recall(PCAWhitening.learn_from_pairs(x, pairs, dim=4)) > 0.6 > 0.1 > pair_recall(pca)  # measured 0.71, 0.02
+
+
+def test_learned_whitening_with_few_pairs_stays_finite_and_round_trips(rng):
+    x, pairs, _ = _classes_with_nuisance(rng, n_classes=3)  # 3 pairs: differences span 3 of 8 dims
+    lw = PCAWhitening.learn_from_pairs(x, pairs, dim=4, population=np.r_[x, rng.standard_normal((50, 8))])
+    assert lw.output_dim == 4 and np.all(np.isfinite(lw.projection))
+    # clamping at eps * largest: no direction amplified more than eps^-1/2 x the least-amplified one
+    singular = np.linalg.svd(PCAWhitening.learn_from_pairs(x, pairs, eps=1e-2).projection, compute_uv=False)
+    assert singular.max() / singular.min() <= 10 + 1e-3
+    meta, arrays = lw.state_dict()
+    assert meta["method"] == "learned"
+    copy = PCAWhitening.from_state_dict(meta, arrays)
+    assert copy.method == "learned" and np.array_equal(copy.projection, lw.projection)
+    pca_meta, _ = PCAWhitening.learn(x).state_dict()
+    assert "method" not in pca_meta  # PCA states are written as before Lw existed
+    with pytest.raises(ValueError, match="pair indices"):
+        PCAWhitening.learn_from_pairs(x, [[0, len(x)]])
+    with pytest.raises(ValueError, match="unknown whitening method"):
+        PCAWhitening.from_state_dict({**meta, "method": "zca"}, arrays)
