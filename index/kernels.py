@@ -116,14 +116,8 @@ def _popcount64(x):
 @numba.njit(cache=True, nogil=True)
 def hamming_votes(offsets, slots, signatures, words, query_signatures, word_weights, threshold, sigma,
                   burstiness, inter_image, n_images):
-    """Hamming-embedding votes of a query, summed per image.
-
-    Query feature f (row of ``words``) votes for the image of every posting of
-    its words ``words[f, a]`` whose signature lies within ``threshold`` bits of
-    ``query_signatures[f, a]``; a vote at distance h weighs
-    ``exp(-h^2 / sigma^2) * word_weights[f, a]``, divided by the square root of the
-    number of votes f casts in that image when ``burstiness`` is set, and
-    multiplied by ``log(n_images / images f votes in)`` when ``inter_image`` is set.
+    """Hamming-embedding votes of a query, summed per image: ``distance_votes`` with a vote at
+    distance h <= ``threshold`` weighing ``exp(-h^2 / sigma^2)``.
 
     Args:
         offsets: (n_words + 1,) int64; slots: (n_postings,) int32;
@@ -133,6 +127,36 @@ def hamming_votes(offsets, slots, signatures, words, query_signatures, word_weig
     Returns:
         (n_images,) float64 summed votes.
     """
+    distance_weights = np.empty(max(threshold + 1, 0), np.float64)
+    for h in range(len(distance_weights)):
+        distance_weights[h] = np.exp(-np.float64(h) * h / (sigma * sigma))
+    return distance_votes(offsets, slots, signatures, words, query_signatures, word_weights, distance_weights,
+                          burstiness, inter_image, n_images)
+
+
+@numba.njit(cache=True, nogil=True)
+def distance_votes(offsets, slots, signatures, words, query_signatures, word_weights, distance_weights,
+                   burstiness, inter_image, n_images):
+    """Votes of a query's signatures for the images of the postings they nearly match, summed per image.
+
+    Query row f (of ``words``) votes for the image of every posting of its words
+    ``words[f, a]`` whose signature lies h < ``len(distance_weights)`` bits from
+    ``query_signatures[f, a]``; the vote weighs ``distance_weights[h] * word_weights[f, a]``,
+    divided by the square root of the number of votes f casts in that image when
+    ``burstiness`` is set, and multiplied by ``log(n_images / images f votes in)`` when
+    ``inter_image`` is set. The Hamming-embedding kernel (Gaussian weights) and ASMK*
+    (one row per aggregated word, selectivity weights) are both this loop.
+
+    Args:
+        offsets: (n_words + 1,) int64; slots: (n_postings,) int32;
+        signatures: (n_postings,) uint64 posting signatures.
+        words: (n, k) int64; query_signatures: (n, k) uint64; word_weights: (n, k) float64.
+        distance_weights: (t + 1,) float64 weight of a vote at Hamming distance 0..t.
+
+    Returns:
+        (n_images,) float64 summed votes.
+    """
+    threshold = len(distance_weights) - 1
     scores = np.zeros(n_images, np.float64)
     votes = np.zeros(n_images, np.int32)
     n_features, k = words.shape
@@ -151,9 +175,9 @@ def hamming_votes(offsets, slots, signatures, words, query_signatures, word_weig
         for a in range(k):
             w = words[f, a]
             for i in range(offsets[w], offsets[w + 1]):
-                h = np.float64(_popcount64(signatures[i] ^ query_signatures[f, a]))
+                h = _popcount64(signatures[i] ^ query_signatures[f, a])
                 if h <= threshold:
-                    weight = np.exp(-h * h / (sigma * sigma)) * word_weights[f, a] * feature_weight
+                    weight = distance_weights[h] * word_weights[f, a] * feature_weight
                     if burstiness:
                         weight /= np.sqrt(np.float64(votes[slots[i]]))
                     scores[slots[i]] += weight

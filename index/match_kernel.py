@@ -35,8 +35,19 @@ def hamming_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.nda
     scores = kernels.hamming_votes(inverted.offsets, inverted.image_slots, inverted.payload[SIGNATURE],
                                    words, signatures, idf[words] ** 2, config.threshold, config.sigma,
                                    config.burstiness, config.inter_image, inverted.n_images)
-    unique, tf = np.unique(words[:, 0], return_counts=True)
-    query_norm = np.linalg.norm(tf * idf[unique])
+    return normalised_scores(inverted, scores, words[:, 0])
+
+
+def normalised_scores(inverted: InvertedFile, scores: np.ndarray, query_words: np.ndarray) -> np.ndarray:
+    """(n_images,) float32 ``scores`` divided by the tf-idf norms of each image and of the query.
+
+    Args:
+        inverted: the inverted file the (n_images,) float64 ``scores`` were summed over.
+        scores: summed votes per image.
+        query_words: (m,) int word of each query feature (repeats: term frequency).
+    """
+    unique, tf = np.unique(query_words, return_counts=True)
+    query_norm = np.linalg.norm(tf * inverted.idf.astype(np.float64)[unique])
     norms = inverted.image_norms * max(query_norm, 1e-12)
     return np.divide(scores, norms, out=np.zeros(inverted.n_images), where=norms > 0).astype(np.float32)
 
