@@ -17,6 +17,7 @@ from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import PIPELINES, LocalBuild, Pipeline, get_pipeline
 from cbir.searchable import SearchableIndex, crop, decode_query, parse_box, part_arrays
 from cnn.whitening import PCAWhitening
+from index.asmk import AsmkEmbedding, AsmkQuery, rank_asmk
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE
@@ -110,6 +111,10 @@ class RetrievalIndex(SearchableIndex):
             ``local_whitening_dim``, i.e. BLCF).
         hamming: learned Hamming embedding (pipelines whose build has ``hamming``).
         cache_dir: feature cache folder used when reading images.
+        asmk: learned ASMK* binarisation (``index.asmk``): the postings are then one aggregated
+            signature per (image, word), ranked by the ASMK* kernel with its selectivity; the image
+            store keeps every feature's keypoint and word for spatial verification. Builds without
+            a Hamming embedding.
     """
 
     FORMAT = "cbir-index"
@@ -117,7 +122,8 @@ class RetrievalIndex(SearchableIndex):
     QUERY_TYPE = LocalQuery
 
     def __init__(self, pipeline: Pipeline | str, vocabulary: VocabularyTree, whitening: PCAWhitening | None = None,
-                 hamming: HammingEmbedding | None = None, cache_dir: str | None = None):
+                 hamming: HammingEmbedding | None = None, cache_dir: str | None = None,
+                 asmk: AsmkEmbedding | None = None):
         super().__init__(pipeline, cache_dir)
         build = self.pipeline.build
         if (build.local_whitening_dim is not None) != (whitening is not None):
@@ -126,6 +132,8 @@ class RetrievalIndex(SearchableIndex):
         if build.hamming != (hamming is not None):
             raise ValueError(f"pipeline {self.pipeline.name!r} " + ("needs a learned Hamming embedding"
                                                                      if hamming is None else "uses no Hamming embedding"))
+        if asmk is not None and (hamming is not None or build.local_whitening_dim is not None):
+            raise ValueError("an ASMK* index aggregates unwhitened descriptors and keeps no per-feature signatures")
         # The learned parts fix their own shapes: the build records them as they are.
         if (vocabulary.branching, vocabulary.depth) != (build.vocabulary.branching, build.vocabulary.depth):
             build = dataclasses.replace(build, vocabulary=VocabularyConfig(branching=vocabulary.branching,
@@ -136,7 +144,9 @@ class RetrievalIndex(SearchableIndex):
         self.vocabulary = vocabulary
         self.whitening = whitening
         self.hamming = hamming
-        self.inverted_file = InvertedFile(vocabulary.n_words, {SIGNATURE: np.uint64} if hamming else None)
+        self.asmk = asmk
+        signed = hamming is not None or asmk is not None
+        self.inverted_file = InvertedFile(vocabulary.n_words, {SIGNATURE: np.uint64} if signed else None)
         self.images = ImageStore(vocabulary.n_words)
 
     def _comparable_build(self, build):
@@ -177,12 +187,17 @@ class RetrievalIndex(SearchableIndex):
         all_words = self.vocabulary.quantize(descriptors, beam=self.pipeline.build.beam, n_jobs=n_jobs).astype(np.int32)
         bounds = np.cumsum([len(f) for f in features])[:-1]
         words = np.split(all_words, bounds)
-        signatures = np.split(self.hamming.signatures(descriptors, all_words), bounds) \
-            if self.hamming is not None else None
+        posting_words, signatures = words, None
+        if self.hamming is not None:
+            signatures = np.split(self.hamming.signatures(descriptors, all_words), bounds)
+        elif self.asmk is not None:
+            centroids = self.vocabulary.centers[-1]
+            posting_words, signatures = zip(*(self.asmk.signatures(d, w, centroids)
+                                              for d, w in zip(np.split(descriptors, bounds), words)))
         with self._lock.writing():
             self.names.add(list(names))
             self.images.add([f.image_size for f in features], [f.keypoints for f in features], words)
-            self.inverted_file.add(words, {SIGNATURE: signatures} if signatures is not None else None)
+            self.inverted_file.add(list(posting_words), {SIGNATURE: list(signatures)} if signatures is not None else None)
 
     def _remove_slots(self, slots: list[int]) -> None:
         self.inverted_file.remove(slots)
@@ -233,13 +248,17 @@ class RetrievalIndex(SearchableIndex):
         return self.query_image(query, box if self.pipeline.build.conv is None else None, color=True)
 
     def prepare_query(self, query, box=None, options: SearchOptions | str | None = None) -> LocalQuery:
-        """Extract, whiten, quantize (``query_assignments`` words each) and sign the query's features once."""
+        """Extract, whiten, quantize (``query_assignments`` words each) and sign the query's features once
+        (an ASMK* index aggregates them per word: ``index.asmk.AsmkQuery``)."""
         options = self.search_options(options)
         features = self.query_features(query, box)
         descriptors = self._descriptors(features.descriptors)
         k = options.query_assignments
         words = self.vocabulary.quantize(descriptors, k=k, beam=self.pipeline.build.beam).astype(np.int32)
         words = words.reshape(len(features), k)
+        if self.asmk is not None:
+            word_ids, word_signatures = self.asmk.signatures(descriptors, words, self.vocabulary.centers[-1])
+            return AsmkQuery(features.keypoints, words, None, word_ids, word_signatures)
         signatures = None
         if self.hamming is not None:
             signatures = self.hamming.signatures(np.repeat(descriptors, words.shape[1], axis=0),
@@ -250,20 +269,22 @@ class RetrievalIndex(SearchableIndex):
         return len(prepared.words) == 0
 
     def _rank(self, prepared: LocalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
+        if self.asmk is not None:
+            return rank_asmk(prepared, self.inverted_file, self.images, options, self.asmk.config, top_k, n_jobs)
         return rank_local(prepared, self.inverted_file, self.images, options, top_k, n_jobs)
 
     # ---- persistence and facts ----------------------------------------------------------------
 
     def _parts(self) -> dict:
         return {"vocabulary": self.vocabulary, "inverted_file": self.inverted_file, "images": self.images,
-                "whitening": self.whitening, "hamming": self.hamming}
+                "whitening": self.whitening, "hamming": self.hamming, "asmk": self.asmk}
 
     @classmethod
     def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "RetrievalIndex":
         def part(kind, prefix):
             return kind.from_state_dict(meta[prefix], part_arrays(arrays, prefix)) if meta.get(prefix) else None
         index = cls(pipeline, part(VocabularyTree, "vocabulary"), part(PCAWhitening, "whitening"),
-                    part(HammingEmbedding, "hamming"), cache_dir)
+                    part(HammingEmbedding, "hamming"), cache_dir, part(AsmkEmbedding, "asmk"))
         index.inverted_file = part(InvertedFile, "inverted_file")
         index.images = part(ImageStore, "images")
         return index
@@ -279,4 +300,4 @@ class RetrievalIndex(SearchableIndex):
                 "postings": int(inverted.n_postings), "postings_per_word": inverted.n_postings / inverted.n_words,
                 "imbalance_factor": inverted.imbalance_factor,
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
-                "hamming_embedding": self.hamming is not None}
+                "hamming_embedding": self.hamming is not None, "asmk": self.asmk is not None}

@@ -1,0 +1,207 @@
+"""ASMK* (Tolias, Avrithis & Jegou, ICCV 2013): the binarised aggregated selective match kernel.
+
+An image is one binary signature per visual word it contains, not one per feature:
+the residuals ``x - c_w`` of its descriptors assigned to word ``w`` are summed and
+L2-normalised, then binarised like a Hamming-embedding descriptor (the learned
+projection, compared with per-word medians; ``bovw.hamming``), the medians being
+learned on L2-normalised residuals of training descriptors. Two images meet in the
+words they share; with u = 1 - 2 h / B the normalised Hamming similarity of their
+two B-bit signatures, the pair adds ``idf_w^2 * sigma(u)``, ``sigma(u) = sign(u) |u|^alpha``
+for u >= tau and 0 below. Image scores are divided by ``sqrt(sum_w idf_w^2)`` of
+both images, so that an image scores exactly 1 with itself (single assignment).
+
+Aggregation is what removes burstiness: a repeated pattern is one signature.
+Queries may assign each descriptor to several words (aggregated per word over
+every assignment, as the asmk package does). Postings are the inverted file's
+(``index.inverted_file``): one per (image, word), an image slot and a uint64
+signature, scored by the same popcount loop as the Hamming-embedding kernel
+(``index.kernels.distance_votes``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from bovw.hamming import BITS, HammingEmbedding
+from index import kernels
+from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
+from index.match_kernel import SIGNATURE, normalised_scores
+from index.ranking import LocalQuery, shortlist
+from index.reranking import RankedImage, spatial_rerank
+from index.search_options import SearchOptions
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AsmkConfig:
+    """Selectivity of the ASMK* kernel (the asmk package's defaults).
+
+    Attributes:
+        alpha: exponent of the selectivity function ``sign(u) |u|^alpha``.
+        threshold: tau: similarities u (in [-1, 1]) below it count 0; 0 keeps signatures
+            that agree on at least half of their bits (h <= 32 of 64).
+    """
+
+    alpha: float = 3.0
+    threshold: float = 0.0
+
+    def __post_init__(self):
+        if self.alpha <= 0 or not -1 <= self.threshold <= 1:
+            raise ValueError(f"ASMK needs alpha > 0 and a threshold in [-1, 1], got {self}")
+
+    def distance_weights(self) -> np.ndarray:
+        """(t + 1,) float64 ``sigma(1 - 2 h / 64)`` for Hamming distances h = 0..t, t the largest
+        distance whose similarity reaches the threshold."""
+        u = 1 - 2 * np.arange(BITS + 1) / BITS
+        u = u[u >= self.threshold - 1e-12]
+        return np.sign(u) * np.abs(u) ** self.alpha
+
+
+def aggregate(descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per word, the L2-normalised sum of the residuals of the descriptors assigned to it.
+
+    Args:
+        descriptors: (n, d) float32 descriptors of one image.
+        words: (n,) or (n, k) int words of each descriptor (k assignments each).
+        centroids: (n_words, d) float32 word centres.
+
+    Returns:
+        (words (u,) int64 increasing, residuals (u, d) float32 of unit norm; a zero
+        sum stays zero).
+    """
+    words = np.asarray(words, np.int64).reshape(len(descriptors), -1)
+    rows = np.repeat(np.asarray(descriptors, np.float32), words.shape[1], axis=0)
+    flat = words.ravel()
+    order = np.argsort(flat, kind="stable")
+    sorted_words = flat[order]
+    starts = np.flatnonzero(np.r_[True, sorted_words[1:] != sorted_words[:-1]]) if len(flat) else np.zeros(0, int)
+    if not len(starts):
+        return np.zeros(0, np.int64), np.zeros((0, centroids.shape[1]), np.float32)
+    sums = np.add.reduceat(rows[order] - centroids[sorted_words], starts, axis=0, dtype=np.float64)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return sorted_words[starts], (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def unit_residuals(descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(n, d) float32 L2-normalised residuals ``x - c_w`` of (n, d) descriptors and their (n,) words."""
+    residuals = np.asarray(descriptors, np.float32) - centroids[np.asarray(words, np.int64)]
+    norms = np.linalg.norm(residuals, axis=1, keepdims=True)
+    return residuals / np.where(norms > 0, norms, 1)
+
+
+class AsmkEmbedding:
+    """What an ASMK* index learns and keeps: the binarisation of aggregated residuals (a Hamming
+    embedding: projection (64, d), per-word medians (n_words, 64)) and the kernel's selectivity.
+
+    Args:
+        embedding: projection and medians, learned on unit residuals (``learn``).
+        config: selectivity (alpha, tau).
+    """
+
+    def __init__(self, embedding: HammingEmbedding, config: AsmkConfig = AsmkConfig()):
+        self.embedding = embedding
+        self.config = config
+
+    @classmethod
+    def learn(cls, descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray, seed: int = 0,
+              config: AsmkConfig = AsmkConfig()) -> "AsmkEmbedding":
+        """Learn the medians of the projected unit residuals of (n, d) training descriptors assigned to
+        their (n,) words (use other images than the indexed ones); ``seed`` draws the projection."""
+        return cls(HammingEmbedding.learn(unit_residuals(descriptors, words, centroids), words, len(centroids), seed),
+                   config)
+
+    def signatures(self, descriptors: np.ndarray, words: np.ndarray,
+                   centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image's aggregated signatures.
+
+        Args:
+            descriptors: (n, d) float32.
+            words: (n,) or (n, k) int words of each descriptor.
+            centroids: (n_words, d) float32 word centres.
+
+        Returns:
+            (words (u,) int64 increasing, signatures (u,) uint64).
+        """
+        unique, residuals = aggregate(descriptors, words, centroids)
+        return unique, self.embedding.signatures(residuals, unique)
+
+    def with_config(self, config: AsmkConfig) -> "AsmkEmbedding":
+        """The same binarisation with another selectivity."""
+        return AsmkEmbedding(self.embedding, config)
+
+    def state_dict(self) -> tuple[dict, dict]:
+        meta, arrays = self.embedding.state_dict()
+        return {"kind": "asmk-embedding", "version": STATE_VERSION, "config": dataclasses.asdict(self.config),
+                "embedding": meta}, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict) -> "AsmkEmbedding":
+        if meta.get("kind") != "asmk-embedding" or meta.get("version") != STATE_VERSION:
+            raise ValueError(f"not a version-{STATE_VERSION} ASMK embedding")
+        return cls(HammingEmbedding.from_state_dict(meta["embedding"], arrays), AsmkConfig(**meta["config"]))
+
+
+def asmk_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.ndarray,
+                config: AsmkConfig = AsmkConfig()) -> np.ndarray:
+    """(n_images,) float32 ASMK* similarities of a query with every image.
+
+    Args:
+        inverted: inverted file with one posting per (image, word) and its ``signature`` payload.
+        words: (u,) distinct int words of the query.
+        signatures: (u,) uint64 aggregated signature of the query for each word.
+        config: selectivity.
+    """
+    words = np.asarray(words, np.int64).reshape(-1, 1)
+    idf = inverted.idf.astype(np.float64)
+    scores = kernels.distance_votes(inverted.offsets, inverted.image_slots, inverted.payload[SIGNATURE], words,
+                                    np.asarray(signatures, np.uint64).reshape(-1, 1), idf[words] ** 2,
+                                    config.distance_weights(), False, False, inverted.n_images)
+    return normalised_scores(inverted, scores, words[:, 0])
+
+
+@dataclass
+class AsmkQuery(LocalQuery):
+    """A query prepared for an ASMK* index: its features (``keypoints``, ``words``: (n, k), for
+    spatial verification) and its aggregated signatures.
+
+    Attributes:
+        word_ids: (u,) int64 distinct words of the query over all assignments.
+        word_signatures: (u,) uint64 aggregated signature for each.
+    """
+
+    word_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    word_signatures: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
+
+
+def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
+              config: AsmkConfig = AsmkConfig(), top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
+    """Rank a collection by ASMK* similarity, then spatially verify the shortlist (``options.verification``).
+
+    Verification matches features through shared words, as tf-idf indexes do: the image
+    store keeps every feature's keypoint and word (postings only hold the aggregates).
+
+    Args:
+        query: the prepared query.
+        inverted: postings per (image, word) with aggregated signatures.
+        images: per-feature keypoints and words of the collection.
+        options: verification settings (query expansion and window search do not apply).
+        config: selectivity.
+        top_k: results wanted (None: every image).
+        n_jobs: threads for spatial verification.
+
+    Returns:
+        at most ``top_k`` entries, best first.
+    """
+    if options.expansion is not None or options.window_search:
+        raise ValueError("an ASMK* index ranks by its kernel and spatial verification only "
+                         "(no query expansion or window search)")
+    scores = asmk_scores(inverted, query.word_ids, query.word_signatures, config)
+    wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
+    ranking = shortlist(scores, max(wanted, options.shortlist))
+    if options.verification is not None:
+        ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification, n_jobs=n_jobs)
+    return ranking[:wanted]
