@@ -1,0 +1,179 @@
+"""Trainable retrieval heads on the backbone's conv maps (torch).
+
+``GemHead``: a (B, C, H, W) activation map -> GeM pooling with a learnable exponent p
+-> L2 -> optional affine layer ``(x - mean) @ projection`` initialised from a whitening
+(PCA or learned whitening, Radenovic et al. 2018's "Lw" FC initialisation) -> L2.
+Normalisations follow cirtorch: ``x / (||x|| + eps)``.
+
+The affine layer is kept as (mean, projection) rather than (weight, bias): the same
+parameterisation as ``cnn.whitening.PCAWhitening``, so a trained head is applied at
+search time by the numpy code (``cnn.learned_model.LearnedHead``) without torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnn.whitening import PCAWhitening
+
+#: Head kinds this module can build (saved in a model's manifest).
+HEAD_KINDS = ("gem-fc", "gem")
+
+
+def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Rows of (B, d) divided by their L2 norm + eps (cirtorch's ``L2N``)."""
+    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps)
+
+
+class GeM(nn.Module):
+    """Generalized-mean pooling ``(mean_{h,w} max(x, eps)^p)^(1/p)`` over each channel.
+
+    Args:
+        p: initial exponent (3: cirtorch's start; 1 = average, large = max pooling).
+        learn_p: make p a trained parameter.
+        eps: activations are clamped to at least this before the power.
+    """
+
+    def __init__(self, p: float = 3.0, learn_p: bool = True, eps: float = 1e-6):
+        super().__init__()
+        value = torch.tensor([float(p)])
+        if learn_p:
+            self.p = nn.Parameter(value)
+        else:
+            self.register_buffer("p", value)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) non-negative maps -> (B, C)."""
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class GemHead(nn.Module):
+    """GeM(p) -> L2 -> [affine ``(x - mean) @ projection`` -> L2].
+
+    Args:
+        channels: C of the input maps (1280 for the backbone's 'global' map).
+        p: initial GeM exponent.
+        learn_p: train p.
+        whitening: initial affine layer (its mean (C,) and projection (C, k)); None: no
+            affine layer, the head outputs the L2-normalised GeM vector (C dims).
+        learn_whitening: train the affine layer (False: keep it as initialised).
+    """
+
+    def __init__(self, channels: int = 1280, p: float = 3.0, learn_p: bool = True,
+                 whitening: PCAWhitening | None = None, learn_whitening: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.pool = GeM(p, learn_p)
+        if whitening is not None:
+            if whitening.input_dim != channels:
+                raise ValueError(f"whitening takes {whitening.input_dim} dims, the maps have {channels} channels")
+            mean = torch.from_numpy(np.array(whitening.mean, np.float32))
+            projection = torch.from_numpy(np.array(whitening.projection, np.float32))
+            if learn_whitening:
+                self.mean, self.projection = nn.Parameter(mean), nn.Parameter(projection)
+            else:
+                self.register_buffer("mean", mean)
+                self.register_buffer("projection", projection)
+        else:
+            self.mean = self.projection = None
+
+    @property
+    def kind(self) -> str:
+        """``gem-fc`` with an affine layer, ``gem`` without."""
+        return "gem-fc" if self.projection is not None else "gem"
+
+    @property
+    def output_dim(self) -> int:
+        return self.projection.shape[1] if self.projection is not None else self.channels
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) activations -> (B, k) unit-norm descriptors."""
+        x = l2n(self.pool(maps))
+        if self.projection is not None:
+            x = l2n((x - self.mean) @ self.projection)
+        return x
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The head's numbers as numpy: {'p': (1,), and with an affine layer 'mean': (C,),
+        'projection': (C, k)} float32."""
+        state = {"p": self.pool.p.detach().float().cpu().numpy().reshape(1)}
+        if self.projection is not None:
+            state["mean"] = self.mean.detach().float().cpu().numpy()
+            state["projection"] = self.projection.detach().float().cpu().numpy()
+        return state
+
+
+def build_head(kind: str, channels: int = 1280, p: float = 3.0, learn_p: bool = True,
+               whitening: PCAWhitening | None = None) -> GemHead:
+    """A head of ``kind`` (``gem-fc`` needs ``whitening`` to start from; ``gem`` has none)."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head {kind!r}; known: {', '.join(HEAD_KINDS)}")
+    if kind == "gem-fc" and whitening is None:
+        raise ValueError("a gem-fc head starts from a whitening (mean, projection)")
+    return GemHead(channels, p, learn_p, whitening if kind == "gem-fc" else None)
+
+
+def head_from_state(kind: str, state: dict[str, torch.Tensor], channels: int = 1280) -> GemHead:
+    """A head of ``kind`` holding a ``state_dict`` written by ``GemHead.state_dict()``."""
+    whitening = None
+    if kind == "gem-fc":
+        whitening = PCAWhitening(state["mean"].numpy(), state["projection"].numpy())
+    head = build_head(kind, channels, float(state["pool.p"].reshape(-1)[0]), True, whitening)
+    head.load_state_dict(state, strict=True)
+    return head
+
+
+class MapBank:
+    """Feature maps of a training set held as a few stacked tensors, one per map shape.
+
+    Photos of one collection mostly share a size, so their maps stack; a batch of
+    image indices is then pooled group by group.
+
+    Args:
+        maps: n arrays (C, H, W) float32/float16.
+        device: where the tensors live.
+        dtype: storage dtype (float32 default; float16 halves memory, computed in float32).
+    """
+
+    def __init__(self, maps: list[np.ndarray], device: torch.device | str = "cpu", dtype=torch.float32):
+        self.n = len(maps)
+        self.device = torch.device(device)
+        shapes: dict[tuple, list[int]] = {}
+        for i, m in enumerate(maps):
+            shapes.setdefault(tuple(m.shape), []).append(i)
+        self.groups = []  # (tensor (G, C, H, W), members (G,) int64)
+        self.group_of = np.empty(self.n, np.int64)
+        self.row_of = np.empty(self.n, np.int64)
+        for g, (shape, members) in enumerate(shapes.items()):
+            stacked = torch.from_numpy(np.stack([np.asarray(maps[i], np.float32) for i in members]))
+            self.groups.append(stacked.to(device=self.device, dtype=dtype))
+            self.group_of[members] = g
+            self.row_of[members] = np.arange(len(members))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def forward(self, head: nn.Module, indices: np.ndarray) -> torch.Tensor:
+        """(len(indices), k) head outputs for the images ``indices``, in that order."""
+        indices = np.asarray(indices, np.int64)
+        results = []
+        order = []
+        for g in np.unique(self.group_of[indices]):
+            where = np.flatnonzero(self.group_of[indices] == g)
+            rows = torch.from_numpy(self.row_of[indices[where]]).to(self.device)
+            results.append(head(self.groups[g].index_select(0, rows).float()))
+            order.append(where)
+        stacked = torch.cat(results)
+        inverse = torch.empty(len(indices), dtype=torch.int64, device=stacked.device)
+        inverse[torch.from_numpy(np.concatenate(order)).to(stacked.device)] = torch.arange(
+            len(indices), device=stacked.device)
+        return stacked.index_select(0, inverse)
+
+    @torch.no_grad()
+    def describe_all(self, head: nn.Module, batch: int = 256) -> np.ndarray:
+        """(n, k) float32 descriptors of every image (no gradient)."""
+        parts = [self.forward(head, np.arange(start, min(start + batch, self.n)))
+                 for start in range(0, self.n, batch)]
+        return torch.cat(parts).float().cpu().numpy()

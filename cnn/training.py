@@ -1,0 +1,306 @@
+"""The training loop of a retrieval head on cached feature maps (torch).
+
+Each epoch: describe every training image with the current head, build the epoch's
+tuples (``cnn.tuples.epoch_tuples``: verified positives, hard negatives re-mined with the
+current descriptors), then Adam steps over batches of tuples. Deterministic given a seed
+on the CPU: the epoch's randomness comes from ``default_rng([seed, epoch])`` and nothing in
+the head is random, so a run resumed from an epoch checkpoint continues exactly as an
+uninterrupted one. The backbone is not trained here (its maps are inputs); a head has no
+BatchNorm, and ``freeze_batchnorm`` keeps the backbone's frozen when a caller trains it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cnn.heads import HEAD_KINDS, GemHead, MapBank, build_head
+from cnn.losses import DEFAULT_MARGINS, tuple_loss
+from cnn.tuples import epoch_tuples
+from cnn.whitening import PCAWhitening
+
+logger = logging.getLogger("cbir")
+
+#: Version of the checkpoint layout (``save_checkpoint``).
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a head is trained (saved in the model's manifest).
+
+    Attributes:
+        head: ``gem-fc`` (GeM with learnable p, then an affine layer) or ``gem`` (p only).
+        init: what the affine layer starts from, learned on the training images:
+            ``lw`` (learned whitening from the verified pairs) or ``pca`` (PCA whitening).
+        dim: output dimensions of the affine layer.
+        p: initial GeM exponent.
+        loss: ``contrastive`` or ``triplet``.
+        margin: the loss margin (None: 0.85 contrastive, 0.1 triplet).
+        negatives: N negatives per tuple.
+        hard_negatives: nearest negatives re-mined each epoch (False: random ones).
+        hard_positives: one tuple per image with its farthest verified partner (False: every
+            verified pair, both directions).
+        epochs: passes; 0 keeps the initial head (GeM p=3 + the whitening: "Lw only").
+        batch: tuples per Adam step.
+        lr: Adam learning rate (the affine layer); p gets ``lr * p_lr_factor``.
+        p_lr_factor: p's learning rate multiplier (cirtorch: 10).
+        weight_decay: Adam's L2 penalty.
+        max_tuples: tuples per epoch at most (None: all).
+        seed: all randomness.
+    """
+
+    head: str = "gem-fc"
+    init: str = "lw"
+    dim: int = 512
+    p: float = 3.0
+    loss: str = "contrastive"
+    margin: float | None = None
+    negatives: int = 5
+    hard_negatives: bool = True
+    hard_positives: bool = False
+    epochs: int = 10
+    batch: int = 32
+    lr: float = 1e-4
+    p_lr_factor: float = 10.0
+    weight_decay: float = 1e-6
+    max_tuples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"unknown head {self.head!r}; known: {', '.join(HEAD_KINDS)}")
+        if self.loss not in DEFAULT_MARGINS:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(DEFAULT_MARGINS)}")
+        if self.init not in ("lw", "pca"):
+            raise ValueError(f"unknown initialisation {self.init!r}; known: lw, pca")
+        if self.epochs < 0 or self.batch < 1 or self.negatives < 1:
+            raise ValueError("epochs must be >= 0, batch and negatives >= 1")
+
+    @property
+    def loss_margin(self) -> float:
+        return DEFAULT_MARGINS[self.loss] if self.margin is None else self.margin
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did: mean loss, tuples, seconds (tuple mining included), tuples per second
+    (of the optimisation steps), and the GeM p at its end."""
+
+    epoch: int
+    loss: float
+    tuples: int
+    seconds: float
+    tuples_per_s: float
+    p: float
+
+
+@dataclass
+class TrainingResult:
+    """The trained head and its history."""
+
+    head: GemHead
+    history: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def tuples_seen(self) -> int:
+        return sum(r.tuples for r in self.history)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.history)
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode with its parameters frozen (cirtorch trains with
+    frozen BN: batches of one tuple give useless statistics)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+            for parameter in layer.parameters():
+                parameter.requires_grad_(False)
+
+
+def pooled_gem(maps: list[np.ndarray], p: float = 3.0) -> np.ndarray:
+    """(n, C) L2-normalised GeM vectors of (C, H, W) maps (what the whitening starts from)."""
+    from cnn.pooling import gem, l2_normalize
+    return l2_normalize(np.stack([gem(m, p) for m in maps]))
+
+
+def initial_whitening(maps: list[np.ndarray], pairs: np.ndarray, config: TrainingConfig) -> PCAWhitening:
+    """The affine layer's start, learned on the training images' GeM vectors (p = ``config.p``):
+    learned whitening from the verified pairs (``lw``) or PCA whitening (``pca``)."""
+    vectors = pooled_gem(maps, config.p)
+    if config.init == "lw":
+        learn_from_pairs = getattr(PCAWhitening, "learn_from_pairs", None)
+        if learn_from_pairs is None:
+            raise ValueError("learned whitening (init='lw') needs PCAWhitening.learn_from_pairs; use init='pca'")
+        return learn_from_pairs(vectors, np.asarray(pairs), config.dim)
+    return PCAWhitening.learn(vectors, config.dim)
+
+
+def resolve(device: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    from cnn.backbone import resolve_device
+    return resolve_device(device)
+
+
+def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray,
+               config: TrainingConfig = TrainingConfig(), device: str = "auto",
+               whitening: PCAWhitening | None = None, checkpoint: str | None = None,
+               progress: bool | None = None, on_epoch: Callable[[EpochRecord, GemHead], None] | None = None
+               ) -> TrainingResult:
+    """Train a head on the cached maps of a training collection.
+
+    Args:
+        maps: n (C, H, W) activation maps (the backbone's 'global' map), float16 or float32.
+        pairs: (m, 2) verified positive pairs of image numbers.
+        components: (n,) component of each image (negatives come from other components).
+        config: the settings.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        whitening: start of the affine layer (None: ``initial_whitening`` computes it).
+        checkpoint: a file to save the state to after every epoch and to resume from when it
+            holds a run of the same settings and data (None: no checkpoint).
+        progress: progress bar per epoch (None: only on a terminal).
+        on_epoch: called after every epoch with its record and the head.
+
+    Returns:
+        the head (on the CPU, eval mode) and the per-epoch history.
+    """
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    components = np.asarray(components, np.int64)
+    if len(components) != len(maps):
+        raise ValueError(f"{len(maps)} maps but {len(components)} component labels")
+    torch.manual_seed(config.seed)
+    if config.head == "gem-fc" and whitening is None:
+        whitening = initial_whitening(maps, pairs, config)
+    head = build_head(config.head, maps[0].shape[0], config.p, True, whitening if config.head == "gem-fc" else None)
+    target = resolve(device)
+    head.to(target)
+    optimizer = torch.optim.Adam(_parameter_groups(head, config), lr=config.lr, weight_decay=config.weight_decay)
+    fingerprint = _run_key(config, maps, pairs, components)
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    if checkpoint and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        if state["run_key"] == fingerprint:
+            head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = [EpochRecord(**record) for record in state["history"]]
+            start_epoch = int(state["epoch"])
+            logger.info("resuming training at epoch %d of %d from %s", start_epoch + 1, config.epochs, checkpoint)
+        else:
+            logger.info("%s holds another run (settings or data differ): starting afresh", checkpoint)
+    bank = MapBank(maps, target)
+    for epoch in range(start_epoch, config.epochs):
+        record = _run_epoch(head, bank, optimizer, pairs, components, config, epoch, progress)
+        history.append(record)
+        if checkpoint:
+            save_checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, "run_key": fingerprint, "epoch": epoch + 1,
+                                         "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "history": [dataclasses.asdict(r) for r in history]})
+        if on_epoch is not None:
+            on_epoch(record, head)
+    head.to("cpu").eval()
+    return TrainingResult(head, history)
+
+
+def _parameter_groups(head: GemHead, config: TrainingConfig) -> list[dict]:
+    groups = []
+    if isinstance(head.pool.p, torch.nn.Parameter):
+        groups.append({"params": [head.pool.p], "lr": config.lr * config.p_lr_factor, "weight_decay": 0.0})
+    rest = [parameter for name, parameter in head.named_parameters() if name != "pool.p"]
+    if rest:
+        groups.append({"params": rest})
+    return groups
+
+
+def _run_epoch(head: GemHead, bank: MapBank, optimizer, pairs: np.ndarray, components: np.ndarray,
+               config: TrainingConfig, epoch: int, progress: bool | None) -> EpochRecord:
+    started = time.perf_counter()
+    rng = np.random.default_rng([config.seed, epoch])
+    head.eval()
+    descriptors = bank.describe_all(head)
+    tuples = epoch_tuples(descriptors, pairs, components, config.negatives, rng, config.hard_negatives,
+                          config.hard_positives, config.max_tuples)
+    head.train()
+    steps_started = time.perf_counter()
+    total, count = 0.0, 0
+    bar = tqdm(total=len(tuples), desc=f"epoch {epoch + 1}/{config.epochs}", unit="tuple",
+               disable=None if progress is None else not progress, leave=False)
+    for start in range(0, len(tuples), config.batch):
+        batch = tuples.subset(np.arange(start, min(start + config.batch, len(tuples))))
+        images, inverse = np.unique(np.concatenate([batch.queries, batch.positives, batch.negatives.ravel()]),
+                                    return_inverse=True)
+        out = bank.forward(head, images)
+        t = len(batch)
+        inverse = torch.from_numpy(inverse).to(out.device)
+        anchors = out[inverse[:t]]
+        positives = out[inverse[t:2 * t]]
+        negatives = out[inverse[2 * t:]].reshape(t, config.negatives, -1)
+        loss = tuple_loss(config.loss, anchors, positives, negatives, config.loss_margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # GeM needs p >= 1 (a mean at least); cirtorch has no such clamp but never goes there
+            head.pool.p.clamp_(min=1.0)
+        total += loss.item() * t
+        count += t
+        bar.update(t)
+        bar.set_postfix(loss=f"{total / count:.4f}", p=f"{head.pool.p.item():.2f}")
+    bar.close()
+    ended = time.perf_counter()
+    return EpochRecord(epoch + 1, total / max(count, 1), count, ended - started,
+                       count / max(ended - steps_started, 1e-9), head.pool.p.item())
+
+
+def _run_key(config: TrainingConfig, maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray) -> str:
+    """Identifies a run: the settings (but the epoch count, so a run can be extended) and the data."""
+    import hashlib
+    digest = hashlib.sha256(repr(dataclasses.replace(config, epochs=0)).encode())
+    digest.update(np.ascontiguousarray(pairs, np.int64).tobytes())
+    digest.update(np.ascontiguousarray(components, np.int64).tobytes())
+    for m in maps[:: max(1, len(maps) // 64)]:  # a sample of the maps: cheap, and catches another backbone
+        digest.update(np.ascontiguousarray(m, np.float16).tobytes())
+    digest.update(str(len(maps)).encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomically write a checkpoint (torch.save to a temporary file in the same folder, fsync, rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by ``save_checkpoint`` (``weights_only=True``: tensors and plain data only).
+
+    Raises:
+        ValueError: unreadable, or of another layout version (message names the file).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged or foreign file
+        raise ValueError(f"{path}: not a readable training checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a version-{CHECKPOINT_VERSION} training checkpoint")
+    return state
