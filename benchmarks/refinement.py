@@ -123,9 +123,9 @@ def main():
             seconds, len(fusion.verified) / len(fusion))
         dense = dataclasses.replace(get_pipeline("rmac-diffusion").search, diffusion=dataclasses.replace(
             get_pipeline("rmac-diffusion").search.diffusion, verified_edges=args.edge_inliers))
-        for label, index, options in (
-                (f"rmac-diffusion on kNN + verified edges (>= {args.edge_inliers} inliers)", fusion.dense, dense),
-                (f"**fusion with verified edges** (>= {args.edge_inliers} inliers)", fusion, pipeline.search)):
+        for label, index, options in (  # the fusion's first search builds the graph with the verified edges
+                (f"**fusion with verified edges** (>= {args.edge_inliers} inliers)", fusion, pipeline.search),
+                (f"rmac-diffusion on kNN + verified edges (>= {args.edge_inliers} inliers)", fusion.dense, dense)):
             rows.setdefault(label, {})[name] = evaluate(index, dataset, options)
             print(f"{name} {label}: {rows[label][name]} ({len(fusion.verified) / len(fusion):.1f} verified pairs "
                   f"per image)", flush=True)
