@@ -17,12 +17,13 @@ from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import PIPELINES, LocalBuild, Pipeline, get_pipeline
 from cbir.searchable import SearchableIndex, crop, decode_query, parse_box, part_arrays
 from cnn.whitening import PCAWhitening
-from index.asmk import AsmkEmbedding, AsmkQuery, rank_asmk
+from index.asmk import AsmkConfig, AsmkEmbedding, asmk_scores
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE
 from index.persistence import IndexFormatError, load_arrays, save_arrays
-from index.ranking import LocalQuery, rank_local
+from index.ranking import LocalQuery, rank_local, shortlist
+from index.reranking import RankedImage, spatial_rerank
 from index.search_options import SearchOptions
 
 VOCABULARY_FORMAT = "cbir-vocabulary"
@@ -99,6 +100,53 @@ def local_feature_cache(build: LocalBuild, directory: str | None) -> FeatureCach
     """The feature cache of the build's extractor in ``directory`` (None: no cache), bounded by
     ``bovw.feature_cache.default_max_bytes()``."""
     return FeatureCache(directory, build.extractor.key, default_max_bytes()) if directory else None
+
+
+@dataclasses.dataclass
+class AsmkQuery(LocalQuery):
+    """A query prepared for an ASMK* index: its features (``keypoints``, ``words``: (n, k), for
+    spatial verification) and its aggregated signatures.
+
+    Attributes:
+        word_ids: (u,) int64 distinct words of the query over all assignments.
+        word_signatures: (u,) uint64 aggregated signature for each.
+    """
+
+    word_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    word_signatures: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
+
+
+def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
+              config: AsmkConfig = AsmkConfig(), top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
+    """Rank a collection by ASMK* similarity, then spatially verify the shortlist (``options.verification``).
+
+    Verification matches the features the image store keeps (keypoint and word each; postings
+    only hold the aggregates) through shared words whose aggregated signatures in the query and
+    the image lie within ``config.verification_threshold`` bits.
+
+    Args:
+        query: the prepared query.
+        inverted: postings per (image, word) with aggregated signatures.
+        images: per-feature keypoints and words of the collection.
+        options: verification settings (query expansion and window search do not apply).
+        config: selectivity.
+        top_k: results wanted (None: every image).
+        n_jobs: threads for spatial verification.
+
+    Returns:
+        at most ``top_k`` entries, best first.
+    """
+    if options.expansion is not None or options.window_search:
+        raise ValueError("an ASMK* index ranks by its kernel and spatial verification only "
+                         "(no query expansion or window search)")
+    scores = asmk_scores(inverted, query.word_ids, query.word_signatures, config)
+    wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
+    ranking = shortlist(scores, max(wanted, options.shortlist))
+    if options.verification is not None:
+        signatures = query.word_signatures[np.searchsorted(query.word_ids, query.words)]
+        ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification, n_jobs,
+                                 signatures, config.verification_threshold, inverted)
+    return ranking[:wanted]
 
 
 class RetrievalIndex(SearchableIndex):

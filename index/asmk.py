@@ -16,6 +16,9 @@ every assignment, as the asmk package does). Postings are the inverted file's
 (``index.inverted_file``): one per (image, word), an image slot and a uint64
 signature, scored by the same popcount loop as the Hamming-embedding kernel
 (``index.kernels.distance_votes``).
+
+A leaf module (no search options or ranking imported), so that ``index.search_options``
+can hold an ``AsmkConfig``.
 """
 from __future__ import annotations
 
@@ -26,12 +29,8 @@ import numpy as np
 
 from bovw.hamming import BITS, HammingEmbedding
 from index import kernels
-from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE, normalised_scores
-from index.ranking import LocalQuery, shortlist
-from index.reranking import RankedImage, spatial_rerank
-from index.search_options import SearchOptions
 
 STATE_VERSION = 1
 
@@ -44,14 +43,18 @@ class AsmkConfig:
         alpha: exponent of the selectivity function ``sign(u) |u|^alpha``.
         threshold: tau: similarities u (in [-1, 1]) below it count 0; 0 keeps signatures
             that agree on at least half of their bits (h <= 32 of 64).
+        verification_threshold: spatial verification keeps a correspondence when the query's and
+            the image's aggregated signatures of the shared word lie within this many bits.
     """
 
     alpha: float = 3.0
     threshold: float = 0.0
+    verification_threshold: int = 24
 
     def __post_init__(self):
-        if self.alpha <= 0 or not -1 <= self.threshold <= 1:
-            raise ValueError(f"ASMK needs alpha > 0 and a threshold in [-1, 1], got {self}")
+        if self.alpha <= 0 or not -1 <= self.threshold <= 1 or not 0 <= self.verification_threshold <= BITS:
+            raise ValueError(f"ASMK needs alpha > 0, a threshold in [-1, 1] and a verification threshold in "
+                             f"[0, {BITS}], got {self}")
 
     def distance_weights(self) -> np.ndarray:
         """(t + 1,) float64 ``sigma(1 - 2 h / 64)`` for Hamming distances h = 0..t, t the largest
@@ -161,47 +164,3 @@ def asmk_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.ndarra
                                     np.asarray(signatures, np.uint64).reshape(-1, 1), idf[words] ** 2,
                                     config.distance_weights(), False, False, inverted.n_images)
     return normalised_scores(inverted, scores, words[:, 0])
-
-
-@dataclass
-class AsmkQuery(LocalQuery):
-    """A query prepared for an ASMK* index: its features (``keypoints``, ``words``: (n, k), for
-    spatial verification) and its aggregated signatures.
-
-    Attributes:
-        word_ids: (u,) int64 distinct words of the query over all assignments.
-        word_signatures: (u,) uint64 aggregated signature for each.
-    """
-
-    word_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
-    word_signatures: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
-
-
-def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
-              config: AsmkConfig = AsmkConfig(), top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
-    """Rank a collection by ASMK* similarity, then spatially verify the shortlist (``options.verification``).
-
-    Verification matches features through shared words, as tf-idf indexes do: the image
-    store keeps every feature's keypoint and word (postings only hold the aggregates).
-
-    Args:
-        query: the prepared query.
-        inverted: postings per (image, word) with aggregated signatures.
-        images: per-feature keypoints and words of the collection.
-        options: verification settings (query expansion and window search do not apply).
-        config: selectivity.
-        top_k: results wanted (None: every image).
-        n_jobs: threads for spatial verification.
-
-    Returns:
-        at most ``top_k`` entries, best first.
-    """
-    if options.expansion is not None or options.window_search:
-        raise ValueError("an ASMK* index ranks by its kernel and spatial verification only "
-                         "(no query expansion or window search)")
-    scores = asmk_scores(inverted, query.word_ids, query.word_signatures, config)
-    wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
-    ranking = shortlist(scores, max(wanted, options.shortlist))
-    if options.verification is not None:
-        ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification, n_jobs=n_jobs)
-    return ranking[:wanted]

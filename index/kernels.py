@@ -239,7 +239,9 @@ def image_postings(offsets, image_slots, words, slot):
 
     Within a word, an image's postings are consecutive and in the order of its
     features, so the k-th feature of image ``slot`` quantized to word ``w`` is
-    posting ``start(w, slot) + k``, ``start`` found by binary search.
+    posting ``start(w, slot) + k``, ``start`` found by binary search. Where the image
+    has fewer postings of ``w`` than features (one aggregated posting per (image, word),
+    ASMK*), the features past the last posting map to that last one.
 
     Args:
         offsets: (n_words + 1,) int64.
@@ -263,9 +265,12 @@ def image_postings(offsets, image_slots, words, slot):
                 lo = mid + 1
             else:
                 hi = mid
+        last = lo
+        while last + 1 < offsets[w + 1] and image_slots[last + 1] == slot:
+            last += 1
         rank = 0
         while k < n and words[order[k]] == w:
-            result[order[k]] = lo + rank
+            result[order[k]] = min(lo + rank, last)
             rank += 1
             k += 1
     return result

@@ -54,6 +54,7 @@ def normalised_scores(inverted: InvertedFile, scores: np.ndarray, query_words: n
 
 def feature_signatures(inverted: InvertedFile, slot: int, words: np.ndarray) -> np.ndarray:
     """(n,) uint64 signatures of image ``slot``'s features, read from the postings (they are stored
-    once, there; ``words`` (n,) are the image's words in feature order)."""
+    once, there; ``words`` (n,) are the image's words in feature order). With one aggregated posting
+    per (image, word) (ASMK*), each feature gets its word's signature."""
     postings = kernels.image_postings(inverted.offsets, inverted.image_slots, np.asarray(words), int(slot))
     return inverted.payload[SIGNATURE][postings]

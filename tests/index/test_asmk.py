@@ -64,8 +64,9 @@ def test_distance_weights_are_the_selectivity_function():
     assert np.isclose(weights[16], 0.5 ** 3)
     assert len(AsmkConfig(threshold=0.5).distance_weights()) == 17
     assert np.isclose(AsmkConfig(alpha=1, threshold=-1).distance_weights()[64], -1)
-    with pytest.raises(ValueError):
-        AsmkConfig(alpha=0)
+    for bad in ({"alpha": 0}, {"threshold": 1.5}, {"verification_threshold": 65}):
+        with pytest.raises(ValueError):
+            AsmkConfig(**bad)
 
 
 def test_scores_equal_the_kernel_definition(rng):
@@ -90,6 +91,20 @@ def test_scores_equal_the_kernel_definition(rng):
     got = asmk_scores(inverted, query_words, query_signatures, config)
     assert expected[0] > 0.5 and np.count_nonzero(expected) >= 6 and (expected < 0).any()  # tau < 0 lets u < 0 in
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_each_feature_reads_its_words_aggregated_signature(rng):
+    """Verification reads a candidate's per-feature signatures from the postings: with one posting
+    per (image, word), every feature of a word gets that posting's signature."""
+    from index.match_kernel import feature_signatures
+    features = [rng.integers(0, N_WORDS, 12) for _ in range(3)]  # repeated words within each image
+    inverted = InvertedFile(N_WORDS, {SIGNATURE: np.uint64})
+    aggregated = [np.unique(f) for f in features]
+    signatures = [rng.integers(0, 2 ** 63, len(w), dtype=np.uint64) for w in aggregated]
+    inverted.add(aggregated, {SIGNATURE: signatures})
+    for slot in range(3):
+        expected = signatures[slot][np.searchsorted(aggregated[slot], features[slot])]
+        assert np.array_equal(feature_signatures(inverted, slot, features[slot]), expected)
 
 
 def test_save_keeps_the_binarisation_and_selectivity(learned):
