@@ -19,6 +19,8 @@ from bovw.extraction import ExtractionReport
 from bovw.images import ImageReadError
 from index.persistence import MANIFEST, IndexFormatError, read_manifest
 
+#: ``cbir train``'s learning rate (cnn.training.TrainingConfig's default, without importing torch).
+TRAIN_DEFAULT_LR = 1e-4
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 logger = logging.getLogger("cbir")
 
@@ -137,7 +139,8 @@ def _new_index(args, pipeline):
     vocabulary = load_vocabulary_for(args.vocab, local) if getattr(args, "vocab", None) else None
     config = vocabulary_config(local, args) if local.kind == "local" else None
     return build_index(pipeline, vocabulary, expand_images(args.train_root) if args.train_root else None,
-                       expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs)
+                       expand_images(args.whiten_root) if args.whiten_root else None, config, args.cache, args.jobs,
+                       model=getattr(args, "model", None))
 
 
 def common_root(paths: list[str]) -> str | None:
@@ -165,6 +168,7 @@ def cmd_index(args) -> None:
     else:
         _warn_if_learned_on_indexed(args, paths)
         index = _new_index(args, get_pipeline(args.method or "sift-bow"))
+        _warn_if_model_saw(args, paths)
         index.root = os.path.realpath(args.root) if args.root else common_root(paths)
     before = len(index)
     report = index.add_images(paths, n_jobs=args.jobs)
@@ -178,7 +182,8 @@ def cmd_index(args) -> None:
 
 def _warn_if_learned_on_indexed(args, paths: list[str]) -> None:
     """Warn when a whitening is to be learned on the images being indexed (it fits them: in a user
-    trial, rmac P@10 fell from 0.94 unwhitened to 0.62 whitened on the 250 indexed photos)."""
+    trial, rmac P@10 fell from 0.94 unwhitened to 0.62 whitened on the 250 indexed photos), or
+    when the trained model saw them (checked once the index is made: by then the model was accepted)."""
     if not args.whiten_root:
         return
     indexed = {os.path.realpath(p) for p in paths}
@@ -186,6 +191,58 @@ def _warn_if_learned_on_indexed(args, paths: list[str]) -> None:
     if shared:
         logger.warning("the whitening is learned on %d of the indexed images: it fits them and can hurt "
                        "retrieval; learn it on other images", shared)
+
+
+def _warn_if_model_saw(args, paths: list[str]) -> None:
+    """Warn when the ``--model`` was trained on some of ``paths`` (scores on them are not held out)."""
+    if not getattr(args, "model", None):
+        return
+    from cnn.learned_model import LearnedModel, trained_on
+    seen = trained_on(LearnedModel.load(args.model), paths)
+    if seen:
+        logger.warning("the model %s was trained on %d of these %d images: results on them are not a held-out "
+                       "score", args.model, seen, len(paths))
+
+
+def cmd_train(args) -> None:
+    import numpy as np
+    from cbir.learning import train_model
+    from cnn.training import TrainingConfig
+    complete = os.path.join(args.out, MANIFEST)
+    if os.path.exists(complete) and not args.force:
+        raise UsageError(f"{args.out}: already holds a trained model; use --force to train it again")
+    if args.force:
+        import shutil
+        for leftover in ("mining", "pairs"):
+            shutil.rmtree(os.path.join(args.out, leftover), ignore_errors=True)
+        if os.path.exists(os.path.join(args.out, "checkpoint.pt")):
+            os.unlink(os.path.join(args.out, "checkpoint.pt"))
+    paths = expand_images(args.images)
+    if len(paths) < 2:
+        raise UsageError(f"training needs images of several objects or places; found {len(paths)} image files "
+                         f"in {' '.join(args.images)}")
+    config = TrainingConfig(head="gem-fc", init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
+                            negatives=args.negatives, hard_negatives=not args.random_negatives,
+                            hard_positives=args.hard_positives, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                            seed=args.seed, max_tuples=args.max_tuples)
+    vocabulary = None
+    if args.branching or args.depth:
+        from bovw.vocabulary import VocabularyConfig
+        default = VocabularyConfig(branching=141, depth=2)
+        vocabulary = dataclasses.replace(default, branching=args.branching or default.branching,
+                                         depth=args.depth or default.depth, seed=args.seed)
+    run = train_model(paths, args.out, config, args.min_inliers, args.shortlist, args.cache, args.jobs, args.device,
+                      vocabulary_config=vocabulary)
+    if run.mined.skipped or run.report.skipped:
+        for path, reason in run.mined.skipped.items():
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if run.report.skipped:
+            _print_report(run.report)
+    history = run.result.history
+    speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
+    print(f"model {args.out}: {run.model.head} head, {len(history)} epochs, {run.result.tuples_seen} tuples"
+          f"{speed}, {run.result.seconds:.0f} s; trained on {run.model.data['images']} images, "
+          f"{run.model.data['pairs']} verified pairs; use it with --method gem-ft --model {args.out}")
 
 
 def cmd_remove(args) -> None:
@@ -307,7 +364,16 @@ def cmd_info(args) -> None:
     from cbir.retrieval_index import load_vocabulary
     from cbir.searchable import load_index
     manifest = read_manifest(args.path)
-    if manifest.get("format") == "cbir-vocabulary":
+    if manifest.get("format") == "cbir-learned-model":
+        from cnn.learned_model import LearnedModel
+        model = LearnedModel.load(args.path)
+        head = model.inference_head()
+        facts = {"format": "cbir-learned-model", "head": model.head, "backbone": model.backbone,
+                 "weights_version": model.weights_version, "model_id": model.model_id, "gem_p": round(head.p, 4),
+                 "dim": head.output_dim, "settings": model.settings,
+                 "data": {k: v for k, v in model.data.items() if k != "image_digests"},
+                 "epochs": len(model.history), "scores": model.scores}
+    elif manifest.get("format") == "cbir-vocabulary":
         vocabulary = load_vocabulary(args.path)
         facts = {"format": "cbir-vocabulary", "words": vocabulary.n_words, "branching": vocabulary.branching,
                  "depth": vocabulary.depth, "dim": vocabulary.dim}
@@ -378,6 +444,7 @@ def cmd_eval(args) -> None:
             logger.info("no --vocab or --train-root: training on the evaluated images (--root)")
             args.train_root = [args.root]
         index = _new_index(args, pipeline)
+        _warn_if_model_saw(args, dataset.database_paths)
     report = index_dataset(index, dataset, n_jobs=args.jobs)
     if report.skipped:
         _print_report(report)
@@ -410,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--branching", type=int, help="vocabulary branching when training (default: the pipeline's)")
         p.add_argument("--depth", type=int, help="vocabulary depth when training (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
+        p.add_argument("--model", help="trained model directory (cbir train) for pipelines with a learned head "
+                                       "(gem-ft); its FC layer replaces the whitening")
 
     def search_settings(p):
         g = p.add_argument_group("search options (default: the index's pipeline)")
@@ -451,6 +520,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing vocabulary")
     common(p)
     p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor (gem-ft)",
+                       description="Mine: every image queries the others with sift-he-sv; pairs with enough "
+                                   "homography inliers are positives, their connected components the objects. "
+                                   "Train: GeM with a learnable p and an FC layer initialised from learned "
+                                   "whitening, on the cached conv maps, with hard negatives re-mined every epoch. "
+                                   "Resumable: run the same command again after an interruption. Train on other "
+                                   "photos than the ones you will search.")
+    p.add_argument("--images", nargs="+", required=True, help="training image files, folders, or @list.txt")
+    p.add_argument("--out", required=True, help="model directory to write (also holds the work of an interrupted run)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
+    p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")
+    p.add_argument("--margin", type=float, help="loss margin (default: 0.85 contrastive, 0.1 triplet)")
+    p.add_argument("--negatives", type=int, default=5, help="hard negatives per tuple (default 5)")
+    p.add_argument("--random-negatives", action="store_true", help="random negatives instead of hard ones")
+    p.add_argument("--hard-positives", action="store_true",
+                   help="one tuple per image with its farthest verified partner instead of every pair")
+    p.add_argument("--init", choices=["lw", "pca"], default="lw",
+                   help="FC initialisation: learned whitening from the pairs (default) or PCA whitening")
+    p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512)")
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULT_LR, help="Adam learning rate (default %(default)g)")
+    p.add_argument("--batch", type=int, default=32, help="tuples per step (default 32)")
+    p.add_argument("--max-tuples", type=int, help="tuples per epoch at most (default: every verified pair, both ways)")
+    p.add_argument("--min-inliers", type=int, help="homography inliers that make a positive pair (default: mining's)")
+    p.add_argument("--shortlist", type=int, help="candidates verified per image while mining (default: mining's)")
+    p.add_argument("--branching", type=int, help="mining vocabulary branching (default 141, as sift-he)")
+    p.add_argument("--depth", type=int, help="mining vocabulary depth (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (training is deterministic on the CPU)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--force", action="store_true", help="train again over an existing model")
+    common(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="build an index, or extend one with --add")
     p.add_argument("images", nargs="+", help="image files, folders, or @list.txt")

@@ -181,6 +181,9 @@ class LearnedModel:
                 weights version.
         """
         import torch
+        if not os.path.isfile(os.path.join(directory, MANIFEST)):
+            raise ModelFormatError(f"{os.path.join(directory, MANIFEST)}: missing (not a model directory written by "
+                                   f"cbir train)")
         try:
             manifest = read_manifest(directory)
         except IndexFormatError as exc:

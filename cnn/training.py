@@ -53,7 +53,8 @@ class TrainingConfig:
         batch: tuples per Adam step.
         lr: Adam learning rate (the affine layer); p gets ``lr * p_lr_factor``.
         p_lr_factor: p's learning rate multiplier (cirtorch: 10).
-        weight_decay: Adam's L2 penalty.
+        weight_decay: Adam's L2 penalty (0: with Adam, a penalty alone moves every weight by ~lr a step
+            once the loss is 0, which lowered Holidays mAP from 0.773 to 0.766 in a run with a margin met).
         max_tuples: tuples per epoch at most (None: all).
         seed: all randomness.
     """
@@ -71,7 +72,7 @@ class TrainingConfig:
     batch: int = 32
     lr: float = 1e-4
     p_lr_factor: float = 10.0
-    weight_decay: float = 1e-6
+    weight_decay: float = 0.0
     max_tuples: int | None = None
     seed: int = 0
 

@@ -1,0 +1,141 @@
+"""``cbir train`` as a function: mine verified pairs in a folder, train a head, save the model.
+
+The model directory doubles as the work folder of an interrupted run: ``mining/`` holds
+the resumable mining (index, features, queries done), ``pairs/`` the mined pairs once
+mining is over (kept: a user can inspect them, ``cbir.mining.MinedPairs.load``), and
+``checkpoint.pt`` the training state after the last finished epoch. Running the same
+command again resumes from there; ``manifest.json`` is written last, when the model is
+complete, and the mining and checkpoint files are then removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from bovw.extraction import ExtractionReport, iter_features
+from cbir.pipelines import get_pipeline
+
+logger = logging.getLogger("cbir")
+
+#: The pipeline whose backbone and head a ``cbir train`` model is for.
+TRAINED_PIPELINE = "gem-ft"
+
+
+@dataclass
+class TrainingRun:
+    """What ``train_model`` did.
+
+    Attributes:
+        model: the saved model.
+        mined: the verified pairs it trained on.
+        result: the training history (``cnn.training.TrainingResult``).
+        report: the feature-map extraction of the mined images (skipped files).
+    """
+
+    model: object
+    mined: object
+    result: object
+    report: ExtractionReport
+
+
+def training_maps(paths: Sequence[str], cache_dir: str | None = None, n_jobs: int = 1,
+                  progress: bool | None = None, device: str = "auto") -> tuple[list[np.ndarray], list[int],
+                                                                               ExtractionReport]:
+    """The backbone's 'global' maps (C, H, W) float16 of the usable images of ``paths``.
+
+    Returns:
+        (maps, index in ``paths`` of each map, extraction report).
+    """
+    from cnn.feature_maps import FeatureMapExtractor
+    extractor = FeatureMapExtractor(get_pipeline(TRAINED_PIPELINE).build.backbone, cache_dir, device)
+    report = ExtractionReport()
+    position = {path: i for i, path in enumerate(paths)}
+    maps, kept = [], []
+    for path, found in iter_features(list(paths), extractor, None, report, n_jobs=n_jobs, verbose=progress):
+        maps.append(found["global"].astype(np.float16))
+        kept.append(position[path])
+    return maps, kept, report
+
+
+def restrict(pairs: np.ndarray, components: np.ndarray, kept: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs and components renumbered to the images ``kept`` (pairs touching others dropped)."""
+    new = np.full(len(components), -1, np.int64)
+    new[kept] = np.arange(len(kept))
+    pairs = new[np.asarray(pairs, np.int64).reshape(-1, 2)]
+    return pairs[(pairs >= 0).all(axis=1)], np.asarray(components, np.int64)[kept]
+
+
+def train_model(images: Sequence[str], out: str, config=None, min_inliers: int | None = None,
+                shortlist: int | None = None, cache_dir: str | None = None, n_jobs: int = -1,
+                device: str = "auto", progress: bool | None = None, mined=None,
+                vocabulary_config=None) -> TrainingRun:
+    """Mine ``images`` (``cbir.mining.mine_pairs``), train a head on their cached maps, save it to ``out``.
+
+    Args:
+        images: the training photos (never the ones to be evaluated); unusable ones are skipped.
+        out: the model directory (also the work folder of an interrupted run: called again
+            with the same arguments, it resumes).
+        config: ``cnn.training.TrainingConfig`` (default settings when None).
+        min_inliers, shortlist: mining settings (None: mining's defaults).
+        cache_dir: feature cache (SIFT features and conv maps).
+        n_jobs: extraction workers.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        progress: progress bars (None: only on a terminal).
+        mined: pairs already mined for ``images`` (skips mining).
+        vocabulary_config: the mining vocabulary's shape (None: mining's default, 141^2 words).
+
+    Raises:
+        cbir.mining.MiningError: too few verified pairs (the message says how many and what would help).
+    """
+    from cbir.mining import MinedPairs, mine_pairs
+    from cnn.learned_model import LearnedModel, backbone_weights_version, data_fingerprint
+    from cnn.training import TrainingConfig, train_head
+    config = config or TrainingConfig()
+    images = [str(p) for p in images]
+    os.makedirs(out, exist_ok=True)
+    pairs_dir, mining_dir = os.path.join(out, "pairs"), os.path.join(out, "mining")
+    settings = {key: value for key, value in (("min_inliers", min_inliers), ("shortlist", shortlist))
+                if value is not None}
+    mining = dict(settings, vocabulary_config=vocabulary_config) if vocabulary_config is not None else settings
+    if mined is None and os.path.isdir(pairs_dir):
+        previous = MinedPairs.load(pairs_dir)
+        same = set(previous.images) | set(previous.skipped) == set(images) and all(
+            previous.settings.get(key) == value for key, value in settings.items())
+        if same:
+            logger.info("using the pairs mined before in %s", pairs_dir)
+            mined = previous
+    if mined is None:
+        mined = mine_pairs(images, cache_dir=cache_dir, n_jobs=n_jobs, resume=mining_dir, progress=progress,
+                           **mining)
+        mined.save(pairs_dir)
+    logger.info("mined: %s", mined.summary())
+    maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device)
+    pairs, components = restrict(mined.pairs, mined.components, kept)
+    if len(pairs) < 2 or len(np.unique(components)) <= config.negatives:
+        raise ValueError(f"{out}: {len(pairs)} verified pairs in {len(np.unique(components))} components are too "
+                         f"few to train with {config.negatives} negatives per tuple; add photos of more objects "
+                         f"or places, each from several viewpoints")
+    used = [mined.images[i] for i in kept]
+    logger.info("training a %s head on %d images, %d verified pairs (%s loss, %d epochs)", config.head, len(used),
+                len(pairs), config.loss, config.epochs)
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    result = train_head(maps, pairs, components, config, device, checkpoint=checkpoint, progress=progress)
+    backbone = get_pipeline(TRAINED_PIPELINE).build.backbone
+    model = LearnedModel(result.head.kind, backbone.key, backbone_weights_version(backbone.name),
+                         result.head.state_dict(), dataclasses.asdict(config),
+                         {**data_fingerprint(used, pairs, components), "mining": mined.settings},
+                         [dataclasses.asdict(r) for r in result.history],
+                         {"final_loss": result.history[-1].loss if result.history else None,
+                          "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)})
+    model.save(out)
+    for leftover in (checkpoint,):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+    shutil.rmtree(mining_dir, ignore_errors=True)
+    return TrainingRun(model, mined, result, report)
