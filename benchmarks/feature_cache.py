@@ -2,7 +2,7 @@
 
 Compares the cache format before issue 12 (float32 keypoints, descriptors and image
 size in an uncompressed ``np.savez``, reproduced here) with the current one
-(RootSIFT as the uint8 SIFT integers, float32 keypoints, ``np.savez_compressed``),
+(RootSIFT as the uint8 SIFT integers, float32 keypoints, deflated),
 on the Sacre-Coeur photos (~1024 px) and the first UKBench images (320x240), with
 the SIFT settings of the pipelines (``sift-bow``).
 
@@ -12,10 +12,19 @@ counts the descriptors whose word (``quantize(x, beam)``) changes when x goes
 through the cache, and through two lossy forms for comparison. ``--blcf`` does
 the same for BLCF's conv descriptors (stored as float16), whitened as the index
 whitens them.
+
+``--levels A,B`` compares zlib levels of the cache files (``bovw.feature_cache.write_npz``,
+numpy's ``savez_compressed`` layout; numpy writes level 6) on the Sacre-Coeur photos: the
+SIFT features of the pipelines' settings and without a budget, the backbone's feature maps
+that ``rmac`` and the other CNN pipelines cache (float16), and BLCF's local features: bytes,
+write time (the arrays a put stores, into a file) and read time (``FeatureCache.get`` or
+``get_arrays`` of that file), each the fastest of ``--repeats`` with the levels interleaved.
+The full run ends with that; ``--levels-only`` measures only that.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import hashlib
 import io
@@ -26,7 +35,7 @@ import time
 import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, write_result
-from bovw.feature_cache import FeatureCache
+from bovw.feature_cache import COMPRESSION_LEVEL, FeatureCache, encode_features, write_npz
 from bovw.features import LocalFeatures
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import get_pipeline
@@ -47,6 +56,9 @@ def parse_args():
                         help="BLCF vocabulary shape for the word check (default 64x2: the pipeline's 158x2 "
                              "needs more descriptors than these images give)")
     parser.add_argument("--jobs", type=int, default=2, help="vocabulary training threads")
+    parser.add_argument("--levels", default="6,1", help="zlib levels compared, the first as the reference")
+    parser.add_argument("--levels-only", action="store_true", help="measure only the zlib levels")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per photo and level (fastest kept)")
     parser.add_argument("--name", default="feature_cache", help="result file name under benchmarks/results")
     return parser.parse_args()
 
@@ -182,8 +194,96 @@ def blcf_section(photos: list[str], ukbench: list[str], args, workdir: str) -> l
                           {"cache (float16)": whitening.apply(back)})]
 
 
+def level_rows(label: str, paths: list[str], stored: list[dict], read, levels: list[int], repeats: int,
+               workdir: str) -> list[str]:
+    """Markdown rows, one per level: bytes, write and read ms per photo of the arrays ``stored[i]``
+    of ``paths[i]`` at each level (fastest of ``repeats``, levels interleaved; medians over the
+    photos).
+
+    Args:
+        read: ``FeatureCache`` -> path -> what the cache returns (``get`` or ``get_arrays``).
+    """
+    cache = FeatureCache(os.path.join(workdir, "levels"), "bench")
+    sizes = np.zeros((len(levels), len(paths)))
+    write_s = np.full((len(levels), len(paths)), np.inf)
+    read_s = np.full((len(levels), len(paths)), np.inf)
+    for i, (path, arrays) in enumerate(zip(paths, stored)):
+        file = cache.path_for(path)
+        os.makedirs(os.path.dirname(file), exist_ok=True)
+        back = []
+        for _ in range(repeats):
+            for j, level in enumerate(levels):
+                start = time.perf_counter()
+                with open(file, "wb") as handle:
+                    write_npz(handle, arrays, level)
+                write_s[j, i] = min(write_s[j, i], time.perf_counter() - start)
+                sizes[j, i] = os.path.getsize(file)
+                got, seconds = timed(read(cache), path)
+                read_s[j, i] = min(read_s[j, i], seconds)
+                back.append(got)
+        if not all(_same(back[0], other) for other in back[1:]):
+            raise SystemExit(f"{label}: {path} does not read back the same at every level")
+    rows = []
+    for j, level in enumerate(levels):
+        rows.append(f"| {label} | {level}{' (now)' if level == COMPRESSION_LEVEL else ''} | "
+                    f"{np.median(sizes[j]) / MB:.3f} | {sizes[j].sum() / sizes[0].sum():.3f} | "
+                    f"{np.median(write_s[j]) * 1000:.1f} | {np.median(write_s[j] - write_s[0]) * 1000:+.1f} | "
+                    f"{np.median(read_s[j]) * 1000:.1f} | {np.median(read_s[j] - read_s[0]) * 1000:+.1f} |")
+    return rows
+
+
+def _same(a, b) -> bool:
+    """Whether two things the cache returned (LocalFeatures or dicts of arrays) are identical."""
+    if isinstance(a, LocalFeatures):
+        return bit_exact(a.keypoints, b.keypoints) and bit_exact(a.descriptors, b.descriptors) \
+            and a.image_size == b.image_size
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def levels_section(photos: list[str], args, workdir: str) -> list[str]:
+    """Bytes, write and read time per photo of the cache files at each of ``args.levels``."""
+    from cnn.feature_maps import FeatureMapExtractor
+    levels = [int(level) for level in args.levels.split(",")]
+    sift = get_pipeline("sift-bow").build
+    unbudgeted = dataclasses.replace(sift, sift=dataclasses.replace(sift.sift, max_features=0))
+    blcf = get_pipeline("blcf").build
+    maps = FeatureMapExtractor(blcf.extractor.backbone)
+    header = ["| stored | zlib level | MB per photo (median) | bytes vs first | write ms | vs first | "
+              "read ms | vs first |", "|---|---|---|---|---|---|---|---|"]
+    rows, counts = [], {}
+    for label, build in ((f"SIFT, pipelines' settings ({sift.extractor.key})", sift),
+                         (f"SIFT, no budget ({unbudgeted.extractor.key})", unbudgeted),
+                         (f"BLCF local features ({blcf.extractor.key})", blcf)):
+        features = [read_local_features(build, path) for path in photos]
+        counts[label] = np.mean([len(f) for f in features])
+        rows += level_rows(label, photos, [encode_features(f) for f in features], lambda c: c.get, levels,
+                           args.repeats, workdir)
+    stored_maps = []
+    for path in photos:
+        image = maps.image(path)
+        computed = maps.backbone.feature_maps(image)
+        stored_maps.append({"local": computed["local"].astype(np.float16),
+                            "global": computed["global"].astype(np.float16),
+                            "image_size": np.asarray(image.shape[:2], np.int64)})
+    rows += level_rows(f"CNN feature maps ({maps.options.key}, float16)", photos, stored_maps,
+                       lambda c: c.get_arrays, levels, args.repeats, workdir)
+    return [f"### zlib level of the cache files ({len(photos)} Sacre-Coeur photos, ~1024 px)", "",
+            "Features per photo: " + "; ".join(f"{label}: {n:,.0f}" for label, n in counts.items()) + ". "
+            f"Write: `write_npz` of the arrays a put stores into the file; read: `FeatureCache.get` "
+            f"(`get_arrays` for the maps) of that file, decoding included; fastest of {args.repeats} per photo "
+            "with the levels interleaved, medians over the photos; `vs first`: median per-photo difference "
+            "from the first level. Every level reads back identical arrays.", "", *header, *rows]
+
+
 def main():
     args = parse_args()
+    if args.levels_only:
+        photos = sorted(glob.glob(os.path.join(args.data, "sacre_coeur", "*.jpg")))
+        with tempfile.TemporaryDirectory() as workdir:
+            body = "\n".join(levels_section(photos, args, workdir))
+        print(body)
+        print(f"written to {write_result(args.name, body)}")
+        return
     photos = sorted(glob.glob(os.path.join(args.data, "sacre_coeur", "*.jpg")))
     ukbench = sorted(glob.glob(os.path.join(args.data, "ukbench", "*.jpg")))[:args.ukbench]
     build = get_pipeline("sift-bow").build
@@ -200,6 +300,7 @@ def main():
             "float16": original.astype(np.float16).astype(np.float32),
             "uint8 of RootSIFT (round(255 x) / 255)": np.rint(original * 255).astype(np.float32) / 255})
         blcf = blcf_section(photos, ukbench, args, workdir) if args.blcf else []
+        levels = ["", *levels_section(photos, args, workdir)]
 
     r = sacre["rows"]
     per_feature = r["new_bytes"].sum() / r["n"].sum()
@@ -207,7 +308,7 @@ def main():
     xy16 = np.abs(xy.astype(np.float16).astype(np.float32) - xy).max()
     lines = [f"SIFT: `{build.extractor.key}` (pipelines' settings). Old: float32 `np.savez` of keypoints, "
              "descriptors, image size. New: `bovw.feature_cache` (RootSIFT kept as the uint8 SIFT integers it is "
-             "computed from, keypoints float32, `np.savez_compressed`).", "",
+             f"computed from, keypoints float32, deflated at zlib level {COMPRESSION_LEVEL}).", "",
              "| set | photos | features/photo mean (min-max) | old MB/photo | new MB/photo mean (max) | old/new | "
              "bytes/feature old -> new (descriptors + keypoints) | bit-exact |", "|---|---|---|---|---|---|---|---|",
              size_row("Sacre-Coeur (~1024 px)", sacre), size_row(f"UKBench first {len(ukbench)} (320x240)", small), "",
@@ -225,7 +326,7 @@ def main():
              f"{len(original):,} RootSIFT descriptors of the UKBench images, quantized with beam {args.beam}:", "",
              "| storage round trip | words changed | max abs change |", "|---|---|---|", *words, "",
              f"Keypoints are stored as float32, so x, y, scale and angle come back exactly; float16 x, y of these "
-             f"photos would be off by up to {xy16:.3f} px (up to 1 px at 2048-4096 px).", *blcf]
+             f"photos would be off by up to {xy16:.3f} px (up to 1 px at 2048-4096 px).", *blcf, *levels]
     body = "\n".join(lines)
     print(body)
     print(f"written to {write_result(args.name, body)}")

@@ -96,7 +96,20 @@ class SiftOptions:
             photos among distractors (partial-view mAP within 0.004 of spread 0 at budgets
             2000 and 2500, benchmarks/results/feature_budget.md), where the landmark fills
             most of each photo.
-        contrast_threshold: OpenCV SIFT's contrastThreshold.
+        contrast_threshold: OpenCV SIFT's contrastThreshold (of images of at most
+            ``contrast_reference_pixels`` pixels when that is set).
+        contrast_reference_pixels: 0 (default): one contrast threshold for every image size.
+            Otherwise images of more pixels than this (height x width) are detected with a
+            threshold rising with their pixel count (``contrast_threshold_for``), so those of
+            at most this many keep ``contrast_threshold`` and exactly the same features.
+            With 120,000 (400 x 300, the largest Holidays/UKBench image) and growth 1, a
+            1024-px photo is detected at 0.03 instead of 0.005 and its 512-px quarters at
+            0.0075: with the 2,500 budget, quarter-photo queries among distractors gained
+            0.010-0.011 mAP, whole photos were unchanged (one landmark, Sacre-Coeur;
+            benchmarks/results/feature_budget_threshold.md).
+        contrast_growth: exponent of that rise: the threshold is ``contrast_threshold *
+            (pixels / contrast_reference_pixels) ** contrast_growth``; 0.5 scales it with the
+            image side, 1 with its area.
         edge_threshold: OpenCV SIFT's edgeThreshold.
         image: decoding and size limits.
     """
@@ -105,6 +118,8 @@ class SiftOptions:
     max_features: int = 0
     spread: float = 0.5
     contrast_threshold: float = 0.04
+    contrast_reference_pixels: int = 0
+    contrast_growth: float = 0.5
     edge_threshold: float = 10.0
     image: ImageOptions = ImageOptions()
 
@@ -112,14 +127,29 @@ class SiftOptions:
         if self.max_features < 0 or not 0.0 <= self.spread <= 1.0:
             raise ValueError(f"max_features must be >= 0 and spread in [0, 1] "
                              f"(got {self.max_features}, {self.spread})")
+        if self.contrast_reference_pixels < 0 or self.contrast_growth < 0:
+            raise ValueError(f"contrast_reference_pixels and contrast_growth must be >= 0 "
+                             f"(got {self.contrast_reference_pixels}, {self.contrast_growth})")
+
+    def contrast_threshold_for(self, image_size: tuple) -> float:
+        """The contrast threshold an image of ``image_size`` (height, width) in pixels is detected
+        with: ``contrast_threshold`` up to ``contrast_reference_pixels`` pixels (or when that is
+        0), then ``contrast_threshold * (pixels / contrast_reference_pixels) ** contrast_growth``."""
+        pixels = int(image_size[0]) * int(image_size[1])
+        if not self.contrast_reference_pixels or pixels <= self.contrast_reference_pixels:
+            return self.contrast_threshold
+        return self.contrast_threshold * (pixels / self.contrast_reference_pixels) ** self.contrast_growth
 
     @property
     def key(self) -> str:
         """A string that changes whenever the extracted features would (without a budget it is
-        the key of the versions before the budget, so their feature caches stay valid)."""
+        the key of the versions before the budget, and without a size-dependent threshold that of
+        the versions before it, so their feature caches stay valid)."""
         selection = f"-spread{self.spread}" if self.max_features > 0 else ""
+        growth = (f"-cref{self.contrast_reference_pixels}-cgrowth{self.contrast_growth}"
+                  if self.contrast_reference_pixels else "")
         return (f"sift-v1-root{int(self.root)}-max{self.max_features}{selection}-c{self.contrast_threshold}"
-                f"-e{self.edge_threshold}-side{self.image.max_side}")
+                f"{growth}-e{self.edge_threshold}-side{self.image.max_side}")
 
     #: SIFT describes grayscale images.
     color = False
@@ -204,6 +234,8 @@ def _describe(sift, gray: np.ndarray, keypoints: list, detected: list) -> np.nda
 def sift_from_array(gray: np.ndarray, options: SiftOptions = SiftOptions()) -> LocalFeatures:
     """Detect and describe SIFT keypoints of a grayscale image.
 
+    The detector's contrast threshold depends on the image size when
+    ``options.contrast_reference_pixels`` is set (``SiftOptions.contrast_threshold_for``).
     With a budget (``options.max_features``) the keypoints are selected by
     ``select_features``. On images of more than ``DESCRIBE_ALL_PIXELS_PER_FEATURE``
     pixels per budgeted feature they are detected, selected, and only the selected ones
@@ -218,7 +250,7 @@ def sift_from_array(gray: np.ndarray, options: SiftOptions = SiftOptions()) -> L
         LocalFeatures with 128-d descriptors (RootSIFT or L2-normalised SIFT),
         keypoints sorted by decreasing detector response.
     """
-    sift = cv2.SIFT_create(contrastThreshold=options.contrast_threshold,
+    sift = cv2.SIFT_create(contrastThreshold=options.contrast_threshold_for(gray.shape[:2]),
                            edgeThreshold=options.edge_threshold)
     budget = options.max_features
     if budget > 0 and gray.size > DESCRIBE_ALL_PIXELS_PER_FEATURE * budget:

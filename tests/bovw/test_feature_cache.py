@@ -1,12 +1,16 @@
+import io
 import os
 import shutil
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 from bovw.extraction import ExtractionReport, iter_features
-from bovw.feature_cache import OLD_FORMAT_KEY, STALE_TMP_S, FeatureCache, cache_info, clean_cache
+from bovw.feature_cache import (COMPRESSION_LEVEL, OLD_FORMAT_KEY, STALE_TMP_S, FeatureCache, cache_info,
+                                clean_cache, encode_features)
 from bovw.features import LocalFeatures, extract_sift
 
 
@@ -84,6 +88,29 @@ def test_rootsift_round_trips_bit_for_bit_in_uint8(box, box_features, tmp_path):
     assert found.image_size == box_features.image_size
     size = os.path.getsize(cache.path_for(str(box)))
     assert size < 0.3 * len(features) * (128 + 4) * 4  # float32 keypoints and descriptors, uncompressed
+
+
+def test_files_are_deflated_at_the_level_and_entries_numpy_wrote_still_read(box, box_features, tmp_path):
+    """Each member of a file ``put`` writes is deflated at ``COMPRESSION_LEVEL``; an entry written
+    as before (``np.savez_compressed``, numpy's level 6) still reads back bit for bit."""
+    cache = FeatureCache(str(tmp_path / "cache"), "sift-test")
+    cache.put(str(box), box_features)
+    file = cache.path_for(str(box))
+    arrays = encode_features(box_features)
+    with zipfile.ZipFile(file) as archive:
+        assert sorted(archive.namelist()) == sorted(name + ".npy" for name in arrays)
+        for info in archive.infolist():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, arrays[info.filename[:-4]], allow_pickle=False)
+            deflate = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -15)
+            expected = deflate.compress(member.getvalue()) + deflate.flush()
+            assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size == len(expected)
+    assert COMPRESSION_LEVEL != 6
+    with open(file, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    found = cache.get(str(box))
+    assert _bit_equal(found.descriptors, box_features.descriptors)
+    assert _bit_equal(found.keypoints, box_features.keypoints) and found.image_size == box_features.image_size
 
 
 def test_other_descriptors_round_trip_within_float16_and_keypoints_exactly(box, rng, tmp_path):

@@ -172,3 +172,46 @@ def test_flat_image_has_no_features():
     features = sift_from_array(np.full((200, 300), 128, np.uint8))
     assert len(features) == 0 and features.descriptors.shape == (0, 128)
     assert isinstance(features, LocalFeatures)
+
+
+#: The largest Holidays/UKBench image (400 x 300 pixels) as the reference of the size-dependent threshold.
+ADAPTIVE_SIFT = dataclasses.replace(PIPELINE_SIFT, contrast_reference_pixels=400 * 300, contrast_growth=0.5)
+
+
+def test_contrast_threshold_rises_with_the_pixel_count_above_the_reference():
+    assert ADAPTIVE_SIFT.contrast_threshold_for((240, 320)) == 0.005
+    assert ADAPTIVE_SIFT.contrast_threshold_for((300, 400)) == 0.005
+    # 4 times the reference's pixels: twice the threshold with growth 0.5, 4 times with growth 1.
+    assert np.isclose(ADAPTIVE_SIFT.contrast_threshold_for((600, 800)), 0.01)
+    area = dataclasses.replace(ADAPTIVE_SIFT, contrast_growth=1.0)
+    assert np.isclose(area.contrast_threshold_for((600, 800)), 0.02)
+    assert PIPELINE_SIFT.contrast_threshold_for((768, 1024)) == 0.005  # no reference: one threshold
+    with pytest.raises(ValueError):
+        SiftOptions(contrast_reference_pixels=-1)
+
+
+def test_size_dependent_threshold_keeps_small_images_and_drops_weak_features_of_photos(data_dir):
+    """The 400 x 300 and 320 x 240 benchmark images get exactly their features; a 1024-px photo
+    loses weak features only (the rest identical, descriptors included)."""
+    for name in ("holidays/103100.png", "holidays/100000.jpg", "ukbench/ukbench00040.jpg"):
+        path = os.path.join(data_dir, name)
+        fixed, adaptive = extract_sift(path, PIPELINE_SIFT), extract_sift(path, ADAPTIVE_SIFT)
+        assert len(fixed) > 500
+        assert np.array_equal(adaptive.keypoints, fixed.keypoints)
+        assert np.array_equal(adaptive.descriptors, fixed.descriptors)
+    path = os.path.join(data_dir, "sacre_coeur", sorted(os.listdir(os.path.join(data_dir, "sacre_coeur")))[0])
+    fixed, adaptive = extract_sift(path, PIPELINE_SIFT), extract_sift(path, ADAPTIVE_SIFT)
+    assert ADAPTIVE_SIFT.contrast_threshold_for(fixed.image_size) > 2 * 0.005
+    assert len(adaptive) < 0.97 * len(fixed)
+    rows = _rows(fixed)
+    at = np.array([rows[row.tobytes()] for row in adaptive.keypoints])
+    assert np.all(np.diff(at) > 0)
+    assert np.array_equal(adaptive.descriptors, fixed.descriptors[at])
+    # What is dropped is weak: most of it comes from the weakest half of the fixed threshold's features.
+    dropped = np.setdiff1d(np.arange(len(fixed)), at)
+    assert np.mean(dropped >= len(fixed) // 2) > 0.9
+
+
+def test_size_dependent_threshold_changes_the_key():
+    assert ADAPTIVE_SIFT.key != PIPELINE_SIFT.key
+    assert ADAPTIVE_SIFT.key != dataclasses.replace(ADAPTIVE_SIFT, contrast_growth=1.0).key
