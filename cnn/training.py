@@ -157,8 +157,8 @@ def resolve(device: str) -> torch.device:
 def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray,
                config: TrainingConfig = TrainingConfig(), device: str = "auto",
                whitening: PCAWhitening | None = None, checkpoint: str | None = None,
-               progress: bool | None = None, on_epoch: Callable[[EpochRecord, GemHead], None] | None = None
-               ) -> TrainingResult:
+               progress: bool | None = None, on_epoch: Callable[[EpochRecord, GemHead], None] | None = None,
+               cpu_threads: int = 1) -> TrainingResult:
     """Train a head on the cached maps of a training collection.
 
     Args:
@@ -172,6 +172,9 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
             holds a run of the same settings and data (None: no checkpoint).
         progress: progress bar per epoch (None: only on a terminal).
         on_epoch: called after every epoch with its record and the head.
+        cpu_threads: torch threads on the CPU while training (restored afterwards; 0: torch's
+            setting). 1 by default: on the shared 2-core machine, 2 threads ran the head 3-10x
+            slower (spinning OpenMP workers), and a fixed count keeps the sums' order, so runs repeat.
 
     Returns:
         the head (on the CPU, eval mode) and the per-epoch history.
@@ -201,6 +204,16 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
         else:
             logger.info("%s holds another run (settings or data differ): starting afresh", checkpoint)
     bank = MapBank(maps, target)
+    from cnn.backbone import _torch_threads
+    with _torch_threads(cpu_threads if target.type == "cpu" else 0):
+        _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint,
+                      fingerprint, progress, on_epoch)
+    head.to("cpu").eval()
+    return TrainingResult(head, history)
+
+
+def _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint, fingerprint,
+                  progress, on_epoch) -> None:
     for epoch in range(start_epoch, config.epochs):
         record = _run_epoch(head, bank, optimizer, pairs, components, config, epoch, progress)
         history.append(record)
@@ -210,8 +223,6 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
                                          "history": [dataclasses.asdict(r) for r in history]})
         if on_epoch is not None:
             on_epoch(record, head)
-    head.to("cpu").eval()
-    return TrainingResult(head, history)
 
 
 def _parameter_groups(head: GemHead, config: TrainingConfig) -> list[dict]:
