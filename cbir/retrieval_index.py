@@ -245,7 +245,8 @@ class RetrievalIndex(SearchableIndex):
         with self._lock.writing():
             self.names.add(list(names))
             self.images.add([f.image_size for f in features], [f.keypoints for f in features], words)
-            self.inverted_file.add(list(posting_words), {SIGNATURE: list(signatures)} if signatures is not None else None)
+            self.inverted_file.add(list(posting_words),
+                                   {SIGNATURE: list(signatures)} if signatures is not None else None)
 
     def _remove_slots(self, slots: list[int]) -> None:
         self.inverted_file.remove(slots)
