@@ -161,8 +161,9 @@ class RetrievalIndex(SearchableIndex):
         cache_dir: feature cache folder used when reading images.
         asmk: learned ASMK* binarisation (``index.asmk``): the postings are then one aggregated
             signature per (image, word), ranked by the ASMK* kernel with its selectivity; the image
-            store keeps every feature's keypoint and word for spatial verification. Builds without
-            a Hamming embedding.
+            store keeps every feature's keypoint and word for spatial verification. Residuals are
+            those of the descriptors the vocabulary sees (whitened when there is a whitening).
+            Builds without a Hamming embedding.
     """
 
     FORMAT = "cbir-index"
@@ -180,8 +181,8 @@ class RetrievalIndex(SearchableIndex):
         if build.hamming != (hamming is not None):
             raise ValueError(f"pipeline {self.pipeline.name!r} " + ("needs a learned Hamming embedding"
                                                                      if hamming is None else "uses no Hamming embedding"))
-        if asmk is not None and (hamming is not None or build.local_whitening_dim is not None):
-            raise ValueError("an ASMK* index aggregates unwhitened descriptors and keeps no per-feature signatures")
+        if asmk is not None and hamming is not None:
+            raise ValueError("an ASMK* index keeps one signature per (image, word), not one per feature")
         # The learned parts fix their own shapes: the build records them as they are.
         if (vocabulary.branching, vocabulary.depth) != (build.vocabulary.branching, build.vocabulary.depth):
             build = dataclasses.replace(build, vocabulary=VocabularyConfig(branching=vocabulary.branching,
