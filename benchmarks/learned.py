@@ -32,6 +32,10 @@ VARIANTS = {
     "gem-ft contrastive, hard negatives": {},
     "gem-ft triplet, hard negatives": {"loss": "triplet"},
     "gem-ft contrastive, random negatives": {"hard_negatives": False},
+    # a triplet margin of 0.1 (on squared distances) was already met by every hard negative of the
+    # Lw-initialised head: zero loss, nothing learned; 0.5 is in reach of them
+    "gem-ft triplet (margin 0.5), hard negatives": {"loss": "triplet", "margin": 0.5},
+    "gem-ft contrastive, hard negatives and hard positives": {"hard_positives": True},
 }
 
 

@@ -189,7 +189,8 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     machine = {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+               "load_average_1min": round(os.getloadavg()[0], 1)}  # other work on the machine slows the CPU rows
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
         json.dump({"machine": machine, "settings": vars(args), "rows": rows}, handle, indent=1)
