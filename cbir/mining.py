@@ -36,6 +36,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
+from index.verified_pairs import strongest_pairs
 
 logger = logging.getLogger("cbir")
 
@@ -202,21 +203,12 @@ def symmetric_pairs(queries: np.ndarray, matches: np.ndarray, inliers: np.ndarra
         pairs (m, 2) int32 with i < j sorted by (i, j); inliers (m,) int32, the larger of the
         pair's directions; scale (m,) float32 from i to j of that direction.
     """
-    queries, matches = np.asarray(queries, np.int64), np.asarray(matches, np.int64)
-    inliers, scales = np.asarray(inliers, np.int64), np.asarray(scales, np.float64)
-    keep = queries != matches
-    queries, matches, inliers, scales = queries[keep], matches[keep], inliers[keep], scales[keep]
-    forward = queries < matches
-    low, high = np.where(forward, queries, matches), np.where(forward, matches, queries)
+    pairs, strongest, source = strongest_pairs(queries, matches, inliers)
+    forward = np.asarray(queries, np.int64)[source] < np.asarray(matches, np.int64)[source]
+    scales = np.asarray(scales, np.float64)[source]
     with np.errstate(divide="ignore"):
         scales = np.where(forward, scales, 1.0 / scales)
-    # Sort by pair, most inliers first; the first row of each pair wins.
-    order = np.lexsort((-inliers, high, low))
-    low, high, inliers, scales = low[order], high[order], inliers[order], scales[order]
-    first = np.ones(len(low), bool)
-    first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
-    return (np.stack([low[first], high[first]], axis=1).astype(np.int32).reshape(-1, 2),
-            inliers[first].astype(np.int32), scales[first].astype(np.float32))
+    return pairs.astype(np.int32).reshape(-1, 2), strongest, scales.astype(np.float32)
 
 
 def _fingerprint(images: Sequence[str], settings: dict) -> str:

@@ -17,6 +17,28 @@ from index.diffusion import pair_affinity
 STATE_VERSION = 1
 
 
+def strongest_pairs(first, second, inliers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unordered pairs from directed verifications (a -> b and b -> a are one pair), each pair
+    keeping its verification with the most inliers; self pairs are dropped.
+
+    Args:
+        first, second: (e,) int image slots of each verification.
+        inliers: (e,) int inliers of each.
+
+    Returns:
+        pairs (m, 2) int64 with i < j, sorted by (i, j); inliers (m,) int32; source (m,) int64, the
+        input row each pair's count comes from (to carry other per-verification values along).
+    """
+    first, second = np.asarray(first, np.int64).reshape(-1), np.asarray(second, np.int64).reshape(-1)
+    inliers = np.asarray(inliers, np.int64).reshape(-1)
+    rows = np.flatnonzero(first != second)
+    low, high = np.minimum(first[rows], second[rows]), np.maximum(first[rows], second[rows])
+    order = np.lexsort((-inliers[rows], high, low))  # by pair, most inliers first
+    low, high, rows = low[order], high[order], rows[order]
+    keep = np.r_[True, (low[1:] != low[:-1]) | (high[1:] != high[:-1])] if len(rows) else np.zeros(0, bool)
+    return np.stack([low[keep], high[keep]], axis=1), inliers[rows[keep]].astype(np.int32), rows[keep]
+
+
 @dataclass
 class VerifiedPairs:
     """Unordered image pairs with their inlier counts.
@@ -39,15 +61,8 @@ class VerifiedPairs:
             pairs: (e, 2) int slot pairs.
             inliers: (e,) int inlier counts.
         """
-        pairs = np.sort(np.asarray(pairs, np.int64).reshape(-1, 2), axis=1)
-        inliers = np.asarray(inliers, np.int32).reshape(-1)
-        keep = pairs[:, 0] != pairs[:, 1]
-        pairs = np.concatenate([self.pairs, pairs[keep]])
-        inliers = np.concatenate([self.inliers, inliers[keep]])
-        order = np.lexsort((-inliers, pairs[:, 1], pairs[:, 0]))  # by pair, largest count first
-        pairs, inliers = pairs[order], inliers[order]
-        first = np.r_[True, np.any(pairs[1:] != pairs[:-1], axis=1)] if len(pairs) else np.zeros(0, bool)
-        self.pairs, self.inliers = pairs[first], inliers[first]
+        pairs = np.concatenate([self.pairs, np.asarray(pairs, np.int64).reshape(-1, 2)])
+        self.pairs, self.inliers, _ = strongest_pairs(pairs[:, 0], pairs[:, 1], np.r_[self.inliers, inliers])
 
     def remove_slots(self, slots, n: int) -> None:
         """Drop the pairs of removed slots and renumber the others as the index does (order kept).
