@@ -164,6 +164,10 @@ class FusionIndex(SearchableIndex):
         options = self.dense.search_options(config.dense)
         if not (config.verified_edges and options.diffusion is not None):
             return options
+        kept = self.pipeline.search.fusion.verified_edges
+        if not kept or config.verified_edges < kept:
+            raise ValueError(f"verified edges of >= {config.verified_edges} inliers: this index kept "
+                             + (f"only pairs of >= {kept}" if kept else "no verified pairs (build it as fusion-ve)"))
         options = dataclasses.replace(options, diffusion=dataclasses.replace(
             options.diffusion, verified_edges=config.verified_edges))
         with self.dense._reading(), self.dense._graph_lock:

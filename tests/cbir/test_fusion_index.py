@@ -64,6 +64,8 @@ def test_fusion_index_saves_removes_and_refuses_foreign_options(fusion, ukbench_
     assert "ukbench00013.jpg" not in [r.name for r in loaded.search(query)]
     with pytest.raises(ValueError, match="'sift-he' is built differently"):
         loaded.search(query, options="sift-he")
+    with pytest.raises(ValueError, match="no verified pairs"):
+        loaded.search(query, options="fusion-ve")
     with pytest.raises(ValueError, match="a fusion index takes fusion settings only"):
         loaded.search(query, options=SearchOptions(region_rerank=5))
     with pytest.raises(BuildError, match="use build_index"):
