@@ -23,6 +23,7 @@ from cbir.retrieval_index import RetrievalIndex, local_feature_cache, local_feat
 from cbir.searchable import SearchableIndex
 from cnn.global_descriptors import raw_vectors
 from cnn.whitening import PCAWhitening
+from index.asmk import AsmkEmbedding
 from index.persistence import load_arrays
 
 logger = logging.getLogger("cbir")
@@ -158,13 +159,26 @@ def _vocabulary_from(descriptors: np.ndarray, pipeline: Pipeline, config: Vocabu
     return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress)
 
 
+def _quantized(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
+               whitening: PCAWhitening | None) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptors as the vocabulary sees them, their words as the index assigns them)."""
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    return descriptors, vocabulary.quantize(descriptors, beam=pipeline.build.beam, n_jobs=n_jobs)
+
+
 def _hamming_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
                   whitening: PCAWhitening | None) -> HammingEmbedding:
     """``learn_hamming`` on (n, d) descriptors already extracted."""
-    if whitening is not None:
-        descriptors = whitening.apply(descriptors)
-    words = vocabulary.quantize(descriptors, beam=pipeline.build.beam, n_jobs=n_jobs)
+    descriptors, words = _quantized(descriptors, pipeline, vocabulary, n_jobs, whitening)
     return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, pipeline.build.hamming_seed)
+
+
+def _asmk_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
+               whitening: PCAWhitening | None) -> AsmkEmbedding:
+    """The ASMK* binarisation (``index.asmk``) learned on (n, d) descriptors already extracted."""
+    descriptors, words = _quantized(descriptors, pipeline, vocabulary, n_jobs, whitening)
+    return AsmkEmbedding.learn(descriptors, words, vocabulary.centers[-1], pipeline.build.hamming_seed)
 
 
 def learn_global_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_dir: str | None = None,
@@ -223,14 +237,15 @@ def learned_head(model, pipeline: Pipeline | str):
 
 def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
                 whitening: PCAWhitening | None = None, hamming: HammingEmbedding | None = None,
-                cache_dir: str | None = None, model=None) -> SearchableIndex:
+                cache_dir: str | None = None, model=None, asmk: AsmkEmbedding | None = None) -> SearchableIndex:
     """An empty index of the right kind for ``pipeline`` with the given learned parts (``model``:
-    a trained model for pipelines with a learned head, see ``learned_head``)."""
+    a trained model for pipelines with a learned head, see ``learned_head``; ``asmk``: the ASMK*
+    binarisation of ASMK* pipelines)."""
     pipeline = get_pipeline(pipeline)
     if pipeline.kind == "fusion":
         raise BuildError(f"pipeline {pipeline.name!r} joins two indexes: use build_index")
     if pipeline.kind == "global":
-        if vocabulary is not None or hamming is not None:
+        if vocabulary is not None or hamming is not None or asmk is not None:
             raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it takes no vocabulary")
         if pipeline.build.learned is not None and model is None:
             raise BuildError(f"pipeline {pipeline.name!r} needs a trained model: train one with cbir train "
@@ -242,7 +257,7 @@ def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
     if vocabulary is None:
         raise BuildError(f"pipeline {pipeline.name!r} needs a vocabulary")
     try:
-        return RetrievalIndex(pipeline, vocabulary, whitening, hamming, cache_dir)
+        return RetrievalIndex(pipeline, vocabulary, whitening, hamming, cache_dir, asmk)
     except ValueError as exc:
         raise BuildError(str(exc)) from None
 
@@ -257,7 +272,7 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         pipeline: the method.
         vocabulary: a trained vocabulary (local pipelines whose descriptors are not whitened).
         train_paths: images to train the vocabulary (when none is given), the Hamming
-            embedding and, for BLCF, the local whitening on.
+            embedding or ASMK* binarisation and, for BLCF, the local whitening on.
         whiten_paths: images to learn a whitening on (global pipelines; BLCF: instead of
             ``train_paths``). Use other images than the indexed ones.
         vocabulary_config: vocabulary shape when training one (default: the pipeline's).
@@ -304,11 +319,12 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
                              f"give training images instead of a vocabulary")
     if vocabulary is None and not train_paths:
         raise BuildError(f"pipeline {pipeline.name} needs a vocabulary or training images")
-    if build.hamming and not train_paths:
-        raise BuildError(f"pipeline {pipeline.name} learns a Hamming embedding: give training images")
+    if (build.hamming or build.asmk) and not train_paths:
+        learned = "a Hamming embedding" if build.hamming else "an ASMK* binarisation"
+        raise BuildError(f"pipeline {pipeline.name} learns {learned}: give training images")
     # The training images are extracted once for whatever is learned from them.
     training = local_descriptors(train_paths, pipeline, cache_dir, n_jobs, progress)[0] \
-        if vocabulary is None or build.hamming else None
+        if vocabulary is None or build.hamming or build.asmk else None
     whitening = None
     if build.local_whitening_dim is not None:
         whitening = _local_whitening_from(
@@ -319,4 +335,5 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         logger.info("training a %d-word vocabulary on %d images", config.n_words, len(train_paths))
         vocabulary = _vocabulary_from(training, pipeline, config, progress, whitening)
     hamming = _hamming_from(training, pipeline, vocabulary, n_jobs, whitening) if build.hamming else None
-    return empty_index(pipeline, vocabulary, whitening, hamming, cache_dir)
+    asmk = _asmk_from(training, pipeline, vocabulary, n_jobs, whitening) if build.asmk else None
+    return empty_index(pipeline, vocabulary, whitening, hamming, cache_dir, asmk=asmk)

@@ -19,6 +19,7 @@ from bovw.images import ImageOptions
 from bovw.vocabulary import VocabularyConfig
 from cnn.global_descriptors import GlobalDescriptorConfig
 from cnn.options import BackboneOptions, ConvLocalOptions
+from index.asmk import AsmkConfig
 from index.persistence import dataclass_from_dict
 from index.search_options import DiffusionConfig, ExpansionConfig, FusionConfig, SearchOptions
 from index.spatial_verification import VerificationConfig
@@ -37,7 +38,9 @@ class LocalBuild:
         local_whitening_dim: PCA-whitening dimensions of the local descriptors
             before quantization (BLCF); None: descriptors are quantized as extracted.
         hamming: store a 64-bit Hamming-embedding signature per feature.
-        hamming_seed: seed of the embedding's random projection.
+        hamming_seed: seed of the embedding's random projection (and of the ASMK* binarisation's).
+        asmk: one aggregated ASMK* signature per (image, word) (``index.asmk``) instead of one per
+            feature.
     """
 
     sift: SiftOptions | None = None
@@ -47,10 +50,13 @@ class LocalBuild:
     local_whitening_dim: int | None = None
     hamming: bool = False
     hamming_seed: int = 0
+    asmk: bool = False
 
     def __post_init__(self):
         if (self.sift is None) == (self.conv is None):
             raise ValueError("set exactly one of sift and conv")
+        if self.asmk and self.hamming:
+            raise ValueError("ASMK* stores one signature per (image, word), not a Hamming embedding per feature")
 
     @property
     def extractor(self) -> SiftOptions | ConvLocalOptions:
@@ -171,6 +177,7 @@ def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options:
     if isinstance(build, GlobalBuild):
         local_only = [name for name, off in (("query assignments", options.query_assignments == 1),
                                               ("Hamming matching", options.hamming is None),
+                                              ("ASMK*", options.asmk is None),
                                               ("window search", not options.window_search),
                                               ("spatial verification", options.verification is None))
                       if not off]
@@ -190,6 +197,10 @@ def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options:
     if build.hamming != (options.hamming is not None):
         raise ValueError("Hamming matching settings are needed exactly for indexes with a Hamming embedding "
                          f"(this one has {'one' if build.hamming else 'none'})")
+    if build.asmk != (options.asmk is not None):
+        raise ValueError("ASMK* settings are needed exactly for ASMK* indexes")
+    if options.asmk is not None and options.expansion is not None:
+        raise ValueError("query expansion is not implemented for ASMK* indexes")
     if options.window_search and build.conv is None:
         raise ValueError("window search needs conv-map features on a grid (a BLCF index)")
 
@@ -210,6 +221,9 @@ SIFT_FEATURES = SiftOptions(root=True, contrast_threshold=0.005, max_features=25
 SIFT_BUILD = LocalBuild(sift=SIFT_FEATURES, vocabulary=VocabularyConfig(branching=10, depth=6), beam=3)
 #: Build of the Hamming-embedding pipelines: ~20k words, as in the HE literature (COLMAP: 16k).
 HE_BUILD = LocalBuild(sift=SIFT_FEATURES, vocabulary=VocabularyConfig(branching=141, depth=2), beam=3, hamming=True)
+#: Build of the ASMK* pipelines: HE's features, vocabulary and beam; one aggregated signature per
+#: (image, word) instead of one per feature.
+ASMK_BUILD = LocalBuild(sift=SIFT_FEATURES, vocabulary=VocabularyConfig(branching=141, depth=2), beam=3, asmk=True)
 #: BLCF: block-11 conv positions, whitened to 256 dims, 25k words.
 BLCF_BUILD = LocalBuild(conv=ConvLocalOptions(), vocabulary=VocabularyConfig(branching=158, depth=2),
                         local_whitening_dim=256)
@@ -225,6 +239,7 @@ _DIFFUSION = DiffusionConfig(k=10, gamma=3.0, alpha=0.5, query_k=3)
 _REGIONAL_DIFFUSION = DiffusionConfig(k=30, gamma=3.0, alpha=0.8, query_k=3, regional=True)
 _BOW = SearchOptions(query_assignments=3)
 _HE = SearchOptions(query_assignments=3, hamming=HammingConfig())
+_ASMK = SearchOptions(query_assignments=3, asmk=AsmkConfig())
 
 # Single-vector CNN methods keep 512 whitened dimensions: whitening learned on ~1000 images cannot
 # support all 1280 (it fits noise, UKBench N-S fell from 3.93 to 1.8-2.9 with MAC/GeM). R-MAC
@@ -242,6 +257,10 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
              dataclasses.replace(_HE, verification=_VERIFY)),
     Pipeline("sift-he-sv-qe", "sift-he-sv + average query expansion", HE_BUILD,
              dataclasses.replace(_HE, verification=_VERIFY, expansion=ExpansionConfig())),
+    Pipeline("sift-asmk", "RootSIFT, 20k-word vocabulary (141^2, beam 3), 3 words per query descriptor, ASMK* "
+             "(residuals aggregated per word, 64-bit signatures, alpha 3, tau 0)", ASMK_BUILD, _ASMK),
+    Pipeline("sift-asmk-sv", "sift-asmk + homography re-ranking of the top 100 (words whose aggregated signatures "
+             "agree)", ASMK_BUILD, dataclasses.replace(_ASMK, verification=_VERIFY)),
     Pipeline("blcf", "BLCF: EfficientNet-Lite0 block-11 conv positions as local features, L2-PCAw(256)-L2, "
              "25k-word vocabulary (158^2), 3 words per query position, tf-idf inverted file (global search)",
              BLCF_BUILD, SearchOptions(query_assignments=3)),

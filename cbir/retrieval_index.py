@@ -17,7 +17,7 @@ from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.pipelines import PIPELINES, LocalBuild, Pipeline, get_pipeline
 from cbir.searchable import SearchableIndex, crop, decode_query, parse_box, part_arrays
 from cnn.whitening import PCAWhitening
-from index.asmk import AsmkConfig, AsmkEmbedding, asmk_scores
+from index.asmk import AsmkEmbedding, asmk_scores
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE
@@ -117,28 +117,30 @@ class AsmkQuery(LocalQuery):
 
 
 def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
-              config: AsmkConfig = AsmkConfig(), top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
-    """Rank a collection by ASMK* similarity, then spatially verify the shortlist (``options.verification``).
+              top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
+    """Rank a collection by ASMK* similarity (``options.asmk``), then spatially verify the shortlist
+    (``options.verification``).
 
     Verification matches the features the image store keeps (keypoint and word each; postings
     only hold the aggregates) through shared words whose aggregated signatures in the query and
-    the image lie within ``config.verification_threshold`` bits.
+    the image lie within ``options.asmk.verification_threshold`` bits.
 
     Args:
         query: the prepared query.
         inverted: postings per (image, word) with aggregated signatures.
         images: per-feature keypoints and words of the collection.
-        options: verification settings (query expansion and window search do not apply).
-        config: selectivity.
+        options: ASMK* selectivity and verification settings (query expansion and window search
+            do not apply).
         top_k: results wanted (None: every image).
         n_jobs: threads for spatial verification.
 
     Returns:
         at most ``top_k`` entries, best first.
     """
-    if options.expansion is not None or options.window_search:
-        raise ValueError("an ASMK* index ranks by its kernel and spatial verification only "
-                         "(no query expansion or window search)")
+    if options.asmk is None or options.expansion is not None or options.window_search:
+        raise ValueError("an ASMK* index ranks by its kernel (ASMK* settings needed) and spatial verification "
+                         "only (no query expansion or window search)")
+    config = options.asmk
     scores = asmk_scores(inverted, query.word_ids, query.word_signatures, config)
     wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
     ranking = shortlist(scores, max(wanted, options.shortlist))
@@ -163,7 +165,8 @@ class RetrievalIndex(SearchableIndex):
             signature per (image, word), ranked by the ASMK* kernel with its selectivity; the image
             store keeps every feature's keypoint and word for spatial verification. Residuals are
             those of the descriptors the vocabulary sees (whitened when there is a whitening).
-            Builds without a Hamming embedding.
+            Exactly for pipelines whose build has ``asmk``; the selectivity comes with the search
+            options (``SearchOptions.asmk``).
     """
 
     FORMAT = "cbir-index"
@@ -181,8 +184,9 @@ class RetrievalIndex(SearchableIndex):
         if build.hamming != (hamming is not None):
             raise ValueError(f"pipeline {self.pipeline.name!r} " + ("needs a learned Hamming embedding"
                                                                      if hamming is None else "uses no Hamming embedding"))
-        if asmk is not None and hamming is not None:
-            raise ValueError("an ASMK* index keeps one signature per (image, word), not one per feature")
+        if build.asmk != (asmk is not None):
+            raise ValueError(f"pipeline {self.pipeline.name!r} " + ("needs a learned ASMK* binarisation"
+                                                                     if asmk is None else "is no ASMK* pipeline"))
         # The learned parts fix their own shapes: the build records them as they are.
         if (vocabulary.branching, vocabulary.depth) != (build.vocabulary.branching, build.vocabulary.depth):
             build = dataclasses.replace(build, vocabulary=VocabularyConfig(branching=vocabulary.branching,
@@ -320,7 +324,7 @@ class RetrievalIndex(SearchableIndex):
 
     def _rank(self, prepared: LocalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
         if self.asmk is not None:
-            return rank_asmk(prepared, self.inverted_file, self.images, options, self.asmk.config, top_k, n_jobs)
+            return rank_asmk(prepared, self.inverted_file, self.images, options, top_k, n_jobs)
         return rank_local(prepared, self.inverted_file, self.images, options, top_k, n_jobs)
 
     # ---- persistence and facts ----------------------------------------------------------------

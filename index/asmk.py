@@ -22,7 +22,6 @@ can hold an ``AsmkConfig``.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,24 +97,21 @@ def unit_residuals(descriptors: np.ndarray, words: np.ndarray, centroids: np.nda
 
 class AsmkEmbedding:
     """What an ASMK* index learns and keeps: the binarisation of aggregated residuals (a Hamming
-    embedding: projection (64, d), per-word medians (n_words, 64)) and the kernel's selectivity.
+    embedding: projection (64, d), per-word medians (n_words, 64)). The kernel's selectivity is a
+    search option (``AsmkConfig``, ``SearchOptions.asmk``).
 
     Args:
         embedding: projection and medians, learned on unit residuals (``learn``).
-        config: selectivity (alpha, tau).
     """
 
-    def __init__(self, embedding: HammingEmbedding, config: AsmkConfig = AsmkConfig()):
+    def __init__(self, embedding: HammingEmbedding):
         self.embedding = embedding
-        self.config = config
 
     @classmethod
-    def learn(cls, descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray, seed: int = 0,
-              config: AsmkConfig = AsmkConfig()) -> "AsmkEmbedding":
+    def learn(cls, descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray, seed: int = 0) -> "AsmkEmbedding":
         """Learn the medians of the projected unit residuals of (n, d) training descriptors assigned to
         their (n,) words (use other images than the indexed ones); ``seed`` draws the projection."""
-        return cls(HammingEmbedding.learn(unit_residuals(descriptors, words, centroids), words, len(centroids), seed),
-                   config)
+        return cls(HammingEmbedding.learn(unit_residuals(descriptors, words, centroids), words, len(centroids), seed))
 
     def signatures(self, descriptors: np.ndarray, words: np.ndarray,
                    centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,20 +128,16 @@ class AsmkEmbedding:
         unique, residuals = aggregate(descriptors, words, centroids)
         return unique, self.embedding.signatures(residuals, unique)
 
-    def with_config(self, config: AsmkConfig) -> "AsmkEmbedding":
-        """The same binarisation with another selectivity."""
-        return AsmkEmbedding(self.embedding, config)
-
     def state_dict(self) -> tuple[dict, dict]:
         meta, arrays = self.embedding.state_dict()
-        return {"kind": "asmk-embedding", "version": STATE_VERSION, "config": dataclasses.asdict(self.config),
-                "embedding": meta}, arrays
+        return {"kind": "asmk-embedding", "version": STATE_VERSION, "embedding": meta}, arrays
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "AsmkEmbedding":
+        # Saves made before the selectivity became a search option also hold a "config": ignored.
         if meta.get("kind") != "asmk-embedding" or meta.get("version") != STATE_VERSION:
             raise ValueError(f"not a version-{STATE_VERSION} ASMK embedding")
-        return cls(HammingEmbedding.from_state_dict(meta["embedding"], arrays), AsmkConfig(**meta["config"]))
+        return cls(HammingEmbedding.from_state_dict(meta["embedding"], arrays))
 
 
 def asmk_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.ndarray,

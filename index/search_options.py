@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from bovw.hamming import HammingConfig
+from index.asmk import AsmkConfig
 from index.persistence import dataclass_from_dict
 from index.spatial_verification import ESTIMATORS, VerificationConfig
 
@@ -147,6 +148,7 @@ class SearchOptions:
         diffusion: diffusion on the collection's kNN graph, or None. Global indexes.
         fusion: how a fusion index combines its two rankings (set exactly for fusion indexes,
             and alone).
+        asmk: ASMK* selectivity and verification filter; set exactly for indexes built with asmk.
     """
 
     query_assignments: int = 1
@@ -157,6 +159,7 @@ class SearchOptions:
     region_rerank: int = 0
     diffusion: DiffusionConfig | None = None
     fusion: FusionConfig | None = None
+    asmk: AsmkConfig | None = None
 
     def __post_init__(self):
         if self.query_assignments < 1:

@@ -1,4 +1,6 @@
 """Learning a pipeline's parts and building its index: one sequence, clear refusals, bounded memory."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -46,5 +48,25 @@ def test_build_index_gives_the_right_kind_or_says_what_is_missing(small_vocabula
         build_index("sift-bow")
     with pytest.raises(BuildError, match="learns a Hamming embedding: give training images"):
         build_index("sift-he", small_vocabulary)
+    with pytest.raises(BuildError, match="learns an ASMK\\* binarisation: give training images"):
+        build_index("sift-asmk", small_vocabulary)
     with pytest.raises(BuildError, match="trains its vocabulary on whitened descriptors"):
         build_index("blcf", small_vocabulary, train_paths=ukbench_subset.database_paths[:2])
+
+
+def test_sift_asmk_is_built_with_its_binarisation_and_ranks_the_right_images_first(small_vocabulary, ukbench_subset,
+                                                                                    feature_cache_dir):
+    """build_index learns the ASMK* binarisation on the training images (quantized as the index does);
+    the index ranks each object's views first and serves the ASMK* pipelines alone."""
+    from cbir.evaluate import index_dataset
+    subset = dataclasses.replace(ukbench_subset, database=ukbench_subset.database[:20],
+                                 queries=ukbench_subset.queries[:20], _positives=[
+                                     g & set(ukbench_subset.database[:20]) for g in ukbench_subset._positives[:20]])
+    index = build_index("sift-asmk", small_vocabulary, train_paths=ukbench_subset.database_paths[20:40],
+                        cache_dir=feature_cache_dir, n_jobs=2, progress=False)
+    assert index.asmk is not None and index.hamming is None and index.pipeline.build.asmk
+    index_dataset(index, subset, n_jobs=2, progress=False)
+    for query in (2, 9, 17):
+        results = index.search(subset.database_paths[query], top_k=4, options="sift-asmk-sv")
+        assert results[0].slot == query and {r.slot // 4 for r in results} == {query // 4}
+    assert index.info()["pipelines_served"] == ["sift-asmk", "sift-asmk-sv"]

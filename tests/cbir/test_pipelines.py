@@ -6,6 +6,7 @@ import os
 import pytest
 
 from cbir.pipelines import PIPELINES, Pipeline, check_search_options, get_pipeline, pipeline_from_format1
+from index.asmk import AsmkConfig
 from index.search_options import DiffusionConfig, SearchOptions
 
 FORMAT1 = os.path.join(os.path.dirname(__file__), "..", "data", "format-v1")
@@ -21,6 +22,7 @@ def test_pipelines_built_alike_share_their_build():
     assert get_pipeline("sift-bow").build == get_pipeline("sift-sv-qe").build
     assert get_pipeline("sift-he").build == get_pipeline("sift-he-sv-qe").build != get_pipeline("sift-bow").build
     assert get_pipeline("blcf").build == get_pipeline("blcf-ls").build
+    assert get_pipeline("sift-asmk").build == get_pipeline("sift-asmk-sv").build != get_pipeline("sift-he").build
     assert get_pipeline("rmac").build != get_pipeline("rmac-rr").build  # rmac-rr keeps the regions
 
 
@@ -59,3 +61,26 @@ def test_options_an_index_cannot_apply_are_named():
     check_search_options(get_pipeline("rmac-rr").build, SearchOptions(diffusion=DiffusionConfig(regional=True)))
     with pytest.raises(ValueError, match="alpha must lie in"):
         DiffusionConfig(alpha=1.0)
+
+
+def test_asmk_settings_go_exactly_with_asmk_builds():
+    asmk, he = get_pipeline("sift-asmk").build, get_pipeline("sift-he").build
+    with pytest.raises(ValueError, match="ASMK\\* stores one signature per \\(image, word\\)"):
+        dataclasses.replace(asmk, hamming=True)
+    with pytest.raises(ValueError, match="ASMK\\* settings are needed exactly for ASMK\\* indexes"):
+        check_search_options(asmk, SearchOptions(query_assignments=3))
+    with pytest.raises(ValueError, match="ASMK\\* settings are needed exactly for ASMK\\* indexes"):
+        check_search_options(get_pipeline("sift-bow").build, SearchOptions(asmk=AsmkConfig()))
+    with pytest.raises(ValueError, match="Hamming matching settings are needed exactly"):
+        check_search_options(he, dataclasses.replace(get_pipeline("sift-he").search, hamming=None,
+                                                     asmk=AsmkConfig()))
+    with pytest.raises(ValueError, match="query expansion is not implemented for ASMK\\* indexes"):
+        check_search_options(asmk, dataclasses.replace(get_pipeline("sift-asmk-sv").search,
+                                                       expansion=get_pipeline("sift-sv-qe").search.expansion))
+    with pytest.raises(ValueError, match="ASMK\\* needs a local-feature index"):
+        check_search_options(get_pipeline("gem").build, SearchOptions(asmk=AsmkConfig()))
+    options = get_pipeline("sift-asmk-sv").search
+    assert options.asmk == AsmkConfig() and options.verification is not None and options.query_assignments == 3
+    assert SearchOptions.from_dict(options.to_dict()) == options
+    old = {k: v for k, v in get_pipeline("sift-he").search.to_dict().items() if k != "asmk"}  # saved before ASMK*
+    assert SearchOptions.from_dict(old) == get_pipeline("sift-he").search

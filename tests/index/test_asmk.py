@@ -107,12 +107,13 @@ def test_each_feature_reads_its_words_aggregated_signature(rng):
         assert np.array_equal(feature_signatures(inverted, slot, features[slot]), expected)
 
 
-def test_save_keeps_the_binarisation_and_selectivity(learned):
+def test_save_keeps_the_binarisation(learned):
     _, asmk = learned
-    config = AsmkConfig(alpha=2.0, threshold=0.25)
-    meta, arrays = asmk.with_config(config).state_dict()
-    loaded = AsmkEmbedding.from_state_dict(meta, arrays)
-    assert loaded.config == config and np.array_equal(loaded.embedding.medians, asmk.embedding.medians)
+    meta, arrays = asmk.state_dict()
+    for saved in (meta, {**meta, "config": {"alpha": 2.0, "threshold": 0.25}}):  # older saves held the selectivity
+        loaded = AsmkEmbedding.from_state_dict(saved, arrays)
+        assert np.array_equal(loaded.embedding.medians, asmk.embedding.medians)
+        assert np.array_equal(loaded.embedding.projection, asmk.embedding.projection)
     with pytest.raises(ValueError):
         AsmkEmbedding.from_state_dict({**meta, "kind": "hamming-embedding"}, arrays)
 
@@ -121,23 +122,15 @@ def test_save_keeps_the_binarisation_and_selectivity(learned):
 
 @pytest.fixture(scope="module")
 def asmk_index(ukbench_subset, data_dir, feature_cache_dir):
-    """The first 40 UKBench images (10 objects) in an ASMK* index of 400 words, the vocabulary and the
-    binarisation learned on 40 Holidays images."""
+    """The first 40 UKBench images (10 objects) in a sift-asmk index of 400 words built by
+    ``build_index``, the vocabulary and the binarisation learned on 40 Holidays images."""
     from bovw.vocabulary import VocabularyConfig
-    from cbir.build import local_descriptors
+    from cbir.build import build_index
     from cbir.evaluate import index_dataset
-    from cbir.pipelines import get_pipeline
-    from cbir.retrieval_index import RetrievalIndex
-    from bovw.vocabulary import VocabularyTree
-    he = get_pipeline("sift-he")
-    pipeline = dataclasses.replace(he, name="sift-asmk", build=dataclasses.replace(he.build, hamming=False),
-                                   search=dataclasses.replace(get_pipeline("sift-sv").search, verification=None))
     holidays = sorted(os.path.join(data_dir, "holidays", f) for f in os.listdir(os.path.join(data_dir, "holidays")))
-    training = local_descriptors(holidays[:40], pipeline, feature_cache_dir, 2, False)[0]
-    vocabulary = VocabularyTree.train(training, VocabularyConfig(branching=20, depth=2, seed=0), verbose=False)
-    words = vocabulary.quantize(training, beam=pipeline.build.beam)
-    asmk = AsmkEmbedding.learn(training, words, vocabulary.centers[-1])
-    index = RetrievalIndex(pipeline, vocabulary, cache_dir=feature_cache_dir, asmk=asmk)
+    index = build_index("sift-asmk", train_paths=holidays[:40],
+                        vocabulary_config=VocabularyConfig(branching=20, depth=2, seed=0),
+                        cache_dir=feature_cache_dir, n_jobs=2, progress=False)
     subset = dataclasses.replace(ukbench_subset, database=ukbench_subset.database[:40],
                                  queries=ukbench_subset.queries[:40], _positives=[
                                      g & set(ukbench_subset.database[:40]) for g in ukbench_subset._positives[:40]])
@@ -164,6 +157,7 @@ def test_asmk_index_ranks_the_right_ukbench_images_first(asmk_index, tmp_path):
     assert score >= 3.0  # of 4: 3 of each object's 4 views among its query's top 4 on average
     info = index.info()
     assert info["asmk"] and info["postings"] < info["features"] * 0.8  # one posting per (image, word)
+    assert info["pipelines_served"] == ["sift-asmk", "sift-asmk-sv"]
     index.save(str(tmp_path / "asmk"))
     loaded = load_index(str(tmp_path / "asmk"))
     query = subset.database_paths[9]
@@ -182,3 +176,30 @@ def test_verification_matches_the_stored_features(asmk_index):
     query = index.prepare_query(subset.database_paths[5], options=options)
     _, words = index.images.features(results[1].slot)
     assert all(words[d] in query.words[q] for q, d in results[1].matches)
+
+
+def test_the_selectivity_is_a_search_option(asmk_index):
+    """``SearchOptions.asmk`` sets the kernel at query time: another tau changes the scores as the
+    kernel does, on the same postings."""
+    index, subset = asmk_index
+    query = subset.database_paths[5]
+    single = dataclasses.replace(index.pipeline.search, query_assignments=1)  # a self-score of exactly 1
+    default = {r.slot: r.score for r in index.search(query, options=single)}
+    strict = dataclasses.replace(single, asmk=AsmkConfig(threshold=0.5))
+    selective = {r.slot: r.score for r in index.search(query, options=strict)}
+    assert selective[5] == pytest.approx(1, abs=1e-5) and len(selective) <= len(default)
+    assert all(selective.get(slot, 0) <= score + 1e-6 for slot, score in default.items())
+    assert sum(selective.values()) < sum(default.values())
+    with pytest.raises(ValueError, match="ASMK\\* settings are needed exactly"):
+        index.search(query, options=dataclasses.replace(strict, asmk=None))
+    with pytest.raises(ValueError, match="built differently"):
+        index.search(query, options="sift-he")
+
+
+def test_an_asmk_binarisation_is_taken_exactly_by_asmk_pipelines(asmk_index):
+    from cbir.retrieval_index import RetrievalIndex
+    index, _ = asmk_index
+    with pytest.raises(ValueError, match="needs a learned ASMK"):
+        RetrievalIndex("sift-asmk", index.vocabulary)
+    with pytest.raises(ValueError, match="is no ASMK"):
+        RetrievalIndex("sift-bow", index.vocabulary, asmk=index.asmk)
