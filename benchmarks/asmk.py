@@ -22,18 +22,11 @@ from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig, VocabularyTree
 from cbir.build import local_descriptors
 from cbir.evaluate import index_dataset, run_queries
-from cbir.pipelines import Pipeline, get_pipeline
+from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
 from index.asmk import AsmkConfig, AsmkEmbedding
 
-#: ``sift-asmk``: sift-he's features, vocabulary shape and beam, no per-feature signature; 3 words
-#: per query descriptor. ``sift-asmk-sv`` adds sift-he-sv's verification of the top 100.
-ASMK = Pipeline("sift-asmk", "RootSIFT, 20k-word vocabulary (141^2, beam 3), ASMK* (64-bit aggregated residual "
-                "signatures, alpha 3, tau 0), 3 words per query descriptor",
-                dataclasses.replace(get_pipeline("sift-he").build, hamming=False),
-                dataclasses.replace(get_pipeline("sift-he").search, hamming=None))
-ASMK_SV = dataclasses.replace(ASMK, name="sift-asmk-sv", search=dataclasses.replace(
-    ASMK.search, verification=get_pipeline("sift-he-sv").search.verification))
+ASMK, ASMK_SV = get_pipeline("sift-asmk"), get_pipeline("sift-asmk-sv")
 
 
 def parse_args():
@@ -84,14 +77,15 @@ def main():
         vocabulary, hamming, asmk = learned_parts(datasets[OTHER[name]].database_paths, args.shape, args.cache,
                                                   args.jobs)
         indexes = {"sift-he": RetrievalIndex("sift-he", vocabulary, hamming=hamming, cache_dir=args.cache),
-                   "sift-asmk": RetrievalIndex(ASMK, vocabulary, cache_dir=args.cache, asmk=asmk.with_config(config))}
+                   "sift-asmk": RetrievalIndex(ASMK, vocabulary, cache_dir=args.cache, asmk=asmk)}
         for index in indexes.values():
             index_dataset(index, dataset, n_jobs=args.jobs, progress=False)
         base_ms = None
         for label, index_name, options in (("sift-he", "sift-he", None),
                                            ("sift-he-sv", "sift-he", "sift-he-sv"),
-                                           ("sift-asmk", "sift-asmk", None),
-                                           ("sift-asmk-sv", "sift-asmk", ASMK_SV.search)):
+                                           ("sift-asmk", "sift-asmk", dataclasses.replace(ASMK.search, asmk=config)),
+                                           ("sift-asmk-sv", "sift-asmk",
+                                            dataclasses.replace(ASMK_SV.search, asmk=config))):
             index = indexes[index_name]
             result = run_queries(index, dataset, options, progress=False)
             (metric, score), = result.scores.items()
