@@ -90,10 +90,11 @@ def search_options(index, args):
         changes["diffusion"] = None if args.diffusion == "off" else dataclasses.replace(
             options.diffusion or DiffusionConfig(), regional=args.diffusion == "regional")
     diffusion = {name: value for name, value in (("alpha", args.diffusion_alpha), ("k", args.diffusion_k),
-                                                  ("shortlist", args.diffusion_shortlist)) if value is not None}
+                                                  ("shortlist", args.diffusion_shortlist),
+                                                  ("offline", args.diffusion_offline)) if value is not None}
     if diffusion:
         if changes.get("diffusion", options.diffusion) is None:
-            raise UsageError("--diffusion-alpha/-k/-shortlist need diffusion (--diffusion global or regional)")
+            raise UsageError("--diffusion-alpha/-k/-shortlist/-offline need diffusion (--diffusion global or regional)")
         changes["diffusion"] = dataclasses.replace(changes.get("diffusion", options.diffusion), **diffusion)
     if args.he_threshold is not None:
         changes["hamming"] = dataclasses.replace(options.hamming or HammingConfig(), threshold=args.he_threshold)
@@ -500,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--diffusion-k", type=int, metavar="K", help="neighbours per node of the diffusion graph")
         g.add_argument("--diffusion-shortlist", type=int, metavar="T",
                        help="diffuse over the top T by descriptor similarity only (0: the whole graph)")
+        g.add_argument("--diffusion-offline", type=int, metavar="L",
+                       help="answer from precomputed diffusion rows (each node's top L; computed at the first "
+                            "such search, ~n solves, saved with the index; 0: solve per query)")
 
     def common(p):
         p.add_argument("--cache", default=default_cache_dir(),

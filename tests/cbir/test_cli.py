@@ -107,6 +107,9 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
                  "--diffusion", "global", "--diffusion-alpha", "0.6", "--expand", "2", "--expand-alpha", "3",
                  "--cache", cache]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
+                 "--diffusion", "global", "--diffusion-offline", "10", "--cache", cache]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--diffusion", "regional"]) == 1
     assert "regional diffusion needs an index that stores R-MAC regions" in capsys.readouterr().err
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--expand-alpha", "3"]) == 1
