@@ -1,0 +1,384 @@
+"""Whole-network fine-tuning of EfficientNet-Lite0 on SIFT-mined pairs (issue 14), one GPU run.
+
+Three modes:
+
+``--prepare``  (here): re-encode the UKBench training images (JPEG q80, their 320-px size) and
+    the mined pairs (``cbir.mining.MinedPairs``, T = 10 inliers, no labels) into ``.gpu/``, an
+    ignored folder that travels to the GPU machine (``carry``).
+``--train``    (GPU machine): Lite0's 'global' map (1280 ch) -> GeM (learnable p) -> FC
+    initialised from learned whitening (Lw) of the mined pairs -> L2, the WHOLE network
+    trained (BatchNorm frozen, the net kept in eval mode: no dropout, BN statistics fixed),
+    contrastive loss (``cnn.losses``), hard negatives re-mined every epoch from the current
+    network's descriptors (``cnn.tuples``: one per component, other components only), Adam
+    with a small lr on the backbone and a larger one on the head, bf16 autocast for the
+    backbone. Writes the backbone as an fp16 state_dict of its changes (fine-tuned - ImageNet
+    weights, ``backbone_delta.pt``, ~9 MB), the heads (trained and initial) in fp32 (``heads.pt``,
+    ~5 MB) and a JSON log.
+``--evaluate DIR`` (here, CPU): Holidays-811 mAP of the fine-tuned backbone + trained head
+    against the off-the-shelf backbone + the same initial head (Lw, no training), in one run.
+
+Honest split: trained on UKBench mined pairs only, evaluated on Holidays.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from cnn.heads import GemHead, build_head
+from cnn.losses import DEFAULT_MARGINS, tuple_loss
+from cnn.training import TrainingConfig, freeze_batchnorm, initial_whitening
+from cnn.tuples import epoch_tuples
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_DIR = os.path.join(REPO, ".gpu")
+
+
+# ---------------------------------------------------------------- prepare (here)
+def prepare(args) -> None:
+    import cv2
+
+    from cbir.mining import MinedPairs
+    mined = MinedPairs.load(args.mined).at_threshold(args.min_inliers)
+    out = os.path.join(GPU_DIR, "ukbench")
+    os.makedirs(out, exist_ok=True)
+    names = []
+    for path in mined.images:
+        name = os.path.basename(path)
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        cv2.imwrite(os.path.join(out, name), image, [cv2.IMWRITE_JPEG_QUALITY, args.quality])
+        names.append(name)
+    np.save(os.path.join(GPU_DIR, "pairs.npy"), np.asarray(mined.pairs, np.int64))
+    np.save(os.path.join(GPU_DIR, "components.npy"), np.asarray(mined.components, np.int64))
+    with open(os.path.join(GPU_DIR, "mined.json"), "w") as handle:
+        json.dump({"names": names, "summary": mined.summary(), "min_inliers": args.min_inliers}, handle)
+    print(mined.summary())
+
+
+# ---------------------------------------------------------------- train (GPU)
+def load_training_set(limit: int | None):
+    import cv2
+    with open(os.path.join(GPU_DIR, "mined.json")) as handle:
+        meta = json.load(handle)
+    names = meta["names"]
+    pairs = np.load(os.path.join(GPU_DIR, "pairs.npy"))
+    components = np.load(os.path.join(GPU_DIR, "components.npy"))
+    if limit:
+        names, components = names[:limit], components[:limit]
+        pairs = pairs[(pairs < limit).all(axis=1)]
+    images = [cv2.cvtColor(cv2.imread(os.path.join(GPU_DIR, "ukbench", n)), cv2.COLOR_BGR2RGB) for n in names]
+    return names, images, pairs, components, meta
+
+
+class ImageBank:
+    """The training images as uint8 tensors on the device, one stack per shape (landscape, portrait)."""
+
+    def __init__(self, images: list[np.ndarray], device: torch.device):
+        shapes: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            shapes.setdefault(image.shape, []).append(i)
+        self.n = len(images)
+        self.stacks, self.group_of, self.row_of = [], np.empty(self.n, np.int64), np.empty(self.n, np.int64)
+        for g, members in enumerate(shapes.values()):
+            stack = torch.from_numpy(np.stack([images[i] for i in members])).permute(0, 3, 1, 2).contiguous()
+            self.stacks.append(stack.to(device))
+            self.group_of[members] = g
+            self.row_of[members] = np.arange(len(members))
+        self.device = device
+
+    def forward(self, backbone, head, indices: np.ndarray, amp: bool) -> torch.Tensor:
+        """(len(indices), k) descriptors in ``indices`` order."""
+        indices = np.asarray(indices, np.int64)
+        parts, order = [], []
+        for g in np.unique(self.group_of[indices]):
+            where = np.flatnonzero(self.group_of[indices] == g)
+            rows = torch.from_numpy(self.row_of[indices[where]]).to(self.device)
+            x = (self.stacks[g].index_select(0, rows).float() - 127.0) / 128.0  # Backbone.preprocess
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                maps = backbone(x)["global"]
+            parts.append(head(maps.float()))
+            order.append(where)
+        stacked = torch.cat(parts)
+        inverse = torch.empty(len(indices), dtype=torch.int64, device=stacked.device)
+        inverse[torch.from_numpy(np.concatenate(order)).to(stacked.device)] = torch.arange(
+            len(indices), device=stacked.device)
+        return stacked.index_select(0, inverse)
+
+    @torch.no_grad()
+    def describe_all(self, backbone, head, amp: bool, batch: int = 128) -> np.ndarray:
+        parts = [self.forward(backbone, head, np.arange(s, min(s + batch, self.n)), amp)
+                 for s in range(0, self.n, batch)]
+        return torch.cat(parts).float().cpu().numpy()
+
+
+def fp32_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def delta_state(module: torch.nn.Module, original: dict) -> dict:
+    """fp16 ``fine-tuned - original`` of every float tensor (the changes are small, so fp16 keeps
+    them to ~1e-3 relative, where fp16 weights would round each weight by up to 5e-4 relative,
+    as much as a few hundred Adam steps move it); non-float tensors as they are."""
+    return {k: ((v.detach().float().cpu() - original[k]).half() if v.is_floating_point() else v.detach().cpu())
+            for k, v in module.state_dict().items()}
+
+
+def load_delta(net: torch.nn.Module, delta: dict) -> None:
+    """Add a ``delta_state`` to the (original) weights of ``net``."""
+    state = net.state_dict()
+    net.load_state_dict({k: (state[k].float() + d.float()) if d.is_floating_point() else d
+                         for k, d in delta.items()}, strict=True)
+
+
+def train(args) -> None:
+    from cnn.backbone import Backbone
+    from cnn.options import BackboneOptions
+    out = args.out or os.environ.get("OUT", "/tmp/finetune_out")
+    os.makedirs(out, exist_ok=True)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = device.type == "cuda" and not args.no_amp
+    torch.manual_seed(args.seed)
+    # cudnn.benchmark stays off: a batch's unique images split into a landscape and a portrait
+    # group of varying sizes, so nearly every step has new shapes, and benchmark mode re-tunes
+    # every conv for each: the likely reason why the first H200 run (with it on, two runs sharing
+    # the GPU) finished no epoch in ~350 s.
+    torch.backends.cudnn.benchmark = False
+    started = time.perf_counter()
+    names, images, pairs, components, meta = load_training_set(args.limit)
+    backbone = Backbone(BackboneOptions(), device=str(device), cpu_threads=0)
+    backbone.net.to(memory_format=torch.channels_last)
+    backbone.eval()
+    freeze_batchnorm(backbone)
+    original = {k: v.detach().float().cpu().clone() for k, v in backbone.net.state_dict().items()}
+    bank = ImageBank(images, device)
+    config = TrainingConfig(dim=args.dim, p=3.0, loss="contrastive", margin=args.margin, negatives=args.negatives)
+    # Lw initialisation: GeM(p=3) of the off-the-shelf maps + the mined pairs (as cnn.training does)
+    with torch.no_grad():
+        maps = []
+        for i in range(0, len(images), 128):
+            idx = np.arange(i, min(i + 128, len(images)))
+            for j in idx:
+                x = bank.stacks[bank.group_of[j]][bank.row_of[j]][None].float()
+                maps.append(backbone(((x - 127.0) / 128.0).contiguous(memory_format=torch.channels_last))
+                            ["global"][0].float().cpu().numpy())
+    whitening = initial_whitening(maps, pairs, config)
+    del maps
+    head = build_head("gem-fc", 1280, 3.0, True, whitening).to(device)
+    init_head_state = fp32_state(head)
+    backbone_params = [p for p in backbone.parameters() if p.requires_grad]
+    groups = [{"params": backbone_params, "lr": args.lr},
+              {"params": [head.mean, head.projection], "lr": args.lr * args.head_lr_factor},
+              {"params": [head.pool.p], "lr": args.lr * args.head_lr_factor * 10}]
+    optimizer = torch.optim.Adam(groups)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    print(f"setup {time.perf_counter() - started:.1f} s: {len(names)} images, {len(pairs)} pairs, "
+          f"{len(np.unique(components))} components, {sum(p.numel() for p in backbone_params)} backbone params "
+          f"trained, device {device}, amp {amp}", flush=True)
+    log = {"settings": {k: v for k, v in vars(args).items()}, "mined": meta.get("summary"),
+           "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "epochs": []}
+    margin = DEFAULT_MARGINS["contrastive"] if args.margin is None else args.margin
+    training_started = time.perf_counter()
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([args.seed, epoch])
+        descriptors = bank.describe_all(backbone, head, amp)
+        tuples = epoch_tuples(descriptors, pairs, components, args.negatives, rng, True, False, args.max_tuples)
+        t1 = time.perf_counter()
+        total, count = 0.0, 0
+        for start in range(0, len(tuples), args.batch):
+            batch = tuples.subset(np.arange(start, min(start + args.batch, len(tuples))))
+            unique, inverse = np.unique(np.concatenate([batch.queries, batch.positives, batch.negatives.ravel()]),
+                                        return_inverse=True)
+            out_desc = bank.forward(backbone, head, unique, amp)
+            t = len(batch)
+            inverse = torch.from_numpy(inverse).to(device)
+            loss = tuple_loss("contrastive", out_desc[inverse[:t]], out_desc[inverse[t:2 * t]],
+                              out_desc[inverse[2 * t:]].reshape(t, args.negatives, -1), margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                head.pool.p.clamp_(min=1.0)
+            total += loss.item() * t
+            count += t
+            step = start // args.batch + 1
+            if step % args.print_every == 0:
+                print(f"  epoch {epoch + 1} step {step}: {count} tuples, loss {total / count:.4f}, "
+                      f"{count / (time.perf_counter() - t1):.1f} tuples/s", flush=True)
+            if time.perf_counter() - training_started > args.time_budget:
+                print(f"time budget {args.time_budget} s reached inside epoch {epoch + 1}", flush=True)
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        scheduler.step()
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "tuples": count,
+                  "mining_s": round(t1 - t0, 2), "steps_s": round(t2 - t1, 2),
+                  "tuples_per_s": round(count / max(t2 - t1, 1e-9), 1), "p": round(head.pool.p.item(), 4)}
+        log["epochs"].append(record)
+        print(json.dumps(record), flush=True)
+        elapsed = time.perf_counter() - training_started
+        last = epoch + 1 == args.epochs or elapsed * (epoch + 2) / (epoch + 1) > args.time_budget
+        if last or (epoch + 1) % args.save_every == 0:
+            torch.save(delta_state(backbone.net, original), os.path.join(out, "backbone_delta.pt"))
+            torch.save({"trained": fp32_state(head), "init": init_head_state}, os.path.join(out, "heads.pt"))
+            log["epochs_done"] = epoch + 1
+            log["training_s"] = round(elapsed, 1)
+            with open(os.path.join(out, "log.json"), "w") as handle:
+                json.dump(log, handle, indent=1)
+        if last:
+            if epoch + 1 < args.epochs:
+                print(f"stopping after epoch {epoch + 1}: time budget {args.time_budget} s", flush=True)
+            break
+    steps = sum(r["steps_s"] for r in log["epochs"])
+    print(f"done: {log['epochs_done']} epochs, {sum(r['tuples'] for r in log['epochs'])} tuples, "
+          f"{sum(r['tuples'] for r in log['epochs']) / steps:.1f} tuples/s, total {time.perf_counter() - started:.1f} s",
+          flush=True)
+
+
+# ---------------------------------------------------------------- evaluate (CPU)
+def head_from(state: dict) -> GemHead:
+    from cnn.heads import head_from_state
+    return head_from_state("gem-fc", {k: v.float() for k, v in state.items()}).eval()
+
+
+def describe(backbone, head, paths, threads: int) -> np.ndarray:
+    from bovw.images import ImageOptions, load_image
+    out = []
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        for path in paths:
+            image = load_image(path, ImageOptions(max_side=backbone.options.max_side), color=True)
+            x = backbone.preprocess(image)
+            maps = backbone(x)["global"]
+            out.append(head(maps.float())[0].numpy())
+    return np.stack(out)
+
+
+def holidays_map(dataset, descriptors: np.ndarray) -> float:
+    position = {name: i for i, name in enumerate(dataset.database)}
+    names = np.asarray(dataset.database)
+    rankings = []
+    for query in dataset.queries:
+        scores = descriptors @ descriptors[position[query.name]]
+        rankings.append(list(names[np.argsort(-scores, kind="stable")]))
+    (_, value), = dataset.score(rankings).items()
+    return value
+
+
+def evaluate(args) -> None:
+    from benchmarks.common import write_result
+    from cnn.backbone import Backbone
+    from cnn.options import BackboneOptions
+    from index.datasets import holidays
+    dataset = holidays(os.path.join(args.data, "holidays"))
+    paths = dataset.database_paths
+    heads = torch.load(os.path.join(args.evaluate, "heads.pt"), map_location="cpu", weights_only=True)
+    with open(os.path.join(args.evaluate, "log.json")) as handle:
+        log = json.load(handle)
+    rows = []
+    for label, weights, head_state in (
+            ("off-the-shelf Lite0 + GeM(p=3) + FC = Lw (no training)", None, heads["init"]),
+            ("fine-tuned Lite0 + trained GeM/FC head", "backbone_delta.pt", heads["trained"]),
+            ("fine-tuned Lite0 + initial head (Lw, p=3)", "backbone_delta.pt", heads["init"])):
+        backbone = Backbone(BackboneOptions(), device="cpu", cpu_threads=0)
+        if weights:
+            state = torch.load(os.path.join(args.evaluate, weights), map_location="cpu", weights_only=True)
+            load_delta(backbone.net, state)
+        backbone.eval()
+        head = head_from(head_state)
+        t0 = time.perf_counter()
+        descriptors = describe(backbone, head, paths, args.threads)
+        value = holidays_map(dataset, descriptors)
+        rows.append((label, value, head.pool.p.item(), time.perf_counter() - t0))
+        print(f"{label}: Holidays mAP {value:.4f} (p {head.pool.p.item():.3f}, {time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if not args.name:
+        return
+    s = log["settings"]
+    epochs = log["epochs"]
+    tuples = sum(r["tuples"] for r in epochs)
+    steps = sum(r["steps_s"] for r in epochs)
+    base = rows[0][1]
+    lines = [
+        "Issue 14: the WHOLE EfficientNet-Lite0 fine-tuned on pairs mined by the SIFT engine (no labels).",
+        "Honest split: trained on UKBench-1000 mined pairs only, evaluated on Holidays-811.",
+        "",
+        f"Training (`python -m benchmarks.finetune_whole --train`): {log['device']}, torch {log['torch']}; "
+        f"evaluation (`--evaluate`): this CPU, same run for all rows.",
+        f"Mined pairs: {log['mined']}. Training images re-encoded as JPEG q{s.get('quality', 80)} at their "
+        f"320x240 size.",
+        f"Settings: 'global' map (1280 ch) -> GeM (p learnable, start 3) -> FC {s['dim']}-d initialised from Lw "
+        f"(learned on the off-the-shelf GeM vectors of the mined pairs) -> L2; contrastive loss, margin "
+        f"{s['margin'] if s['margin'] is not None else DEFAULT_MARGINS['contrastive']}; {s['negatives']} hard "
+        f"negatives per tuple re-mined every epoch with the current network (one per component, other components "
+        f"only); every verified pair in both directions"
+        + (f" (at most {s['max_tuples']} a epoch)" if s.get("max_tuples") else "")
+        + f"; batch {s['batch']} tuples; Adam, backbone lr {s['lr']:g}, FC lr {s['lr'] * s['head_lr_factor']:g}, "
+        f"p lr {s['lr'] * s['head_lr_factor'] * 10:g}, lr x{s['lr_decay']} per epoch; BatchNorm frozen (net in "
+        f"eval mode); bf16 autocast for the backbone; seed {s['seed']}.",
+        f"Ran {log['epochs_done']} epochs ({s['epochs']} asked, time budget {s['time_budget']} s), {tuples} tuples, "
+        f"{tuples / steps:.0f} tuples/s on the optimisation steps, {log['training_s']} s of training in all "
+        f"(hard-negative mining included). The GPU had one run.",
+        "",
+        "| descriptor (512-d) | Holidays-811 mAP | vs baseline | final p |",
+        "|---|---|---|---|",
+    ]
+    for label, value, p, _ in rows:
+        lines.append(f"| {label} | {value:.4f} | {value / base:.3f}x | {p:.2f} |")
+    lines += ["", "Loss per epoch: " + ", ".join(f"{r['loss']:.4f}" for r in epochs),
+              "Tuples/s per epoch: " + ", ".join(f"{r['tuples_per_s']:.0f}" for r in epochs)]
+    print(f"written to {write_result(args.name, chr(10).join(lines))}")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prepare", action="store_true", help="write .gpu/ (training images and mined pairs)")
+    mode.add_argument("--train", action="store_true", help="fine-tune (GPU machine)")
+    mode.add_argument("--evaluate", metavar="DIR", help="folder with backbone_delta.pt, heads.pt, log.json")
+    parser.add_argument("--mined", default="/tmp/h14mined/ukbench", help="MinedPairs save of UKBench")
+    parser.add_argument("--min-inliers", type=int, default=10)
+    parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the re-encoded images")
+    parser.add_argument("--out", help="output folder of --train (default $OUT)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--time-budget", type=float, default=240.0,
+                        help="stop after the epoch past which the next one would end later than this (s)")
+    parser.add_argument("--save-every", type=int, default=5, help="save weights every this many epochs")
+    parser.add_argument("--print-every", type=int, default=20, help="progress line every this many steps")
+    parser.add_argument("--batch", type=int, default=16, help="tuples per Adam step")
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--margin", type=float, default=None)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=5e-6, help="backbone learning rate")
+    parser.add_argument("--head-lr-factor", type=float, default=10.0, help="FC lr = lr x this; p lr x10 more")
+    parser.add_argument("--lr-decay", type=float, default=0.97, help="lr multiplied by this every epoch")
+    parser.add_argument("--max-tuples", type=int, default=None, help="tuples per epoch at most")
+    parser.add_argument("--limit", type=int, default=None, help="first N training images only (smoke tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of --evaluate")
+    parser.add_argument("--name", default=None, help="result file under benchmarks/results (--evaluate)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.prepare:
+        prepare(args)
+    elif args.train:
+        train(args)
+    else:
+        evaluate(args)
+
+
+if __name__ == "__main__":
+    main()
