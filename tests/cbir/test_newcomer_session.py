@@ -120,7 +120,9 @@ def test_ctrl_c_ends_in_one_line_and_exit_130(session, tmp_path, data_dir):
     for i in range(1000):  # 200 images were all indexed within the 4 s by 2 worker processes
         shutil.copy(os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg"), many)
     process = subprocess.Popen([CBIR, "index", many, "-o", tmp_path / "idx", "--vocab", home / "vocab",
-                                "--cache", ""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--cache", ""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a test run started in the background inherits SIGINT ignored: a user's shell does not
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
