@@ -21,9 +21,7 @@ needs neither torch nor the model directory to be searched.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 
@@ -31,7 +29,7 @@ import numpy as np
 
 from cnn.pooling import gem, l2_normalize
 from cnn.whitening import PCAWhitening
-from index.persistence import MANIFEST, IndexFormatError, manifest_checksum, read_manifest
+from index.persistence import MANIFEST, IndexFormatError, read_manifest, write_manifest
 
 FORMAT = "cbir-learned-model"
 VERSION = 1
@@ -136,7 +134,6 @@ class LearnedModel:
         os.makedirs(directory, exist_ok=True)
         state_file = f"{uuid.uuid4().hex[:12]}-state.pt"
         state_path = os.path.join(directory, state_file)
-        written = [state_path]
         try:
             with open(state_path, "wb") as handle:
                 torch.save({name: value.detach().cpu() for name, value in self.state.items()}, handle)
@@ -149,19 +146,10 @@ class LearnedModel:
                 "settings": self.settings, "data": self.data, "history": self.history, "scores": self.scores,
                 "state": {"file": state_file, "bytes": os.path.getsize(state_path), "sha256": digest}},
                 "arrays": {}}
-            manifest["checksum"] = manifest_checksum(manifest)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-            written.append(tmp)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(manifest, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, os.path.join(directory, MANIFEST))
-            written.pop()
+            write_manifest(directory, manifest)
         except BaseException:
-            for path in written:
-                if os.path.exists(path):
-                    os.unlink(path)
+            if os.path.exists(state_path):
+                os.unlink(state_path)
             raise
         for name in os.listdir(directory):
             if name.endswith("-state.pt") and name != state_file:

@@ -54,6 +54,23 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def write_manifest(directory: str, manifest: dict) -> None:
+    """Atomically write ``manifest`` (with its checksum added) as the directory's manifest file:
+    a temporary file in the same folder, fsync, rename; the temporary file is removed on failure."""
+    manifest = {**manifest, "checksum": manifest_checksum(manifest)}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, os.path.join(directory, MANIFEST))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_arrays(directory: str, fmt: str, version: int, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     """Atomically write ``arrays`` and ``meta`` as a ``fmt``/``version`` save in ``directory``.
 
@@ -84,16 +101,7 @@ def save_arrays(directory: str, fmt: str, version: int, meta: dict, arrays: dict
                 os.fsync(handle.fileno())
             entries[name] = {"file": file, "dtype": array.dtype.name, "shape": list(array.shape),
                              "crc32": _crc32(path)}
-        manifest = {"format": fmt, "version": version, "meta": meta, "arrays": entries}
-        manifest["checksum"] = manifest_checksum(manifest)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-        written.append(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, os.path.join(directory, MANIFEST))
-        written.pop()
+        write_manifest(directory, {"format": fmt, "version": version, "meta": meta, "arrays": entries})
         _fsync_dir(directory)
     except BaseException:
         for path in written:
