@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from cnn.heads import GemHead, build_head
+from cnn.heads import GemHead, build_head, in_input_order
 from cnn.losses import DEFAULT_MARGINS, tuple_loss
 from cnn.training import TrainingConfig, freeze_batchnorm, initial_whitening
 from cnn.tuples import epoch_tuples
@@ -103,11 +103,7 @@ class ImageBank:
                 maps = backbone(x)["global"]
             parts.append(head(maps.float()))
             order.append(where)
-        stacked = torch.cat(parts)
-        inverse = torch.empty(len(indices), dtype=torch.int64, device=stacked.device)
-        inverse[torch.from_numpy(np.concatenate(order)).to(stacked.device)] = torch.arange(
-            len(indices), device=stacked.device)
-        return stacked.index_select(0, inverse)
+        return in_input_order(parts, order)
 
     @torch.no_grad()
     def describe_all(self, backbone, head, amp: bool, batch: int = 128) -> np.ndarray:

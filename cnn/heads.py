@@ -165,11 +165,7 @@ class MapBank:
             rows = torch.from_numpy(self.row_of[indices[where]]).to(self.device)
             results.append(head(self.groups[g].index_select(0, rows).float()))
             order.append(where)
-        stacked = torch.cat(results)
-        inverse = torch.empty(len(indices), dtype=torch.int64, device=stacked.device)
-        inverse[torch.from_numpy(np.concatenate(order)).to(stacked.device)] = torch.arange(
-            len(indices), device=stacked.device)
-        return stacked.index_select(0, inverse)
+        return in_input_order(results, order)
 
     @torch.no_grad()
     def describe_all(self, head: nn.Module, batch: int = 256) -> np.ndarray:
@@ -177,3 +173,20 @@ class MapBank:
         parts = [self.forward(head, np.arange(start, min(start + batch, self.n)))
                  for start in range(0, self.n, batch)]
         return torch.cat(parts).float().cpu().numpy()
+
+
+def in_input_order(parts: list[torch.Tensor], order: list[np.ndarray]) -> torch.Tensor:
+    """Rows computed group by group, put back in input order.
+
+    Args:
+        parts: (m_g, k) tensors, one per group.
+        order: (m_g,) int positions in the input of each group's rows (together a permutation of 0..n-1).
+
+    Returns:
+        (n, k) tensor, row i the one computed for input position i.
+    """
+    stacked = torch.cat(parts)
+    inverse = torch.empty(len(stacked), dtype=torch.int64, device=stacked.device)
+    inverse[torch.from_numpy(np.concatenate(order)).to(stacked.device)] = torch.arange(
+        len(stacked), device=stacked.device)
+    return stacked.index_select(0, inverse)
