@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 DATA ?= ../shared/data
 WORK ?= work
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup browser demo test test-quick clean
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(BIN)/activate: setup.cfg pyproject.toml
 
 setup: $(BIN)/activate
 
+# Headless Chromium and its driver for the web page's browser tests (Debian packages; needs root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "make browser: run as root (apt-get install chromium chromium-driver) for the browser tests"; fi
+
 demo: setup
 	$(BIN)/python -m benchmarks.demo --data $(DATA) --work $(WORK)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-quick: setup

@@ -461,6 +461,12 @@ def cmd_eval(args) -> None:
           f"{args.search or index.pipeline.name}  {scores}  query ms median {np.median(result.query_ms):.2f}")
 
 
+def cmd_serve(args) -> None:
+    from cbir.server.app import serve
+    serve(args.index, host=args.host, port=args.port, benchmarks=args.benchmark or [], cache_dir=args.cache,
+          max_upload_bytes=parse_size(args.max_upload), n_jobs=args.jobs, verify=args.checksums)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir.pipelines import PIPELINES
     parser = argparse.ArgumentParser(prog="cbir", description=__doc__,
@@ -617,6 +623,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=default_cache_dir(),
                    help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("serve", help="a web page (and JSON API) to search indexes by example, see the matches "
+                                     "and compare pipelines side by side",
+                       description="Serves one or more saved indexes, loaded once and memory-mapped, at "
+                                   "http://HOST:PORT/ (page) and /api/... (JSON, see /docs). Binds to 127.0.0.1 "
+                                   "unless --host says otherwise: anyone who reaches the port can search and see "
+                                   "the indexed images.")
+    p.add_argument("--index", action="append", required=True, metavar="DIR",
+                   help="index directory to serve (repeat for several; their pipelines can be compared)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--benchmark", action="append", metavar="DATASET:ROOT",
+                   help="ground truth of a benchmark the indexes were built from (holidays:PATH or ukbench:PATH): "
+                        "adds the per-query evaluation view")
+    p.add_argument("--max-upload", default="20M", help="largest query upload accepted (default %(default)s)")
+    p.add_argument("--checksums", action="store_true",
+                   help="read the indexes whole and check every file's checksum first (default: memory-map them)")
+    common(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score a method on a benchmark")
     p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])
