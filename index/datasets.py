@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from index.evaluation import mean_average_precision, ukbench_ns_score
+from index.evaluation import average_precision, mean_average_precision, ranks_without_junk, ukbench_ns_score
 
 
 @dataclass
@@ -63,6 +63,33 @@ class Dataset:
             return {protocol: mean_average_precision(rankings, positives, junk)
                     for protocol, (positives, junk) in self._revisitop.items()}
         return {"mAP": mean_average_precision(rankings, self._positives, self._junk or None)}
+
+
+    def per_query(self, rankings: list[list[str]]) -> list[float]:
+        """Each query's score, in ``queries`` order: its AP (revisitop: Medium protocol; nan when it
+        has no positive), or for N-S its count of group images among the top 4 (0-4)."""
+        if len(rankings) != len(self.queries):
+            raise ValueError(f"{len(rankings)} rankings for {len(self.queries)} queries")
+        rankings = self._cleaned(rankings)
+        if self.metric == "N-S":
+            return [float(len(set(r[:4]) & g)) for r, g in zip(rankings, self._positives)]
+        positives, junk = self._revisitop["M"] if self._revisitop else (self._positives, self._junk)
+        junk = junk or [set()] * len(rankings)
+        return [average_precision(ranks_without_junk(r, p, j), len(p)) for r, p, j in zip(rankings, positives, junk)]
+
+    def restricted_to(self, names) -> "Dataset":
+        """The benchmark over the database images in ``names`` only (an index of part of it):
+        positives and junk outside them dropped, and the queries left without a positive."""
+        kept = set(names)
+        database = [n for n in self.database if n in kept]
+        positive_sets = self._revisitop["M"][0] if self._revisitop else self._positives
+        keep = [i for i, p in enumerate(positive_sets) if p & kept]
+
+        def restrict(sets):
+            return [sets[i] & kept for i in keep] if sets else []
+        return replace(self, database=database, queries=[self.queries[i] for i in keep],
+                       _positives=restrict(self._positives), _junk=restrict(self._junk),
+                       _revisitop={k: (restrict(p), restrict(j)) for k, (p, j) in self._revisitop.items()})
 
 
 _IMAGE = re.compile(r"\.(jpe?g|png|webp|bmp|tiff?)$", re.IGNORECASE)

@@ -21,11 +21,7 @@ def ukbench_subset(data_dir):
     """The first 60 UKBench images (15 objects x 4 views) as a Dataset."""
     from index.datasets import ukbench
     dataset = ukbench(os.path.join(data_dir, "ukbench"))
-    keep = 60
-    dataset.database = dataset.database[:keep]
-    dataset.queries = dataset.queries[:keep]
-    dataset._positives = [g & set(dataset.database) for g in dataset._positives[:keep]]
-    return dataset
+    return dataset.restricted_to(dataset.database[:60])
 
 
 @pytest.fixture(scope="session")
