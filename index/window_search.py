@@ -27,10 +27,10 @@ def candidate_windows(height: int, width: int, steps: int = 5, min_fraction: flo
     return np.asarray(windows, dtype=np.int64).reshape(-1, 4)
 
 
-def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np.ndarray,
-                      keypoints: np.ndarray, words: np.ndarray, steps: int = 5,
-                      min_fraction: float = 1 / 3) -> float:
-    """Highest cosine similarity between the query and any window of one image.
+def best_window(query_words: np.ndarray, query_values: np.ndarray, idf: np.ndarray,
+                keypoints: np.ndarray, words: np.ndarray, steps: int = 5,
+                min_fraction: float = 1 / 3) -> tuple[float, tuple[int, int, int, int] | None]:
+    """The window of one image most similar to the query, and its cosine similarity.
 
     Args:
         query_words: (u,) unique word ids of the query's tf-idf vector.
@@ -42,10 +42,11 @@ def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np
         min_fraction: smallest window side, as a fraction of the map's side.
 
     Returns:
-        the best window score (0 when the image has no features).
+        (best window score, its (y0, x0, y1, x1) end-exclusive in map cells), (0, None) when the
+        image has no features.
     """
     if len(words) == 0:
-        return 0.0
+        return 0.0, None
     stride = float(keypoints[0, 2])
     cols = np.floor(keypoints[:, 0] / stride).astype(np.int64)
     rows = np.floor(keypoints[:, 1] / stride).astype(np.int64)
@@ -64,7 +65,8 @@ def best_window_score(query_words: np.ndarray, query_values: np.ndarray, idf: np
     query[u_index] = query_values[q_index]
     dots = query @ weighted
     scores = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
-    return float(scores.max())
+    best = int(scores.argmax())
+    return float(scores[best]), tuple(int(v) for v in windows[best])
 
 
 def window_rerank(ranking: list, query_vector: tuple[np.ndarray, np.ndarray], idf: np.ndarray,
@@ -81,7 +83,8 @@ def window_rerank(ranking: list, query_vector: tuple[np.ndarray, np.ndarray], id
     Returns:
         the re-scored head, by decreasing score (ties keep their order), then the rest unchanged.
     """
-    head = [dataclasses.replace(e, score=max(e.score, best_window_score(*query_vector, idf, *images.features(e.slot))))
-            for e in ranking[:top]]
+    def window_score(slot: int) -> float:
+        return best_window(*query_vector, idf, *images.features(slot))[0]
+    head = [dataclasses.replace(e, score=max(e.score, window_score(e.slot))) for e in ranking[:top]]
     head.sort(key=lambda e: -e.score)
     return head + ranking[top:]

@@ -1,7 +1,7 @@
 import numpy as np
 
 from index.inverted_file import InvertedFile
-from index.window_search import best_window_score, candidate_windows
+from index.window_search import best_window, candidate_windows
 
 
 def grid(words: np.ndarray, stride: int = 16):
@@ -22,19 +22,18 @@ def test_object_in_a_corner_is_found_by_a_window():
     whole = float(inverted.scores(np.arange(16))[0])
     query_words, query_values = inverted.query_vector(np.arange(16))
     assert np.isclose(whole, 1 / 3)
-    only_whole = best_window_score(query_words, query_values, inverted.idf, keypoints, flat,
-                                   steps=1, min_fraction=1.0)
+    only_whole, _ = best_window(query_words, query_values, inverted.idf, keypoints, flat, steps=1, min_fraction=1.0)
     assert np.isclose(only_whole, whole)  # the whole map as the only window: the same cosine
-    best = best_window_score(query_words, query_values, inverted.idf, keypoints, flat)
-    assert best > whole and np.isclose(best, 1.0)
+    best, window = best_window(query_words, query_values, inverted.idf, keypoints, flat)
+    assert best > whole and np.isclose(best, 1.0) and window == (0, 0, 4, 4)
 
 
 def test_exact_window_scores_one():
     words = np.full((9, 9), 200)
     words[3:6, 3:6] = np.arange(9).reshape(3, 3)
     keypoints, flat = grid(words)
-    best = best_window_score(np.arange(9), np.full(9, 1 / 3), np.ones(300), keypoints, flat, steps=9)
-    assert np.isclose(best, 1.0)
+    best, window = best_window(np.arange(9), np.full(9, 1 / 3), np.ones(300), keypoints, flat, steps=9)
+    assert np.isclose(best, 1.0) and window == (3, 3, 6, 6)
 
 
 def test_windows_stay_inside_the_map():
