@@ -2,7 +2,7 @@
 
 ``SearchableIndex`` is the one interface of the engine's collections (the SIFT,
 Hamming-embedding and BLCF inverted-file index, the CNN global index, and the
-learned, diffused, fused and sharded ones to come): ``add_images``, ``remove``,
+learned, diffused, fused and sharded ones): ``add_images``, ``remove``,
 ``prepare_query``, ``search``, ``save``, ``load``, ``info``. It owns what they share: the
 name registry, the read/write lock, batching of additions, query decoding and box
 cropping, search options, and pickle-free persistence. A subclass supplies its
@@ -394,6 +394,8 @@ class SearchableIndex:
         if target is None or (cls is not SearchableIndex and fmt != cls.FORMAT):
             expected = ", ".join(INDEX_CLASSES) if cls is SearchableIndex else cls.FORMAT
             raise IndexFormatError(f"{directory}: format {fmt!r}, expected {expected!r}")
+        if target.load.__func__ is not SearchableIndex.load.__func__:  # saved otherwise (a sharded index)
+            return target.load(directory, cache_dir=cache_dir, verify=verify, mmap=mmap)
         if version not in READABLE_VERSIONS:
             raise IndexFormatError(f"{directory}: format version {version!r} cannot be read by this engine "
                                    f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})")
@@ -458,5 +460,6 @@ def load_index(directory: str, cache_dir: str | None = None, verify: bool = True
                mmap: bool = False) -> SearchableIndex:
     """Load a saved index of any kind, by its manifest (see ``SearchableIndex.load``)."""
     import cbir.fusion_index  # noqa: F401  (registers the index classes)
+    import cbir.sharded_index  # noqa: F401
     return SearchableIndex.load(directory, cache_dir=cache_dir, verify=verify, mmap=mmap)
 

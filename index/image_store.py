@@ -126,6 +126,23 @@ class ImageStore:
         self._scale_angle = np.concatenate([self._scale_angle] + [p[3] for p in pending])
         self._words = np.concatenate([self._words] + [p[4] for p in pending])
 
+    @classmethod
+    def concatenate(cls, stores: list["ImageStore"]) -> "ImageStore":
+        """One store holding the images of ``stores`` in order (ValueError if their word dtypes differ)."""
+        if len({store.word_dtype for store in stores}) != 1:
+            raise ValueError("only image stores over one vocabulary can be concatenated")
+        merged = cls()
+        merged.word_dtype = stores[0].word_dtype
+        merged._words = merged._words.astype(merged.word_dtype)
+        for store in stores:
+            store.consolidate()
+            if len(store):
+                merged._pending.append((store._image_sizes, np.diff(store._offsets), store._xy, store._scale_angle,
+                                        store._words))
+                merged._n_images += len(store)
+        merged.consolidate()
+        return merged
+
     def remove(self, slots) -> None:
         """Remove images by slot; the others keep their order."""
         self.consolidate()

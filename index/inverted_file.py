@@ -15,10 +15,16 @@ Scores are exact cosine similarities of L2-normalised tf-idf vectors:
 ``score(q, i) = sum_w q_w * idf_w * tf_{w,i} / ||d_i||`` with ``d_i`` the
 unnormalised tf-idf vector of image i. idf and the image norms are recomputed
 once per consolidation and after every remove.
+
+A shard of a larger collection (``cbir.sharded_index``) weighs by the idf of the
+whole collection: ``set_collection`` gives it the document frequencies reduced over
+every shard, so its scores and norms equal those of the merged inverted file.
+``concatenate`` is the merge: the images of several files, in order, in one.
 """
 from __future__ import annotations
 
 import threading
+from typing import Sequence
 
 import numpy as np
 
@@ -70,6 +76,7 @@ class InvertedFile:
         self._pending_payload = {name: [] for name in self._payload}
         self._pending_images = 0
         self._consolidation_lock = threading.Lock()
+        self._collection: tuple[np.ndarray, int] | None = None
         self._set_statistics(np.zeros(self.n_words, np.int64), np.zeros(0, np.float64))
 
     @property
@@ -106,8 +113,35 @@ class InvertedFile:
 
     @property
     def idf(self) -> np.ndarray:
-        """(n_words,) float32 idf of the current collection."""
+        """(n_words,) float32 idf of the current collection (of the whole collection for a shard)."""
         return self._statistics()[1]
+
+    @property
+    def collection(self) -> tuple[np.ndarray, int] | None:
+        """(document frequency (n_words,) int64, images) of the whole collection this file is a shard
+        of, set by ``set_collection``; None when the file is the whole collection."""
+        return self._collection
+
+    def set_collection(self, document_frequency: np.ndarray | None, n_images: int = 0) -> None:
+        """Weigh by the idf of a whole collection this file is a shard of, and recompute the image norms.
+
+        Args:
+            document_frequency: (n_words,) int64 images of the whole collection holding each word (the
+                sum of every shard's ``document_frequency``); None: weigh by this file's own.
+            n_images: images of the whole collection.
+        """
+        self.consolidate()
+        if document_frequency is not None:
+            document_frequency = np.asarray(document_frequency, np.int64)
+            if document_frequency.shape != (self.n_words,) or n_images < self.n_images:
+                raise ValueError(f"collection statistics for {document_frequency.shape} words and {n_images} "
+                                 f"images cannot cover a shard of {self.n_words} words and {self.n_images} images")
+        self._collection = None if document_frequency is None else (document_frequency, int(n_images))
+        self._stats = self._statistics_of(self._offsets, self._image_slots)
+
+    def _idf_of(self, df: np.ndarray) -> np.ndarray:
+        """(n_words,) float32 idf: the collection's when set, else that of ``df`` over this file's images."""
+        return idf(*self._collection) if self._collection is not None else idf(df, self.n_images)
 
     @property
     def image_norms(self) -> np.ndarray:
@@ -130,11 +164,37 @@ class InvertedFile:
         """(df (n_words,) int64, idf (n_words,) float32, norms (n_images,) float64) of postings
         ``offsets``, ``image_slots`` of all ``n_images`` images."""
         df = kernels.document_frequency(offsets, image_slots)
-        weights = idf(df, self.n_images)
+        weights = self._idf_of(df)
         return df, weights, np.sqrt(kernels.squared_norms(offsets, image_slots, weights, self.n_images))
 
     def _set_statistics(self, df: np.ndarray, norms: np.ndarray) -> None:
-        self._stats = (df, idf(df, self.n_images), norms)
+        self._stats = (df, self._idf_of(df), norms)
+
+    @classmethod
+    def concatenate(cls, files: Sequence["InvertedFile"]) -> "InvertedFile":
+        """One inverted file holding the images of ``files`` in order (the slots of each file follow
+        those of the one before): the layout that adding their images in that order gives.
+
+        One stable counting sort of every posting by word, so linear in the postings. The result
+        weighs by its own statistics (not by any file's ``collection``).
+
+        Raises:
+            ValueError: the files have other vocabulary sizes or payloads.
+        """
+        first = files[0]
+        if any(f.n_words != first.n_words or sorted(f.payload) != sorted(first.payload) for f in files):
+            raise ValueError("only inverted files over one vocabulary with the same payloads can be concatenated")
+        merged = cls(first.n_words, {name: values.dtype for name, values in first.payload.items()})
+        starts = np.cumsum([0] + [f.n_images for f in files])
+        words = np.concatenate([np.repeat(np.arange(f.n_words, dtype=np.int32), np.diff(f.offsets)) for f in files])
+        order, counts = kernels.counting_order(words, first.n_words)
+        merged.n_images = int(starts[-1])
+        merged._offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        merged._image_slots = np.concatenate([f.image_slots.astype(np.int64) + start
+                                              for f, start in zip(files, starts)])[order].astype(np.int32)
+        merged._payload = {name: np.concatenate([f.payload[name] for f in files])[order] for name in first.payload}
+        merged._stats = merged._statistics_of(merged._offsets, merged._image_slots)
+        return merged
 
     def add(self, words_per_image: list[np.ndarray], payload_per_image: dict | None = None) -> np.ndarray:
         """Append images; returns their slots. Their postings wait for ``consolidate``.
@@ -262,6 +322,9 @@ class InvertedFile:
         df, _, norms = self._statistics()
         arrays = {"offsets": self.offsets, "image_slots": self.image_slots,
                   "document_frequency": df, "image_norms": norms}
+        if self._collection is not None:  # a shard: its norms are those of the collection's idf
+            meta["collection_images"] = self._collection[1]
+            arrays["collection_document_frequency"] = self._collection[0]
         arrays.update({f"payload_{name}": values for name, values in self.payload.items()})
         return meta, arrays
 
@@ -288,6 +351,10 @@ class InvertedFile:
         inverted._payload = payload
         # Saved statistics; absent from saves made before the statistics were saved
         # (early format-1 saves of 0.1.0), for which they are recomputed.
+        if "collection_document_frequency" in arrays:
+            inverted._collection = (np.asarray(arrays["collection_document_frequency"]), int(meta["collection_images"]))
+            if inverted._collection[0].shape != (inverted.n_words,) or inverted._collection[1] < inverted.n_images:
+                raise ValueError("inverted file collection statistics do not match its words and images")
         if "document_frequency" in arrays:
             df, norms = np.asarray(arrays["document_frequency"]), np.asarray(arrays["image_norms"])
             if df.shape != (inverted.n_words,) or norms.shape != (inverted.n_images,):

@@ -42,6 +42,14 @@ def shortlist(scores: np.ndarray, count: int) -> list[RankedImage]:
     return [RankedImage(int(i), float(scores[i])) for i in top_indices(scores, count)]
 
 
+def local_scores(query: LocalQuery, inverted: InvertedFile, options: SearchOptions) -> np.ndarray:
+    """(n_images,) float32 first-stage scores of a local-feature query: tf-idf cosine, or
+    Hamming-embedding scores when the query carries signatures."""
+    if query.signatures is not None:
+        return hamming_scores(inverted, query.words, query.signatures, options.hamming)
+    return inverted.vector_scores(*inverted.query_vector(query.words))
+
+
 def rank_local(query: LocalQuery, inverted: InvertedFile, images: ImageStore, options: SearchOptions,
                top_k: int | None = None, n_jobs: int = 1) -> list[RankedImage]:
     """Rank a local-feature collection: tf-idf cosine or Hamming-embedding scores, then (per
@@ -58,13 +66,21 @@ def rank_local(query: LocalQuery, inverted: InvertedFile, images: ImageStore, op
     Returns:
         at most ``top_k`` entries, best first.
     """
-    vector = inverted.query_vector(query.words)
-    if query.signatures is not None:
-        scores = hamming_scores(inverted, query.words, query.signatures, options.hamming)
-    else:
-        scores = inverted.vector_scores(*vector)
     wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
-    ranking = shortlist(scores, max(wanted, options.shortlist))
+    ranking = shortlist(local_scores(query, inverted, options), max(wanted, options.shortlist))
+    return rerank_local(query, ranking, inverted, images, options, wanted, n_jobs)
+
+
+def rerank_local(query: LocalQuery, ranking: list[RankedImage], inverted: InvertedFile, images: ImageStore,
+                 options: SearchOptions, wanted: int, n_jobs: int = 1) -> list[RankedImage]:
+    """The steps of ``rank_local`` after the shortlist: window search, spatial verification, query
+    expansion, cut to ``wanted`` entries.
+
+    ``inverted`` and ``images`` need only what these steps read (``cbir.sharded_index`` passes views
+    over its shards): ``query_vector``, ``vector_scores``, ``idf``, ``n_words`` and ``images.features``
+    for tf-idf queries.
+    """
+    vector = inverted.query_vector(query.words)
     if options.window_search:
         ranking = window_rerank(ranking, vector, inverted.idf, images, options.window_search)
     if options.verification is not None:

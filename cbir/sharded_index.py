@@ -1,0 +1,281 @@
+"""A local-feature index split into shards that ranks exactly as the merged index would.
+
+tf-idf needs the whole collection's document frequencies: every shard's inverted file
+weighs by the df vector summed over all shards (``InvertedFile.set_collection``), summed
+again after every addition and removal, so each shard scores its images exactly as the
+merged index scores them. A query is prepared once; each shard shortlists its best
+images; the lists merge by score, ties by position in the merged order (shard after
+shard, as ``RetrievalIndex.concatenate`` lays them out); window search, spatial
+verification and query expansion then run on the merged shortlist, reading keypoints
+from the shard that owns each image (``ShardedImages``) and scoring an expanded query on
+every shard (``ShardedPostings``).
+
+Saved as a directory: a ``cbir-sharded-index`` manifest listing shard directories inside
+it, each a complete ``cbir-index`` save that carries the collection statistics. A save
+writes new shard directories, then replaces the manifest, then removes the old ones, so
+a crash leaves the old or the new index whole. New images go to the last shard, so that
+slots keep the merged order.
+
+Only tf-idf pipelines shard (``sift-bow``, ``sift-sv``, ``sift-sv-qe``, ``blcf``,
+``blcf-ls``): Hamming-embedding and ASMK* re-ranking read signatures from the postings
+of one inverted file, which this module does not route across shards yet.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Sequence
+
+import numpy as np
+
+from cbir.pipelines import Pipeline
+from cbir.retrieval_index import RetrievalIndex
+from cbir.searchable import SearchableIndex, part_arrays
+from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
+from index.names import ImageNames
+from index.persistence import MANIFEST, IndexFormatError, load_arrays, read_manifest, save_arrays
+from index.ranking import LocalQuery, RankedImage, local_scores, rerank_local, shortlist
+from index.search_options import SearchOptions
+
+SHARDED_VERSION = 1
+#: Saved parts of a shard that must be the same in every shard (checked by their files' CRC-32 on load).
+LEARNED_PARTS = ("vocabulary", "whitening", "hamming", "asmk")
+
+
+class ShardedPostings:
+    """The shards' inverted files read as one by re-ranking and query expansion (tf-idf).
+
+    Args:
+        files: each shard's inverted file, in shard order, weighing by the collection's statistics.
+    """
+
+    def __init__(self, files: Sequence[InvertedFile]):
+        self.files = list(files)
+        self.n_words = self.files[0].n_words
+        self.n_images = sum(f.n_images for f in self.files)
+        self.idf = self.files[0].idf
+
+    def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
+        """L2-normalised tf-idf vector of a query under the collection's idf: (unique words, values)."""
+        return self.files[0].query_vector(words, weights)
+
+    def vector_scores(self, words: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """(n_images,) float32 cosine scores of a sparse query vector, shard after shard."""
+        return np.concatenate([f.vector_scores(words, values) for f in self.files])
+
+
+class ShardedImages:
+    """The shards' image stores read as one: ``features(slot)`` of a slot in the merged order.
+
+    Args:
+        stores: each shard's image store, in shard order.
+    """
+
+    def __init__(self, stores: Sequence[ImageStore]):
+        self.stores = list(stores)
+        self.starts = np.cumsum([0] + [len(s) for s in self.stores])
+
+    def features(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keypoints (n, 4) float32, words (n,) int32) of image ``slot``, from the shard owning it."""
+        shard = int(np.searchsorted(self.starts, slot, side="right")) - 1
+        return self.stores[shard].features(int(slot - self.starts[shard]))
+
+
+class ShardedIndex(SearchableIndex):
+    """Local-feature shards searched as one index, with exactly the merged index's ranking and scores.
+
+    Args:
+        shards: tf-idf indexes with one pipeline, root and learned parts; their images, in order,
+            are the collection (slot ``i`` of shard ``s`` is slot ``sum(len(shards[:s])) + i``).
+        cache_dir: feature cache for additions and queries (default: the first shard's).
+
+    Raises:
+        ValueError: no shard, a pipeline that does not shard, or a shard built otherwise than the first.
+    """
+
+    FORMAT = "cbir-sharded-index"
+    KIND = "local"
+    QUERY_TYPE = LocalQuery
+
+    def __init__(self, shards: Sequence[RetrievalIndex], cache_dir: str | None = None):
+        if not shards:
+            raise ValueError("a sharded index needs at least one shard")
+        first = shards[0]
+        if first.hamming is not None or first.asmk is not None:
+            raise ValueError(f"{first.pipeline.name} indexes do not shard (only tf-idf pipelines do); "
+                             f"build one merged index")
+        for position, shard in enumerate(shards[1:], 1):
+            if not first.built_like(shard):
+                raise ValueError(f"shard {position} has another pipeline, root or learned parts than shard 0")
+        super().__init__(first.pipeline, cache_dir if cache_dir is not None else first.cache_dir)
+        self.shards = list(shards)
+        for shard in self.shards:
+            shard.cache_dir = self.cache_dir
+        self.root = first.root
+        self.names = ImageNames([name for shard in self.shards for name in shard.names])
+        self._statistics_stale = True
+        self.share_statistics()
+
+    @classmethod
+    def split(cls, index: RetrievalIndex, n_shards: int) -> "ShardedIndex":
+        """``index``'s images in ``n_shards`` shards of consecutive slots (sizes differing by one at most);
+        the index itself is left as it is."""
+        bounds = np.linspace(0, len(index), n_shards + 1).round().astype(int)
+        shards = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            shard = RetrievalIndex.concatenate([index])
+            shard.remove([index.names[slot] for slot in range(len(index)) if not start <= slot < end])
+            shards.append(shard)
+        return cls(shards)
+
+    def _comparable_build(self, build):
+        return self.shards[0]._comparable_build(build)
+
+    def _starts(self) -> np.ndarray:
+        """(n_shards + 1,) int64 first slot of each shard in the merged order, then the image count."""
+        return np.cumsum([0] + [len(shard) for shard in self.shards])
+
+    def share_statistics(self) -> None:
+        """Give every shard the document frequencies and image count of the whole collection (summed
+        over the shards); shards that already weigh by them are left as they are."""
+        files = [shard.inverted_file for shard in self.shards]
+        df = np.zeros(files[0].n_words, np.int64)
+        for inverted in files:
+            df += inverted.document_frequency
+        n_images = sum(inverted.n_images for inverted in files)
+        for inverted in files:
+            collection = inverted.collection
+            if collection is None or collection[1] != n_images or not np.array_equal(collection[0], df):
+                inverted.set_collection(df, n_images)
+        self._statistics_stale = False
+
+    # ---- building -----------------------------------------------------------------------------
+
+    def _feature_source(self):
+        return self.shards[-1]._feature_source()
+
+    def _item_bytes(self, item) -> int:
+        return self.shards[-1]._item_bytes(item)
+
+    def _add_batch(self, names: list[str], items: list, n_jobs: int) -> None:
+        with self._lock.writing():
+            self.shards[-1].add_features(names, items, n_jobs)
+            self.names.add(list(names))
+            self._statistics_stale = True
+
+    def _remove_slots(self, slots: list[int]) -> None:
+        starts = self._starts()
+        slots = np.asarray(slots, np.int64)
+        for shard, start, end in zip(self.shards, starts[:-1], starts[1:]):
+            local = slots[(slots >= start) & (slots < end)] - start
+            if len(local):
+                shard.remove([shard.names[int(slot)] for slot in local])
+        self.share_statistics()
+
+    def _pending(self) -> bool:
+        return self._statistics_stale or any(shard._pending() for shard in self.shards)
+
+    def _consolidate(self) -> None:
+        for shard in self.shards:
+            shard.consolidate()
+        self.share_statistics()
+
+    # ---- searching ----------------------------------------------------------------------------
+
+    def query_features(self, query, box=None):
+        return self.shards[0].query_features(query, box)
+
+    def extracted_query_image(self, query, box=None) -> np.ndarray:
+        return self.shards[0].extracted_query_image(query, box)
+
+    def prepare_query(self, query, box=None, options: SearchOptions | str | None = None) -> LocalQuery:
+        return self.shards[0].prepare_query(query, box, self.search_options(options))
+
+    def _is_empty_query(self, prepared: LocalQuery) -> bool:
+        return len(prepared.words) == 0
+
+    def _rank(self, prepared: LocalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
+        files = [shard.inverted_file for shard in self.shards]
+        wanted = len(self) if top_k is None else min(top_k, len(self))
+        count = max(wanted, options.shortlist)
+        merged = [RankedImage(entry.slot + int(start), entry.score)
+                  for inverted, start in zip(files, self._starts())
+                  for entry in shortlist(local_scores(prepared, inverted, options), count)]
+        merged.sort(key=lambda entry: (-entry.score, entry.slot))  # the merged index's order: ties by slot
+        return rerank_local(prepared, merged[:count], ShardedPostings(files),
+                            ShardedImages([shard.images for shard in self.shards]), options, wanted, n_jobs)
+
+    # ---- persistence and facts ----------------------------------------------------------------
+
+    def _parts(self) -> dict:
+        return {f"shard{position:04d}.{prefix}": part for position, shard in enumerate(self.shards)
+                for prefix, part in {"names": shard.names, **shard._parts()}.items()}
+
+    @classmethod
+    def _from_parts(cls, pipeline: Pipeline, meta: dict, arrays: dict, cache_dir: str | None) -> "ShardedIndex":
+        shards = []
+        while f"shard{len(shards):04d}.names" in meta:
+            prefix = f"shard{len(shards):04d}"
+            shard_meta = {key[len(prefix) + 1:]: value for key, value in meta.items() if key.startswith(prefix + ".")}
+            shard_meta.update(pipeline=meta["pipeline"], collection_root=meta.get("collection_root"))
+            shards.append(RetrievalIndex.from_state_dict(shard_meta, part_arrays(arrays, prefix), cache_dir))
+        return cls(shards, cache_dir)
+
+    def save(self, directory: str) -> None:
+        """Atomically save as shard directories and a manifest listing them (see the module's docstring)."""
+        generation = uuid.uuid4().hex[:8]
+        names = [f"shard-{position:04d}-{generation}" for position in range(len(self.shards))]
+        with self._reading():
+            os.makedirs(directory, exist_ok=True)
+            for name, shard in zip(names, self.shards):
+                shard.save(os.path.join(directory, name))
+            meta = {"pipeline": self.pipeline.to_dict(), "collection_root": self.root, "shards": names,
+                    "images": [len(shard) for shard in self.shards]}
+            save_arrays(directory, self.FORMAT, SHARDED_VERSION, meta, {})
+        for entry in os.listdir(directory):
+            if entry.startswith("shard-") and entry not in names:
+                shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
+             mmap: bool = False) -> "ShardedIndex":
+        """Load a saved sharded index (arguments as ``SearchableIndex.load``).
+
+        Raises:
+            IndexFormatError: the manifest is unusable, or a shard is missing, unreadable, holds
+                another image count than listed, or was built otherwise (the message names it).
+        """
+        meta, _ = load_arrays(directory, cls.FORMAT, SHARDED_VERSION)
+        names, counts = meta.get("shards"), meta.get("images")
+        if not isinstance(names, list) or not isinstance(counts, list) or len(names) != len(counts) or not names:
+            raise IndexFormatError(f"{os.path.join(directory, MANIFEST)}: malformed shard list")
+        shards, learned = [], None
+        for name, count in zip(names, counts):
+            path = os.path.join(directory, str(name))
+            if not isinstance(name, str) or os.path.basename(name) != name or name.startswith("."):
+                raise IndexFormatError(f"{directory}: shard {name!r} is not a directory inside the index")
+            try:
+                shard = RetrievalIndex.load(path, cache_dir, verify=verify, mmap=mmap)
+                checksums = _learned_checksums(path)
+            except IndexFormatError as exc:
+                raise IndexFormatError(f"{directory}: shard {name} cannot be loaded: {exc}") from exc
+            if len(shard) != count:
+                raise IndexFormatError(f"{directory}: shard {name} holds {len(shard)} images, the manifest lists {count}")
+            if learned is None:
+                learned = checksums
+            elif checksums == learned:  # the same files: share the first shard's parts (read once)
+                for part in LEARNED_PARTS:
+                    setattr(shard, part, getattr(shards[0], part))
+            shards.append(shard)
+        try:
+            return cls(shards, cache_dir)
+        except ValueError as exc:
+            raise IndexFormatError(f"{directory}: {exc}") from exc
+
+
+def _learned_checksums(directory: str) -> dict:
+    """Array name -> CRC-32 of the learned parts of a saved index (from its manifest)."""
+    arrays = read_manifest(directory)["arrays"]
+    return {name: entry.get("crc32") for name, entry in arrays.items() if name.split(".")[0] in LEARNED_PARTS}
