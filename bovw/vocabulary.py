@@ -8,12 +8,12 @@ repeat a centre, leaving some words empty; that is harmless.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from bovw.kmeans import faiss_threads, kmeans, nearest
@@ -44,6 +44,23 @@ class VocabularyConfig:
     @property
     def n_words(self) -> int:
         return self.branching ** self.depth
+
+
+def split_node(points: np.ndarray, branching: int, seed: int, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of one tree node (faiss, one thread): its points split into ``branching`` children.
+
+    Args:
+        points: (m, d) float32, m >= 1.
+        branching: children (b).
+        seed: k-means seed.
+        niter: Lloyd iterations.
+
+    Returns:
+        (centres (b, d) float32, nearest child of each point (m,) int64 in [0, b)).
+    """
+    with faiss_threads(1):
+        centers = kmeans(points, branching, seed=seed, niter=niter)
+        return centers, nearest(points, centers)[1][:, 0]
 
 
 class VocabularyTree:
@@ -85,16 +102,18 @@ class VocabularyTree:
               verbose: bool | None = True, n_jobs: int = -1) -> "VocabularyTree":
         """Train level by level: each node's points are split by k-means into b children.
 
-        Nodes of a level are trained in parallel threads, each running faiss
-        single-threaded: per-node problems are small, and faiss's own OpenMP
-        threads on a busy 2-core machine cost up to 20x (benchmarks/RESULTS.md).
-        The result does not depend on ``n_jobs``.
+        The nodes of a level are independent ``split_node`` calls run by joblib: in threads by
+        default, each running faiss single-threaded (per-node problems are small, and faiss's own
+        OpenMP threads on a busy 2-core machine cost up to 20x, benchmarks/RESULTS.md); on a Dask
+        cluster's workers inside ``joblib.parallel_config(backend="dask")`` (``cbir.distributed``).
+        Each node's seed depends on the seed, level and node only, so the result depends on
+        neither ``n_jobs`` nor where the nodes ran.
 
         Args:
             descriptors: (n, d) float32 training descriptors.
             config: tree shape and training settings.
             verbose: progress bar over the nodes of each level (None: only on a terminal).
-            n_jobs: worker threads (-1: one per core).
+            n_jobs: joblib workers (-1: every core, or every thread of the cluster).
         """
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if len(descriptors) == 0:
@@ -104,34 +123,26 @@ class VocabularyTree:
             keep = np.sort(rng.choice(len(descriptors), config.max_descriptors, replace=False))
             descriptors = descriptors[keep]
         b = config.branching
-        n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
         node_of_point = np.zeros(len(descriptors), dtype=np.int64)
         centers = []
         for level in range(config.depth):
             n_nodes = b ** level
-            level_centers = np.zeros((n_nodes * b, descriptors.shape[1]), np.float32)
             order = np.argsort(node_of_point, kind="stable")
             bounds = np.searchsorted(node_of_point[order], np.arange(n_nodes + 1))
-            child_of_point = np.zeros(len(descriptors), dtype=np.int64)
             parents = centers[-1] if centers else descriptors.mean(axis=0, keepdims=True)
-
-            def split(node: int) -> None:
-                members = order[bounds[node]:bounds[node + 1]]
-                if len(members) == 0:
-                    level_centers[node * b:(node + 1) * b] = parents[node]
-                    return
-                seed = (config.seed * 1_000_003 + level * 7919 + node) % (2 ** 31)
-                with faiss_threads(1):
-                    node_centers = kmeans(descriptors[members], b, seed=seed, niter=config.niter)
-                    nearest_child = nearest(descriptors[members], node_centers)[1][:, 0]
+            level_centers = np.repeat(parents, b, axis=0)  # a node without points repeats its parent
+            child_of_point = np.zeros(len(descriptors), dtype=np.int64)
+            nodes = [node for node in range(n_nodes) if bounds[node] < bounds[node + 1]]
+            splits = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+                delayed(split_node)(descriptors[order[bounds[node]:bounds[node + 1]]], b,
+                                    (config.seed * 1_000_003 + level * 7919 + node) % (2 ** 31), config.niter)
+                for node in nodes)
+            for node, (node_centers, nearest_child) in tqdm(
+                    zip(nodes, splits), total=len(nodes), leave=False, mininterval=1.0,
+                    disable=None if verbose is None else not verbose, desc=f"vocabulary level {level + 1}/{config.depth}"):
                 level_centers[node * b:(node + 1) * b] = node_centers
-                child_of_point[members] = node * b + nearest_child
-
-            with ThreadPoolExecutor(n_jobs) as pool:
-                list(tqdm(pool.map(split, range(n_nodes)), total=n_nodes, leave=False,
-                          disable=None if verbose is None else not verbose,
-                          desc=f"vocabulary level {level + 1}/{config.depth}", mininterval=1.0))
-            centers.append(level_centers)
+                child_of_point[order[bounds[node]:bounds[node + 1]]] = node * b + nearest_child
+            centers.append(level_centers.astype(np.float32))
             node_of_point = child_of_point
         return cls(centers)
 
