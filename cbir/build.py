@@ -118,7 +118,7 @@ def learn_local_whitening(paths: Sequence[str], pipeline: Pipeline | str, cache_
 
 def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: VocabularyConfig | None = None,
                      cache_dir: str | None = None, n_jobs: int = 1, progress: bool | None = None,
-                     whitening: PCAWhitening | None = None) -> tuple[VocabularyTree, ExtractionReport]:
+                     whitening: PCAWhitening | None = None, client=None) -> tuple[VocabularyTree, ExtractionReport]:
     """Extract the pipeline's features from ``paths`` and train a vocabulary tree on them.
 
     Args:
@@ -129,9 +129,11 @@ def train_vocabulary(paths: Sequence[str], pipeline: Pipeline | str, config: Voc
         n_jobs: extraction threads.
         progress: progress bars (None: only on a terminal).
         whitening: applied to the descriptors first (the index must use the same one).
+        client: a ``distributed.Client``: the per-node k-means run on its workers (the features
+            are extracted here); the tree is the same as without it.
     """
     descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
-    return _vocabulary_from(descriptors, _local_pipeline(pipeline), config, progress, whitening), report
+    return _vocabulary_from(descriptors, _local_pipeline(pipeline), config, progress, whitening, client), report
 
 
 def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: VocabularyTree,
@@ -152,11 +154,13 @@ def _local_whitening_from(descriptors: np.ndarray, pipeline: Pipeline, max_descr
 
 
 def _vocabulary_from(descriptors: np.ndarray, pipeline: Pipeline, config: VocabularyConfig | None,
-                     progress: bool | None, whitening: PCAWhitening | None) -> VocabularyTree:
+                     progress: bool | None, whitening: PCAWhitening | None, client=None) -> VocabularyTree:
     """``train_vocabulary`` on (n, d) descriptors already extracted."""
+    from cbir.distributed import on_cluster
     if whitening is not None:
         descriptors = whitening.apply(descriptors)
-    return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress)
+    with on_cluster(client):
+        return VocabularyTree.train(descriptors, config or pipeline.build.vocabulary, progress)
 
 
 def _quantized(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,

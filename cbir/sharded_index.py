@@ -225,18 +225,12 @@ class ShardedIndex(SearchableIndex):
 
     def save(self, directory: str) -> None:
         """Atomically save as shard directories and a manifest listing them (see the module's docstring)."""
-        generation = uuid.uuid4().hex[:8]
-        names = [f"shard-{position:04d}-{generation}" for position in range(len(self.shards))]
+        names = shard_names(len(self.shards))
         with self._reading():
             os.makedirs(directory, exist_ok=True)
             for name, shard in zip(names, self.shards):
                 shard.save(os.path.join(directory, name))
-            meta = {"pipeline": self.pipeline.to_dict(), "collection_root": self.root, "shards": names,
-                    "images": [len(shard) for shard in self.shards]}
-            save_arrays(directory, self.FORMAT, SHARDED_VERSION, meta, {})
-        for entry in os.listdir(directory):
-            if entry.startswith("shard-") and entry not in names:
-                shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+            commit_shards(directory, names, [len(shard) for shard in self.shards], self.pipeline, self.root)
 
     @classmethod
     def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
@@ -273,6 +267,25 @@ class ShardedIndex(SearchableIndex):
             return cls(shards, cache_dir)
         except ValueError as exc:
             raise IndexFormatError(f"{directory}: {exc}") from exc
+
+
+def shard_names(count: int) -> list[str]:
+    """Directory names for the ``count`` shards of a new save (a fresh generation: no name of an earlier save)."""
+    generation = uuid.uuid4().hex[:8]
+    return [f"shard-{position:04d}-{generation}" for position in range(count)]
+
+
+def commit_shards(directory: str, names: Sequence[str], counts: Sequence[int], pipeline: Pipeline,
+                  root: str | None) -> None:
+    """Make the shard directories ``names`` (saved in ``directory``, holding ``counts`` images, built
+    for ``pipeline`` with image names relative to ``root``) the sharded index saved in ``directory``:
+    one atomic manifest replacement, then the shard directories it no longer lists are removed."""
+    meta = {"pipeline": pipeline.to_dict(), "collection_root": root, "shards": list(names),
+            "images": [int(count) for count in counts]}
+    save_arrays(directory, ShardedIndex.FORMAT, SHARDED_VERSION, meta, {})
+    for entry in os.listdir(directory):
+        if entry.startswith("shard-") and entry not in names:
+            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
 
 
 def _learned_checksums(directory: str) -> dict:
