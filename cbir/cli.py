@@ -118,7 +118,12 @@ def cmd_vocab(args) -> None:
     paths = expand_images(args.images)
     logger.info("training a %d-word vocabulary (%d^%d) for %s on %d images", config.n_words, config.branching,
                 config.depth, pipeline.name, len(paths))
-    vocabulary, report = train_vocabulary(paths, pipeline, config, args.cache, args.jobs)
+    if args.scheduler:
+        from cbir.distributed import connect
+        with connect(args.scheduler) as client:
+            vocabulary, report = train_vocabulary(paths, pipeline, config, args.cache, args.jobs, client=client)
+    else:
+        vocabulary, report = train_vocabulary(paths, pipeline, config, args.cache, args.jobs)
     _print_report(report)
     save_vocabulary(vocabulary, args.output, pipeline)
     print(f"saved a {vocabulary.n_words}-word vocabulary ({config.branching}^{config.depth}) to {args.output}")
@@ -156,6 +161,8 @@ def cmd_index(args) -> None:
     exists = os.path.exists(os.path.join(args.output, MANIFEST))
     if exists and not (args.add or args.force):
         raise UsageError(f"{args.output}: an index is already there; use --add to extend it or --force to replace it")
+    if args.shards < 1 or args.partition_size < 1:
+        raise UsageError("--shards and --partition-size must be at least 1")
     paths = expand_images(args.images)
     if not paths:
         raise UsageError(f"no image files found in {' '.join(args.images)}")
@@ -172,13 +179,34 @@ def cmd_index(args) -> None:
         _warn_if_model_saw(args, paths)
         index.root = os.path.realpath(args.root) if args.root else common_root(paths)
     before = len(index)
-    report = index.add_images(paths, n_jobs=args.jobs)
+    if args.scheduler:
+        report = _index_on_cluster(args, index, paths)
+    else:
+        report = index.add_images(paths, n_jobs=args.jobs)
+    added = len(paths) - len(report.skipped)
     _print_report(report)
-    if len(index) == before:
+    if not added:
         raise UsageError(f"no image could be added ({len(report.skipped)} skipped, see above); "
                          f"{args.output} was {'left as it was' if exists and args.add else 'not written'}")
-    index.save(args.output)
-    print(f"index {args.output}: {len(index)} images ({len(index) - before} added), names relative to {index.root}")
+    if not args.scheduler:
+        if args.shards > 1 and not (exists and args.add):
+            from cbir.sharded_index import ShardedIndex
+            index = ShardedIndex.split(index, args.shards)
+        index.save(args.output)
+    shards = f" in {args.shards} shards" if args.shards > 1 and not (exists and args.add) else ""
+    print(f"index {args.output}: {before + added} images ({added} added){shards}, names relative to {index.root}")
+
+
+def _index_on_cluster(args, index, paths: list[str]) -> ExtractionReport:
+    """``cbir index --scheduler``: index ``paths`` on the Dask cluster into ``args.output``."""
+    from cbir.distributed import build_distributed, connect
+    from cbir.retrieval_index import RetrievalIndex
+    if not isinstance(index, RetrievalIndex) or (len(index) and args.shards > 1):
+        raise UsageError("--scheduler builds a new local-feature index (sift-*, blcf*) or adds to a merged one; "
+                         f"{args.output} cannot be built that way (drop --scheduler)")
+    with connect(args.scheduler) as client:
+        return build_distributed(index, paths, args.output, client, n_shards=args.shards,
+                                 partition_size=args.partition_size)
 
 
 def _warn_if_learned_on_indexed(args, paths: list[str]) -> None:
@@ -528,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample at most this many training descriptors (0: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="overwrite an existing vocabulary")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the per-node k-means on a Dask cluster: its scheduler's address (tcp://host:8786), a "
+                        "scheduler file, or local[:N] for N worker processes on this machine (same tree as without)")
     common(p)
     p.set_defaults(func=cmd_vocab)
 
@@ -574,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", action="store_true", help="add the images to the existing index (keeps its method "
                                                       "and root)")
     p.add_argument("--force", action="store_true", help="replace an existing index")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="build on a Dask cluster: its scheduler's address (tcp://host:8786), a scheduler file, or "
+                        "local[:N] for N worker processes on this machine; the images, the output and --cache must "
+                        "be on storage every worker sees")
+    p.add_argument("--shards", type=int, default=1,
+                   help="save a sharded index of N shards (tf-idf pipelines; ranks exactly as the merged index)")
+    p.add_argument("--partition-size", type=int, default=256, help="images per Dask task (default %(default)s)")
     common(p)
     p.set_defaults(func=cmd_index)
 
