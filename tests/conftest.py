@@ -1,6 +1,7 @@
 """Shared fixtures: the real benchmark images in ../shared/data."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -49,6 +50,50 @@ def built_index(ukbench_subset, small_vocabulary, feature_cache_dir):
     return index
 
 
+@pytest.fixture(scope="session")
+def blcf_parts(data_dir, tmp_path_factory):
+    """A BLCF pipeline with 64-d whitening and a 400-word (20^2) vocabulary, both learned on UKBench
+    objects 50-79 (not searched): (pipeline, whitening, vocabulary, feature cache folder)."""
+    from bovw.vocabulary import VocabularyConfig
+    from cbir.build import learn_local_whitening, train_vocabulary
+    from cbir.pipelines import get_pipeline
+    cache = str(tmp_path_factory.mktemp("blcf"))
+    blcf = get_pipeline("blcf")
+    small = VocabularyConfig(branching=20, depth=2)
+    pipeline = dataclasses.replace(blcf, build=dataclasses.replace(blcf.build, local_whitening_dim=64, vocabulary=small))
+    train = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
+    whitening, _ = learn_local_whitening(train, pipeline, cache, progress=False)
+    vocabulary, _ = train_vocabulary(train, pipeline, cache_dir=cache, progress=False, whitening=whitening)
+    return pipeline, whitening, vocabulary, cache
+
+
+@pytest.fixture(scope="session")
+def blcf_index(blcf_parts, ukbench_subset):
+    """A BLCF index of the 60-image UKBench subset."""
+    from cbir.evaluate import index_dataset
+    from cbir.retrieval_index import RetrievalIndex
+    pipeline, whitening, vocabulary, cache = blcf_parts
+    index = RetrievalIndex(pipeline, vocabulary, whitening, cache_dir=cache)
+    index_dataset(index, ukbench_subset, progress=False)
+    return index
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def holidays_paths(data_dir) -> list[str]:
+    """The first 40 Holidays photos (groups 1000-1027), as paths."""
+    folder = os.path.join(data_dir, "holidays")
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".jpg")][:40]
+
+
+@pytest.fixture(scope="session")
+def holidays_index(holidays_paths, small_vocabulary, feature_cache_dir):
+    """A single-process sift-bow index of ``holidays_paths`` (the vocabulary learned on UKBench images)."""
+    from cbir.retrieval_index import RetrievalIndex
+    index = RetrievalIndex("sift-bow", small_vocabulary, cache_dir=feature_cache_dir)
+    index.add_images(holidays_paths, n_jobs=2, progress=False)
+    return index

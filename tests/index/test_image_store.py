@@ -51,3 +51,22 @@ def test_format1_states_are_converted(rng):
     assert np.allclose(store.features(0)[0], keypoints, atol=0.01, rtol=1e-3)
     with pytest.raises(ValueError, match="inconsistent"):
         ImageStore.from_state_dict({"kind": "image-store", "version": 1, "n_images": 2}, arrays)
+
+
+def test_concatenate_keeps_every_image_in_order():
+    rng = np.random.default_rng(0)
+
+    def store_of(count, first):
+        store = ImageStore(1000)
+        sizes = [(100 + first + i, 200) for i in range(count)]
+        keypoints = [rng.uniform(0, 90, (i + 1, 4)).astype(np.float32) for i in range(count)]
+        store.add(sizes, keypoints, [rng.integers(0, 1000, i + 1) for i in range(count)])
+        return store
+
+    stores = [store_of(3, 0), store_of(0, 3), store_of(2, 3)]
+    merged = ImageStore.concatenate(stores)
+    expected = [store.features(slot) for store in stores for slot in range(len(store))]
+    assert len(merged) == 5 and merged.image_sizes[:, 0].tolist() == [100, 101, 102, 103, 104]
+    for slot, (keypoints, words) in enumerate(expected):
+        np.testing.assert_array_equal(merged.features(slot)[0], keypoints)
+        np.testing.assert_array_equal(merged.features(slot)[1], words)

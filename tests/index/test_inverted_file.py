@@ -258,3 +258,39 @@ def test_invalid_add_changes_nothing(rng):
         inverted.add(images)
     after = inverted.state_dict()[1]
     assert all(np.array_equal(after[name], values) for name, values in before.items())
+
+
+def test_concatenate_is_adding_the_images_in_order(rng):
+    parts = [random_images(rng, n) for n in (7, 1, 12)]
+    tags = feature_tags(sum(parts, []))
+    files, start = [], 0
+    for part in parts:
+        files.append(tagged(part, tags[start:start + len(part)]))
+        start += len(part)
+    query = rng.integers(0, N_WORDS, 15)
+    assert_identical(InvertedFile.concatenate(files), tagged(sum(parts, []), tags), query)
+
+
+def test_concatenate_refuses_other_vocabularies():
+    with pytest.raises(ValueError, match="one vocabulary"):
+        InvertedFile.concatenate([InvertedFile(N_WORDS), InvertedFile(N_WORDS + 1)])
+
+
+def test_shards_with_the_collection_statistics_score_as_the_whole(rng):
+    images = random_images(rng, 30)
+    whole = tagged(images)
+    shards = [tagged(images[:10]), tagged(images[10:])]
+    df = shards[0].document_frequency + shards[1].document_frequency
+    for shard in shards:
+        shard.set_collection(df, 30)
+    query = rng.integers(0, N_WORDS, 15)
+    np.testing.assert_array_equal(np.concatenate([s.scores(query) for s in shards]), whole.scores(query))
+    np.testing.assert_array_equal(shards[1].idf, whole.idf)
+    np.testing.assert_allclose(whole.scores(query), dense_tfidf_scores(images, query), atol=1e-6)
+    # the collection statistics are saved with the shard; None goes back to its own
+    restored = InvertedFile.from_state_dict(*shards[1].state_dict())
+    np.testing.assert_array_equal(restored.scores(query), shards[1].scores(query))
+    restored.set_collection(None)
+    np.testing.assert_array_equal(restored.scores(query), tagged(images[10:]).scores(query))
+    with pytest.raises(ValueError, match="cannot cover"):
+        restored.set_collection(df, 5)

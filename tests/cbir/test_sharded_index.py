@@ -1,0 +1,79 @@
+"""A sharded index ranks exactly as the merged one: same names, scores and inliers, after additions
+and removals too, saved and loaded; a shard that cannot be loaded is named."""
+import os
+
+import numpy as np
+import pytest
+
+from cbir.retrieval_index import RetrievalIndex
+from cbir.searchable import load_index
+from cbir.sharded_index import ShardedIndex
+from index.persistence import IndexFormatError
+
+
+def rankings(index, queries, options, top_k=10):
+    return [[(r.name, r.score, r.inliers) for r in index.search(q, top_k=top_k, options=options)] for q in queries]
+
+
+@pytest.fixture
+def merged(holidays_index):
+    """A copy of the single-process index (tests change it)."""
+    return RetrievalIndex.concatenate([holidays_index])
+
+
+@pytest.mark.parametrize("options", ["sift-bow", "sift-sv", "sift-sv-qe"])
+def test_three_shards_rank_as_the_merged_index(merged, holidays_paths, options):
+    sharded = ShardedIndex.split(merged, 3)
+    assert [len(shard) for shard in sharded.shards] == [13, 14, 13] and list(sharded.names) == list(merged.names)
+    queries = holidays_paths[::8]
+    assert rankings(sharded, queries, options) == rankings(merged, queries, options)
+    full = sharded.search(queries[0])  # the whole ranking, every score
+    assert [(r.name, r.score) for r in full] == [(r.name, r.score) for r in merged.search(queries[0])]
+
+
+def test_after_removing_and_adding_the_shards_share_the_new_statistics(merged, holidays_paths, data_dir):
+    sharded = ShardedIndex.split(merged, 3)
+    gone = [holidays_paths[i] for i in (0, 14, 15, 39)]  # from every shard
+    extra = sorted(os.path.join(data_dir, "holidays", name) for name in os.listdir(os.path.join(data_dir, "holidays"))
+                   if name.endswith(".jpg"))[40:46]
+    for index in (merged, sharded):
+        index.remove(gone)
+        index.add_images(extra, progress=False)
+    assert [len(shard) for shard in sharded.shards] == [12, 12, 18]
+    sharded.consolidate()  # what every search does first
+    for shard in sharded.shards:
+        np.testing.assert_array_equal(shard.inverted_file.idf, merged.inverted_file.idf)
+    queries = holidays_paths[1::5] + extra[:2]
+    assert rankings(sharded, queries, "sift-sv-qe") == rankings(merged, queries, "sift-sv-qe")
+
+
+def test_saved_and_loaded_memory_mapped_it_ranks_the_same(merged, holidays_paths, tmp_path):
+    sharded = ShardedIndex.split(merged, 3)
+    directory = str(tmp_path / "sharded")
+    sharded.save(directory)
+    sharded.save(directory)  # a second save replaces the shards: only the listed ones stay
+    assert len([entry for entry in os.listdir(directory) if entry.startswith("shard-")]) == 3
+    loaded = load_index(directory, mmap=True, verify=False)
+    assert isinstance(loaded, ShardedIndex) and loaded.info()["images"] == 40
+    assert loaded.shards[1].vocabulary is loaded.shards[0].vocabulary  # one copy of the learned parts
+    queries = holidays_paths[2::10]
+    assert rankings(loaded, queries, "sift-sv-qe") == rankings(merged, queries, "sift-sv-qe")
+    rebuilt = ShardedIndex.from_state_dict(*sharded.state_dict())
+    assert rankings(rebuilt, queries, "sift-bow") == rankings(merged, queries, "sift-bow")
+
+
+def test_a_shard_that_cannot_be_loaded_is_named(merged, tmp_path):
+    directory = str(tmp_path / "sharded")
+    ShardedIndex.split(merged, 3).save(directory)
+    broken = sorted(entry for entry in os.listdir(directory) if entry.startswith("shard-"))[1]
+    postings = [f for f in os.listdir(os.path.join(directory, broken)) if f.endswith("image_slots.npy")][0]
+    os.remove(os.path.join(directory, broken, postings))
+    with pytest.raises(IndexFormatError, match=f"shard {broken} cannot be loaded.*missing"):
+        load_index(directory)
+
+
+def test_shards_built_otherwise_are_refused(merged, holidays_index):
+    other = RetrievalIndex.concatenate([holidays_index])
+    other.root = "/elsewhere"
+    with pytest.raises(ValueError, match="shard 1 has another pipeline, root or learned parts"):
+        ShardedIndex([merged, other])
