@@ -6,8 +6,8 @@ An index build (``build_distributed``):
    order, into partitions of ``partition_size`` images;
 2. the empty index (its learned parts) is saved once in a work folder beside the output;
    each partition is a Dask task that loads it memory-mapped, extracts its images (through
-   the feature cache, when the workers share one), quantizes them and saves a partition
-   index in the work folder. A task whose worker dies is run again on another worker by the
+   the feature cache, when the workers share one), quantizes them and saves the partition's
+   names, postings and keypoints (not the learned parts) in the work folder. A task whose worker dies is run again on another worker by the
    scheduler; a task that raises is retried (``retries``). Every image ends in exactly one
    partition's report, indexed or skipped with its reason;
 3. the partitions are concatenated in order (``RetrievalIndex.concatenate``) into
@@ -36,14 +36,21 @@ from tqdm.auto import tqdm
 
 from bovw.extraction import ExtractionReport
 from cbir.retrieval_index import RetrievalIndex
-from cbir.searchable import name_map
+from cbir.searchable import name_map, part_arrays
 from cbir.sharded_index import commit_shards, shard_names
+from index.image_store import ImageStore
+from index.inverted_file import InvertedFile
+from index.names import ImageNames
+from index.persistence import IndexFormatError, load_arrays, save_arrays
 
 logger = logging.getLogger("cbir")
 
 #: Images per partition (one Dask task): about 10 s of SIFT extraction on one core, so that the
 #: scheduler's overhead per task stays negligible and a lost worker costs little work.
 PARTITION_SIZE = 256
+#: A partition in the work folder: the parts of an index that hold its images (no learned part).
+PARTITION_FORMAT, PARTITION_VERSION = "cbir-partition", 1
+COLLECTION_PARTS = ("names", "inverted_file", "images")
 
 
 class DistributedBuildError(ValueError):
@@ -83,32 +90,61 @@ def on_cluster(client):
 def index_partition(template: str, paths: Sequence[str], names: Sequence[str], cache_dir: str | None,
                     directory: str) -> ExtractionReport:
     """One partition of a distributed build (a Dask task): index ``paths`` as ``names`` into a copy of the
-    empty index saved at ``template`` and save it to ``directory``; returns what happened to each image."""
+    empty index saved at ``template``, save its collection to ``directory`` (``save_partition``); returns
+    what happened to each image."""
     import cv2
     cv2.setNumThreads(1)  # one image per Dask thread: give the workers one thread per core
     index = RetrievalIndex.load(template, cache_dir, verify=False, mmap=True)
     report = index.add_images(list(paths), list(names), n_jobs=1, progress=False)
-    index.save(directory)
+    save_partition(index, directory)
     return report
 
 
-def merge_partitions(sources: Sequence[str], directory: str, collection: tuple[np.ndarray, int] | None) -> int:
-    """Concatenate saved indexes into one saved at ``directory`` (a Dask task); ``collection``: the
-    (document frequencies (n_words,) int64, images) of the whole collection when it is a shard.
-    Returns its image count."""
-    merged = RetrievalIndex.concatenate([RetrievalIndex.load(source, mmap=True) for source in sources])
+def save_partition(index: RetrievalIndex, directory: str) -> None:
+    """Atomically save the images of ``index`` (names, postings, keypoints) without its learned parts,
+    which every partition shares with the template (a 10^6-word vocabulary weighs 0.5 GB)."""
+    meta, arrays = index.state_dict()
+    save_arrays(directory, PARTITION_FORMAT, PARTITION_VERSION, {part: meta[part] for part in COLLECTION_PARTS},
+                {name: value for name, value in arrays.items() if name.split(".")[0] in COLLECTION_PARTS})
+
+
+def load_partition(template: RetrievalIndex, directory: str) -> RetrievalIndex:
+    """The index saved by ``save_partition`` at ``directory``, with the learned parts of ``template``
+    (shared, memory-mapped from its files)."""
+    meta, arrays = load_arrays(directory, PARTITION_FORMAT, PARTITION_VERSION, mmap=True)
+    index = template.empty_like()
+    try:
+        index.names = ImageNames.from_state_dict(meta["names"], part_arrays(arrays, "names"))
+        index.inverted_file = InvertedFile.from_state_dict(meta["inverted_file"], part_arrays(arrays, "inverted_file"))
+        index.images = ImageStore.from_state_dict(meta["images"], part_arrays(arrays, "images"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{directory}: invalid partition ({exc})") from exc
+    return index
+
+
+def merge_partitions(template: str, sources: Sequence[str], directory: str,
+                     collection: tuple[np.ndarray, int] | None, extended: str | None = None) -> int:
+    """Concatenate saved partitions, after the index saved at ``extended`` when given, into one index
+    saved at ``directory`` (a Dask task); ``collection``: the (document frequencies (n_words,) int64,
+    images) of the whole collection when it is a shard. Returns its image count."""
+    empty = RetrievalIndex.load(template, verify=False, mmap=True)
+    indexes = [load_partition(empty, source) for source in sources]
+    if extended is not None:
+        indexes.insert(0, RetrievalIndex.load(extended, mmap=True))
+    merged = RetrievalIndex.concatenate(indexes)
     if collection is not None:
         merged.inverted_file.set_collection(*collection)
     merged.save(directory)
     return len(merged)
 
 
-def collection_statistics(sources: Sequence[str]) -> tuple[np.ndarray, int]:
-    """(document frequencies (n_words,) int64 summed over saved indexes, their images) (a Dask task)."""
-    df, n_images = None, 0
+def collection_statistics(template: str, sources: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(document frequencies (n_words,) int64 summed over saved partitions, their images) (a Dask task)."""
+    empty = RetrievalIndex.load(template, verify=False, mmap=True)
+    df, n_images = np.zeros(empty.vocabulary.n_words, np.int64), 0
     for source in sources:
-        inverted = RetrievalIndex.load(source, verify=False, mmap=True).inverted_file
-        df = inverted.document_frequency.astype(np.int64) if df is None else df + inverted.document_frequency
+        inverted = load_partition(empty, source).inverted_file
+        df += inverted.document_frequency
         n_images += inverted.n_images
     return df, n_images
 
@@ -169,25 +205,25 @@ def build_distributed(index: RetrievalIndex, paths: Sequence[str], output: str, 
         report.cached += part_report.cached
         report.skipped += part_report.skipped
     if len(todo) - sum(len(r.skipped) for r in reports) > 0:
-        _merge(index, output, directories, n_shards, client, build, retries, progress)
+        _merge(index, output, template, directories, n_shards, client, build, retries, progress)
     shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _merge(index: RetrievalIndex, output: str, directories: list[str], n_shards: int, client, build: str,
-           retries: int, progress: bool | None) -> None:
+def _merge(index: RetrievalIndex, output: str, template: str, directories: list[str], n_shards: int, client,
+           build: str, retries: int, progress: bool | None) -> None:
     """Concatenate the saved partitions ``directories`` (after the index at ``output`` when ``index`` is
     not empty) into ``n_shards`` shards saved at ``output``."""
     if n_shards == 1:
-        sources = ([output] if len(index) else []) + directories
-        _results([client.submit(merge_partitions, sources, output, None, key=f"cbir-merge-{build}", retries=retries)],
-                 "merge", progress)
+        _results([client.submit(merge_partitions, template, directories, output, None, output if len(index) else None,
+                                key=f"cbir-merge-{build}", retries=retries)], "merge", progress)
         return
     groups = [list(group) for group in np.array_split(directories, min(n_shards, len(directories)))]
-    collection = client.submit(collection_statistics, directories, key=f"cbir-statistics-{build}", retries=retries)
+    collection = client.submit(collection_statistics, template, directories, key=f"cbir-statistics-{build}",
+                               retries=retries)
     names = shard_names(len(groups))
     os.makedirs(output, exist_ok=True)
-    counts = _results([client.submit(merge_partitions, group, os.path.join(output, name), collection,
+    counts = _results([client.submit(merge_partitions, template, group, os.path.join(output, name), collection,
                                      key=f"cbir-shard-{position:04d}-{build}", retries=retries)
                        for position, (group, name) in enumerate(zip(groups, names))], "shards", progress)
     commit_shards(output, names, counts, index.pipeline, index.root)
