@@ -1,4 +1,3 @@
-import dataclasses
 import os
 
 import numpy as np
@@ -7,26 +6,9 @@ import pytest
 pytest.importorskip("torch")
 
 from bovw.images import ImageOptions, load_image  # noqa: E402
-from bovw.vocabulary import VocabularyConfig  # noqa: E402
-from cbir.build import learn_local_whitening, train_vocabulary  # noqa: E402
-from cbir.evaluate import index_dataset, run_queries  # noqa: E402
-from cbir.pipelines import get_pipeline  # noqa: E402
+from cbir.evaluate import run_queries  # noqa: E402
 from cbir.retrieval_index import RetrievalIndex  # noqa: E402
 from cnn.local_features import conv_local_from_image  # noqa: E402
-
-SMALL = VocabularyConfig(branching=20, depth=2)
-
-
-@pytest.fixture(scope="module")
-def blcf_parts(data_dir, tmp_path_factory):
-    """Whitening (64-d) and a 400-word vocabulary learned on UKBench objects 50-79 (not searched)."""
-    cache = str(tmp_path_factory.mktemp("blcf"))
-    blcf = get_pipeline("blcf")
-    pipeline = dataclasses.replace(blcf, build=dataclasses.replace(blcf.build, local_whitening_dim=64, vocabulary=SMALL))
-    train = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(200, 320)]
-    whitening, _ = learn_local_whitening(train, pipeline, cache, progress=False)
-    vocabulary, _ = train_vocabulary(train, pipeline, cache_dir=cache, progress=False, whitening=whitening)
-    return pipeline, whitening, vocabulary, cache
 
 
 def test_words_of_a_shifted_crop_overlap_strongly(blcf_parts, data_dir):
@@ -43,14 +25,6 @@ def test_words_of_a_shifted_crop_overlap_strongly(blcf_parts, data_dir):
     unrelated = load_image(os.path.join(data_dir, "ukbench", "ukbench00100.jpg"), ImageOptions(), color=True)
     words_other = vocabulary.quantize(whitening.apply(conv_local_from_image(unrelated).descriptors)).reshape(15, 20)
     assert np.mean(words_other[2:-2, 6:-2] == aligned_full) < 0.1
-
-
-@pytest.fixture(scope="module")
-def blcf_index(blcf_parts, ukbench_subset):
-    pipeline, whitening, vocabulary, cache = blcf_parts
-    index = RetrievalIndex(pipeline, vocabulary, whitening, cache_dir=cache)
-    index_dataset(index, ukbench_subset, progress=False)
-    return index
 
 
 @pytest.mark.parametrize("name", ["blcf", "blcf-ls"])
