@@ -209,6 +209,12 @@ class ShardedIndex(SearchableIndex):
 
     # ---- persistence and facts ----------------------------------------------------------------
 
+    def _info(self) -> dict:
+        return {"format_version": SHARDED_VERSION, "shards": len(self.shards),
+                "images_per_shard": [len(shard) for shard in self.shards],
+                "postings": sum(int(shard.inverted_file.n_postings) for shard in self.shards),
+                "features": sum(shard.images.n_features for shard in self.shards)}
+
     def _parts(self) -> dict:
         return {f"shard{position:04d}.{prefix}": part for position, shard in enumerate(self.shards)
                 for prefix, part in {"names": shard.names, **shard._parts()}.items()}

@@ -13,7 +13,7 @@ from bovw.vocabulary import VocabularyConfig
 from cbir.build import train_vocabulary
 from cbir.cli import main
 from cbir.distributed import build_distributed
-from cbir.retrieval_index import RetrievalIndex, save_vocabulary
+from cbir.retrieval_index import RetrievalIndex, load_vocabulary, save_vocabulary
 from cbir.searchable import load_index
 from cbir.sharded_index import ShardedIndex
 
@@ -22,7 +22,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers canno
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client
 
@@ -101,6 +101,13 @@ def test_the_vocabulary_trained_on_the_cluster_is_the_local_one(client, ukbench_
         np.testing.assert_array_equal(centers, expected, err_msg=f"level {level}")
 
 
+def test_cbir_vocab_on_the_cluster(client, ukbench_subset, small_vocabulary, feature_cache_dir, tmp_path):
+    output = str(tmp_path / "vocab")
+    assert main(["vocab", *ukbench_subset.database_paths, "-o", output, "--branching", "10", "--depth", "3",
+                 "--scheduler", client.scheduler.address, "--cache", feature_cache_dir]) == 0
+    np.testing.assert_array_equal(load_vocabulary(output).centers[-1], small_vocabulary.centers[-1])
+
+
 def test_cbir_index_on_the_cluster(client, holidays_index, holidays_paths, small_vocabulary, feature_cache_dir,
                                    tmp_path, capsys):
     save_vocabulary(small_vocabulary, str(tmp_path / "vocab"), "sift-bow")
@@ -111,4 +118,5 @@ def test_cbir_index_on_the_cluster(client, holidays_index, holidays_paths, small
     assert main(["index", *holidays_paths[20:], "-o", output, "--add", "--scheduler", client.scheduler.address,
                  "--cache", feature_cache_dir]) == 1  # a sharded index grows through add_images, not the cluster
     built = load_index(output)
+    assert built.info()["images_per_shard"] == [12, 8]
     assert len(built) == 20 and built.search(holidays_paths[3], top_k=1)[0].name == os.path.basename(holidays_paths[3])
