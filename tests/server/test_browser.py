@@ -7,78 +7,40 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from cbir.server.harness import chromium_installed, headless_chromium, start_server, stop_server  # noqa: E402
+
 pytestmark = pytest.mark.slow
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-#: Chromium flags for a closed network: no background connections, no first-run work.
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--window-size=1500,1000")
-
-
-def start_chromium() -> webdriver.Chrome:
-    """A headless Chromium; skipped where it is not installed, except on CI, where that fails."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        message = "chromium and chromedriver are not installed (make browser, as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(served_dirs, ukbench_root, feature_cache_dir):
     """``cbir serve`` on the SIFT and R-MAC indexes with UKBench's ground truth: its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "cbir.cli", "serve", "--index", served_dirs["sift"], "--index",
-               served_dirs["rmac"], "--benchmark", f"ukbench:{ukbench_root}", "--port", str(port),
-               "--cache", feature_cache_dir, "--max-upload", "2M", "--jobs", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "api/indexes", timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"cbir serve did not start: {process.stdout.read()}")
-            time.sleep(0.3)
+    process, url = start_server(["--index", served_dirs["sift"], "--index", served_dirs["rmac"], "--benchmark",
+                                 f"ukbench:{ukbench_root}", "--cache", feature_cache_dir, "--max-upload", "2M",
+                                 "--jobs", "1"])
     yield url
-    process.terminate()
-    process.wait(timeout=30)
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    driver = start_chromium()
+    """Headless Chromium; skipped where it is not installed, except on CI, where that fails."""
+    if not chromium_installed():
+        message = "chromium and chromedriver are not installed (make browser, as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    driver = headless_chromium()
     yield driver
     driver.quit()
 
