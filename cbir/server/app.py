@@ -43,7 +43,7 @@ from bovw.images import ImageOptions, ImageReadError, load_image, resize_to_max_
 from cbir.searchable import parse_box
 from cbir.server.explain import explain
 from cbir.server.served import ServedIndex, encode_jpeg, image_side, jpeg_of, load_served, parse_benchmark
-from cbir.server.sessions import MAX_RANKED, QuerySession, SessionStore, session_id
+from cbir.server.sessions import MAX_RANKED, QuerySession, SessionStore, content_key, session_id
 
 logger = logging.getLogger("cbir")
 
@@ -187,12 +187,12 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
 
     def new_session(content: bytes | None, filename: str, fields: dict, box) -> QuerySession:
         if content is not None:
-            image = decode_upload(content, filename)
-            return QuerySession(session_id(content, box), filename, image, (image.shape[1], image.shape[0]), box)
+            image, key = decode_upload(content, filename), content_key(content)
+            return QuerySession(session_id(key, box), key, filename, image, (image.shape[1], image.shape[0]), box)
         if fields["query"]:
             earlier = sessions.get(fields["query"])
-            key = earlier.source.tobytes() if not isinstance(earlier.source, str) else earlier.source.encode()
-            return QuerySession(session_id(key, box), earlier.label, earlier.source, earlier.size, box)
+            return QuerySession(session_id(earlier.key, box), earlier.key, earlier.label, earlier.source, earlier.size,
+                                box)
         if not (fields["index"] and fields["name"]):
             raise ValueError("give the query as a file upload, as index and name, or as a previous query id")
         served_index = index_of(fields["index"])
@@ -201,8 +201,8 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
         path = served_index.path_of(name) if name in served_index.index or benchmark_query is None \
             else benchmark_query.path
         height, width = load_image(path, ImageOptions(max_side=0), color=False).shape[:2]
-        return QuerySession(session_id(os.path.realpath(path).encode(), box), f"{served_index.id}/{name}", path,
-                            (width, height), box)
+        key = os.path.realpath(path).encode()
+        return QuerySession(session_id(key, box), key, f"{served_index.id}/{name}", path, (width, height), box)
 
     @app.get("/api/queries/{query_id}/results")
     def results(query_id: str, target: str, offset: int = Query(0, ge=0, lt=MAX_RANKED),

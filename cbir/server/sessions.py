@@ -39,7 +39,8 @@ class QuerySession:
     """A query image and what was computed for it.
 
     Attributes:
-        id: stable identifier (content hash and box).
+        id: stable identifier (``session_id`` of ``key`` and ``box``).
+        key: what the query image is: a hash of the uploaded bytes, or the indexed file's real path.
         label: what the user knows it by (upload file name, or index/name).
         source: the indexed image's file, or the decoded upload ((h, w, 3) uint8 RGB).
         size: (width, height) of the image as given, the frame of ``box``.
@@ -48,6 +49,7 @@ class QuerySession:
     """
 
     id: str
+    key: bytes
     label: str
     source: str | np.ndarray
     size: tuple[int, int]
@@ -86,11 +88,16 @@ class QuerySession:
         return frame, (extracted.shape[1], extracted.shape[0])
 
 
-def session_id(content: bytes, box) -> str:
-    """Identifier of a query: a hash of its content and its box."""
-    digest = hashlib.sha256(content)
+def session_id(key: bytes, box) -> str:
+    """Identifier of a query: a hash of what its image is (``QuerySession.key``) and its box."""
+    digest = hashlib.sha256(key)
     digest.update(repr(None if box is None else tuple(round(v, 1) for v in box)).encode())
     return digest.hexdigest()[:20]
+
+
+def content_key(content: bytes) -> bytes:
+    """``QuerySession.key`` of an uploaded file's bytes."""
+    return hashlib.sha256(content).digest()
 
 
 class SessionStore:

@@ -86,6 +86,8 @@ def test_a_box_restricts_the_query(client, served):
     assert whole_scores != boxed_scores
     expected = served[SIFT].index.search(served[SIFT].path_of("ukbench00020.jpg"), top_k=3, box=(0, 0, 120, 100))
     assert names(boxed["searches"][0])[:3] == [r.name for r in expected]
+    whole_again = search(client, query=boxed["query"]["id"], target=[f"{SIFT}:sift-bow"]).json()
+    assert whole_again["query"]["id"] == query_id and whole_again["searches"] == whole["searches"]
     bad = search(client, query=query_id, box="50,50,10,10")
     assert bad.status_code == 400 and "is empty" in bad.json()["detail"]
 
