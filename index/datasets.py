@@ -48,7 +48,8 @@ class Dataset:
     def database_paths(self) -> list[str]:
         return [os.path.join(self.root, name) for name in self.database]
 
-    def _cleaned(self, rankings: list[list[str]]) -> list[list[str]]:
+    def cleaned(self, rankings: list[list[str]]) -> list[list[str]]:
+        """The rankings as scored: a query's own image dropped where the benchmark says so."""
         return [[n for n in r if n != q.name] if q.remove_self else list(r)
                 for q, r in zip(self.queries, rankings)]
 
@@ -56,7 +57,7 @@ class Dataset:
         """Score one ranking per query (in ``queries`` order): metric name -> value."""
         if len(rankings) != len(self.queries):
             raise ValueError(f"{len(rankings)} rankings for {len(self.queries)} queries")
-        rankings = self._cleaned(rankings)
+        rankings = self.cleaned(rankings)
         if self.metric == "N-S":
             return {"N-S": ukbench_ns_score(rankings, self._positives)}
         if self._revisitop:
@@ -70,12 +71,16 @@ class Dataset:
         has no positive), or for N-S its count of group images among the top 4 (0-4)."""
         if len(rankings) != len(self.queries):
             raise ValueError(f"{len(rankings)} rankings for {len(self.queries)} queries")
-        rankings = self._cleaned(rankings)
+        rankings = self.cleaned(rankings)
         if self.metric == "N-S":
             return [float(len(set(r[:4]) & g)) for r, g in zip(rankings, self._positives)]
+        relevant = [self.relevant(i) for i in range(len(rankings))]
+        return [average_precision(ranks_without_junk(r, p, j), len(p)) for r, (p, j) in zip(rankings, relevant)]
+
+    def relevant(self, query: int) -> tuple[set, set]:
+        """(positives, junk) names of the ``query``-th query (revisitop: Medium protocol)."""
         positives, junk = self._revisitop["M"] if self._revisitop else (self._positives, self._junk)
-        junk = junk or [set()] * len(rankings)
-        return [average_precision(ranks_without_junk(r, p, j), len(p)) for r, p, j in zip(rankings, positives, junk)]
+        return positives[query], junk[query] if junk else set()
 
     def restricted_to(self, names) -> "Dataset":
         """The benchmark over the database images in ``names`` only (an index of part of it):
