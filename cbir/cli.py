@@ -489,6 +489,30 @@ def cmd_eval(args) -> None:
           f"{args.search or index.pipeline.name}  {scores}  query ms median {np.median(result.query_ms):.2f}")
 
 
+def cmd_compare(args) -> None:
+    from cbir.comparison import run_method, write_report
+    from cbir.searchable import load_index
+    from index.datasets import load_dataset
+    if len(args.run) != 2:
+        raise UsageError(f"compare takes two --run INDEX[:PIPELINE] (got {len(args.run)})")
+    dataset = load_dataset(args.dataset, args.root)
+    runs = []
+    for spec in args.run:
+        directory, sep, pipeline = spec.rpartition(":")
+        if not sep:
+            directory, pipeline = spec, ""
+        index = load_index(directory, cache_dir=args.cache, verify=False, mmap=True)
+        missing = [n for n in dataset.database if n not in index]
+        if missing:
+            raise UsageError(f"{directory} lacks {len(missing)} of the {dataset.name} images (e.g. {missing[0]}); "
+                             f"build it with cbir eval --dataset {args.dataset} --index {directory}")
+        label = f"{os.path.basename(os.path.normpath(directory))}:{pipeline or index.pipeline.name}"
+        runs.append(run_method(label, index, dataset, pipeline or None))
+        print(f"{label}: {runs[-1].result.scores}", file=sys.stderr)
+    path = write_report(args.output, dataset, *runs, lambda name: os.path.join(dataset.root, name), args.listed, args.top)
+    print(path)
+
+
 def cmd_serve(args) -> None:
     from cbir.server.app import serve
     serve(args.index, host=args.host, port=args.port, benchmarks=args.benchmark or [], cache_dir=args.cache,
@@ -661,6 +685,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=default_cache_dir(),
                    help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("compare", help="compare two methods on a benchmark: a report with per-query scores, "
+                                       "where each wins, timings and bytes",
+                       description="Runs every benchmark query through two saved indexes (each built from the "
+                                   "benchmark, e.g. by cbir eval --index DIR or make demo) and writes a report "
+                                   "folder: README.md (summary table, the queries where each method wins most), "
+                                   "scatter.png (per-query AP or N-S), one picture strip per listed query.")
+    p.add_argument("--dataset", required=True, choices=["holidays", "ukbench", "revisitop"])
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--run", action="append", required=True, metavar="INDEX[:PIPELINE]",
+                   help="a saved index and the pipeline to search it with (default: its own); give two")
+    p.add_argument("-o", "--output", required=True, help="report folder to write")
+    p.add_argument("--listed", type=int, default=5, help="queries listed where each method wins most (default 5)")
+    p.add_argument("--top", type=int, default=5, help="results per method in each picture strip (default 5)")
+    p.add_argument("--cache", default=default_cache_dir(),
+                   help="feature cache folder (default: %(default)s; $CBIR_CACHE sets it); '' disables it")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("serve", help="a web page (and JSON API) to search indexes by example, see the matches "
                                      "and compare pipelines side by side",

@@ -35,3 +35,25 @@ def test_report_compares_two_methods_query_by_query(built_index, ukbench_subset,
     top = ukbench_subset.cleaned(verified.result.rankings)[query][0]
     expected = (46, 125, 50) if top in positives else (198, 40, 40)
     assert np.abs(picture[second_row, tile + 2] - expected).max() < 40
+
+
+def test_cbir_compare_writes_the_report_from_saved_indexes(built_index, ukbench_subset, tmp_path, capsys):
+    from cbir.cli import main
+    built_index.save(str(tmp_path / "sift"))
+    subset_root = tmp_path / "images"
+    subset_root.mkdir()
+    for name in ukbench_subset.database[:8]:
+        os.symlink(os.path.join(ukbench_subset.root, name), subset_root / name)
+    runs = ["--run", f"{tmp_path / 'sift'}:sift-sv", "--run", str(tmp_path / "sift")]
+    assert main(["compare", "--dataset", "ukbench", "--root", str(subset_root), *runs, "-o", str(tmp_path / "r"),
+                 "--listed", "2"]) == 0
+    report = open(capsys.readouterr().out.strip(), encoding="utf-8").read()
+    assert "# sift:sift-sv against sift:sift-bow on ukbench (8 queries)" in report
+    assert main(["compare", "--dataset", "ukbench", "--root", str(subset_root), "--run", str(tmp_path / "sift"),
+                 "-o", str(tmp_path / "r")]) == 1
+    assert "compare takes two --run" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(os.path.join(ukbench_subset.root, "ukbench00100.jpg"), other / "ukbench00100.jpg")
+    assert main(["compare", "--dataset", "ukbench", "--root", str(other), *runs, "-o", str(tmp_path / "r")]) == 1
+    assert "lacks 1 of the ukbench images (e.g. ukbench00100.jpg)" in capsys.readouterr().err
