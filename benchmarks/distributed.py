@@ -17,7 +17,7 @@ Search (``--part search``): collections of synthetic images with the real word
 statistics (as ``benchmarks.inverted_file_scale``: feature counts and word
 frequencies of Holidays + UKBench quantized in the 10^6-word ``sift-bow`` tree),
 built as one index and as ``--shards`` shards of the same images in the same
-order. Queries of ``--query-words`` words arrive quantized (the index's
+order (both held in memory: about 8 GB at 10^6 images). Queries of ``--query-words`` words arrive quantized (the index's
 vocabulary is a placeholder of the right shape); latency is ``search(top_k=100)``
 with ``sift-bow`` options: query vector, every shard's scores and shortlist, the
 merge; shards are scored one after the other in this process. The rankings and
@@ -156,16 +156,18 @@ def synthetic_index(size: int, synthetic: SyntheticImages, vocabulary, n_shards:
     return shards[0] if n_shards == 1 else ShardedIndex(shards)
 
 
-def query_ms(index, queries) -> tuple[np.ndarray, list]:
-    """(ms per query (n_queries,), the (name, score) rankings) of ``search(top_k=100)``."""
+def query_ms(indexes: list, queries) -> tuple[np.ndarray, list]:
+    """(ms per query (n_indexes, n_queries), per index the (name, score) rankings of ``search(top_k=100)``);
+    the indexes take turns on each query, so that other jobs on the machine slow them alike."""
     from index.ranking import LocalQuery
-    times, rankings = [], []
-    for words in queries:
+    times, rankings = np.zeros((len(indexes), len(queries))), [[] for _ in indexes]
+    for column, words in enumerate(queries):
         query = LocalQuery(np.zeros((len(words), 4), np.float32), words[:, None])
-        seconds, results = timed(index.search, query, top_k=100, options="sift-bow")
-        times.append(seconds * 1e3)
-        rankings.append([(r.name, r.score) for r in results])
-    return np.asarray(times), rankings
+        for row, index in enumerate(indexes):
+            seconds, results = timed(index.search, query, top_k=100, options="sift-bow")
+            times[row, column] = seconds * 1e3
+            rankings[row].append([(r.name, r.score) for r in results])
+    return times, rankings
 
 
 def measure_search(args) -> str:
@@ -174,35 +176,28 @@ def measure_search(args) -> str:
     lines = [f"Synthetic images with the real word statistics ({n_words}-word sift-bow tree, {counts.mean():.0f} "
              f"features per image, as `benchmarks.inverted_file_scale`); {args.queries} queries of "
              f"{args.query_words} words, `search(top_k=100)` with sift-bow options; {args.shards} shards scored one "
-             f"after the other in one process. The merged index is measured first and freed, then the sharded "
-             f"one is built from the same images (peak memory: one of them); rankings and scores are checked "
-             f"equal on every query.", "",
+             f"after the other in one process. The merged index, the sharded one (the same images in the same "
+             f"order) and its first shard alone take turns on each query; rankings and scores of the merged and "
+             f"sharded indexes are checked equal on every query.", "",
              "| images | postings | merged ms median | p95 | sharded ms median | p95 | ratio (median) | "
-             "one shard ms median | one shard's postings (GB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "one shard ms median | p95 | one shard's postings (GB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for size in (int(s) for s in args.sizes.split(",")):
         drawn = SyntheticImages(p, counts, seed=1)
         queries = [drawn.words(args.query_words) for _ in range(args.queries)]
-        measured = {}
-        for n_shards in (1, args.shards):
-            index = synthetic_index(size, SyntheticImages(p, counts, seed=0), vocabulary, n_shards, args.batch)
-            query_ms(index, queries[:3])  # compile, touch the pages
-            measured[n_shards] = query_ms(index, queries)
-            if n_shards > 1:
-                measured["shard"] = query_ms(index.shards[0], queries)[0]
-                inverted = index.shards[0].inverted_file
-                shard_gb = sum(a.nbytes for a in inverted.state_dict()[1].values()) / 1e9
-                shard_postings = inverted.n_postings
-            else:
-                postings = index.inverted_file.n_postings
-            del index
-        assert measured[1][1] == measured[args.shards][1], "the sharded ranking differs from the merged one"
-        merged_ms, sharded_ms = measured[1][0], measured[args.shards][0]
-        lines.append(f"| {size:,} | {postings:,} | {np.median(merged_ms):.1f} | {np.percentile(merged_ms, 95):.1f} | "
-                     f"{np.median(sharded_ms):.1f} | {np.percentile(sharded_ms, 95):.1f} | "
-                     f"{np.median(sharded_ms) / np.median(merged_ms):.2f} | {np.median(measured['shard']):.1f} | "
-                     f"{shard_postings:,} ({shard_gb:.2f} GB) |")
+        merged = synthetic_index(size, SyntheticImages(p, counts, seed=0), vocabulary, 1, args.batch)
+        sharded = synthetic_index(size, SyntheticImages(p, counts, seed=0), vocabulary, args.shards, args.batch)
+        query_ms([merged, sharded, sharded.shards[0]], queries[:3])  # compile, touch the pages
+        times, rankings = query_ms([merged, sharded, sharded.shards[0]], queries)
+        assert rankings[0] == rankings[1], "the sharded ranking differs from the merged one"
+        shard = sharded.shards[0].inverted_file
+        shard_gb = sum(a.nbytes for a in shard.state_dict()[1].values()) / 1e9
+        median, p95 = np.median(times, axis=1), np.percentile(times, 95, axis=1)
+        lines.append(f"| {size:,} | {merged.inverted_file.n_postings:,} | {median[0]:.1f} | {p95[0]:.1f} | "
+                     f"{median[1]:.1f} | {p95[1]:.1f} | {median[1] / median[0]:.2f} | {median[2]:.1f} | {p95[2]:.1f} | "
+                     f"{shard.n_postings:,} ({shard_gb:.2f} GB) |")
         print(lines[-1], flush=True)
+        del merged, sharded
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.names import ImageNames
 from index.persistence import MANIFEST, IndexFormatError, load_arrays, read_manifest, save_arrays
-from index.ranking import LocalQuery, RankedImage, local_scores, rerank_local, shortlist
+from index.ranking import LocalQuery, RankedImage, rerank_local, shortlist
 from index.search_options import SearchOptions
 
 SHARDED_VERSION = 1
@@ -200,9 +200,10 @@ class ShardedIndex(SearchableIndex):
         files = [shard.inverted_file for shard in self.shards]
         wanted = len(self) if top_k is None else min(top_k, len(self))
         count = max(wanted, options.shortlist)
+        vector = files[0].query_vector(prepared.words)  # every shard weighs by the collection's idf
         merged = [RankedImage(entry.slot + int(start), entry.score)
                   for inverted, start in zip(files, self._starts())
-                  for entry in shortlist(local_scores(prepared, inverted, options), count)]
+                  for entry in shortlist(inverted.vector_scores(*vector), count)]
         merged.sort(key=lambda entry: (-entry.score, entry.slot))  # the merged index's order: ties by slot
         return rerank_local(prepared, merged[:count], ShardedPostings(files),
                             ShardedImages([shard.images for shard in self.shards]), options, wanted, n_jobs)
