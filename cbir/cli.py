@@ -174,8 +174,12 @@ def cmd_index(args) -> None:
         if args.root is not None:
             raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
     else:
+        pipeline = get_pipeline(args.method or "sift-bow")
+        if args.shards > 1 and (pipeline.kind != "local" or pipeline.build.hamming or pipeline.build.asmk):
+            raise UsageError(f"{pipeline.name} indexes do not shard (only tf-idf pipelines do: sift-bow, sift-sv, "
+                             f"sift-sv-qe, blcf, blcf-ls); drop --shards")
         _warn_if_learned_on_indexed(args, paths)
-        index = _new_index(args, get_pipeline(args.method or "sift-bow"))
+        index = _new_index(args, pipeline)
         _warn_if_model_saw(args, paths)
         index.root = os.path.realpath(args.root) if args.root else common_root(paths)
     before = len(index)
