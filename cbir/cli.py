@@ -175,9 +175,9 @@ def cmd_index(args) -> None:
             raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
     else:
         pipeline = get_pipeline(args.method or "sift-bow")
-        if args.shards > 1 and (pipeline.kind != "local" or pipeline.build.hamming or pipeline.build.asmk):
-            raise UsageError(f"{pipeline.name} indexes do not shard (only tf-idf pipelines do: sift-bow, sift-sv, "
-                             f"sift-sv-qe, blcf, blcf-ls); drop --shards")
+        if args.shards > 1 and (pipeline.kind != "local" or pipeline.build.asmk):
+            raise UsageError(f"{pipeline.name} indexes do not shard (only sift-bow, sift-he and blcf ones do); "
+                             f"drop --shards")
         _warn_if_learned_on_indexed(args, paths)
         index = _new_index(args, pipeline)
         _warn_if_model_saw(args, paths)
@@ -638,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "local[:N] for N worker processes on this machine; the images, the output and --cache must "
                         "be on storage every worker sees")
     p.add_argument("--shards", type=int, default=1,
-                   help="save a sharded index of N shards (tf-idf pipelines; ranks exactly as the merged index)")
+                   help="save a sharded index of N shards (sift-bow, sift-he, blcf pipelines; ranks exactly as the "
+                        "merged index)")
     p.add_argument("--partition-size", type=int, default=256, help="images per Dask task (default %(default)s)")
     common(p)
     p.set_defaults(func=cmd_index)

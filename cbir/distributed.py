@@ -177,8 +177,8 @@ def build_distributed(index: RetrievalIndex, paths: Sequence[str], output: str, 
     """
     if len(index) and n_shards != 1:
         raise ValueError("a sharded build starts from an empty index; add to a sharded index with add_images")
-    if n_shards != 1 and (index.hamming is not None or index.asmk is not None):
-        raise ValueError(f"{index.pipeline.name} indexes do not shard (only tf-idf pipelines do)")
+    if n_shards != 1 and index.asmk is not None:
+        raise ValueError(f"{index.pipeline.name} indexes do not shard (ASMK* ranking is not routed across shards)")
     paths = [str(p) for p in paths]
     name_of = name_map(paths, names if names is not None or index.root is None else [index.name_for(p) for p in paths])
     report, todo, seen = ExtractionReport(), [], set(index.names)

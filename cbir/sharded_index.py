@@ -1,14 +1,15 @@
 """A local-feature index split into shards that ranks exactly as the merged index would.
 
-tf-idf needs the whole collection's document frequencies: every shard's inverted file
+tf-idf (and the Hamming-embedding kernel, weighted by idf^2 and normalised by tf-idf
+norms) needs the whole collection's document frequencies: every shard's inverted file
 weighs by the df vector summed over all shards (``InvertedFile.set_collection``), summed
 again after every addition and removal, so each shard scores its images exactly as the
 merged index scores them. A query is prepared once; each shard shortlists its best
 images; the lists merge by score, ties by position in the merged order (shard after
 shard, as ``RetrievalIndex.concatenate`` lays them out); window search, spatial
 verification and query expansion then run on the merged shortlist, reading keypoints
-from the shard that owns each image (``ShardedImages``) and scoring an expanded query on
-every shard (``ShardedPostings``).
+and signatures from the shard that owns each image and scoring an expanded query on
+every shard (``index.sharded_postings``).
 
 Saved as a directory: a ``cbir-sharded-index`` manifest listing shard directories inside
 it, each a complete ``cbir-index`` save that carries the collection statistics. A save
@@ -16,9 +17,8 @@ writes new shard directories, then replaces the manifest, then removes the old o
 a crash leaves the old or the new index whole. New images go to the last shard, so that
 slots keep the merged order.
 
-Only tf-idf pipelines shard (``sift-bow``, ``sift-sv``, ``sift-sv-qe``, ``blcf``,
-``blcf-ls``): Hamming-embedding and ASMK* re-ranking read signatures from the postings
-of one inverted file, which this module does not route across shards yet.
+Every local pipeline shards but ASMK* (``sift-asmk*``), whose ranking is not routed
+across shards yet.
 """
 from __future__ import annotations
 
@@ -32,62 +32,22 @@ import numpy as np
 from cbir.pipelines import Pipeline
 from cbir.retrieval_index import RetrievalIndex
 from cbir.searchable import SearchableIndex, part_arrays
-from index.image_store import ImageStore
-from index.inverted_file import InvertedFile
 from index.names import ImageNames
 from index.persistence import MANIFEST, IndexFormatError, load_arrays, read_manifest, save_arrays
-from index.ranking import LocalQuery, RankedImage, rerank_local, shortlist
+from index.ranking import LocalQuery, RankedImage, local_scores, rerank_local, shortlist
 from index.search_options import SearchOptions
+from index.sharded_postings import ShardedImages, ShardedPostings
 
 SHARDED_VERSION = 1
 #: Saved parts of a shard that must be the same in every shard (checked by their files' CRC-32 on load).
 LEARNED_PARTS = ("vocabulary", "whitening", "hamming", "asmk")
 
 
-class ShardedPostings:
-    """The shards' inverted files read as one by re-ranking and query expansion (tf-idf).
-
-    Args:
-        files: each shard's inverted file, in shard order, weighing by the collection's statistics.
-    """
-
-    def __init__(self, files: Sequence[InvertedFile]):
-        self.files = list(files)
-        self.n_words = self.files[0].n_words
-        self.n_images = sum(f.n_images for f in self.files)
-        self.idf = self.files[0].idf
-
-    def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
-        """L2-normalised tf-idf vector of a query under the collection's idf: (unique words, values)."""
-        return self.files[0].query_vector(words, weights)
-
-    def vector_scores(self, words: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """(n_images,) float32 cosine scores of a sparse query vector, shard after shard."""
-        return np.concatenate([f.vector_scores(words, values) for f in self.files])
-
-
-class ShardedImages:
-    """The shards' image stores read as one: ``features(slot)`` of a slot in the merged order.
-
-    Args:
-        stores: each shard's image store, in shard order.
-    """
-
-    def __init__(self, stores: Sequence[ImageStore]):
-        self.stores = list(stores)
-        self.starts = np.cumsum([0] + [len(s) for s in self.stores])
-
-    def features(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keypoints (n, 4) float32, words (n,) int32) of image ``slot``, from the shard owning it."""
-        shard = int(np.searchsorted(self.starts, slot, side="right")) - 1
-        return self.stores[shard].features(int(slot - self.starts[shard]))
-
-
 class ShardedIndex(SearchableIndex):
     """Local-feature shards searched as one index, with exactly the merged index's ranking and scores.
 
     Args:
-        shards: tf-idf indexes with one pipeline, root and learned parts; their images, in order,
+        shards: local-feature indexes (not ASMK*) with one pipeline, root and learned parts; their images, in order,
             are the collection (slot ``i`` of shard ``s`` is slot ``sum(len(shards[:s])) + i``).
         cache_dir: feature cache for additions and queries (default: the first shard's).
 
@@ -103,9 +63,9 @@ class ShardedIndex(SearchableIndex):
         if not shards:
             raise ValueError("a sharded index needs at least one shard")
         first = shards[0]
-        if first.hamming is not None or first.asmk is not None:
-            raise ValueError(f"{first.pipeline.name} indexes do not shard (only tf-idf pipelines do); "
-                             f"build one merged index")
+        if first.asmk is not None:
+            raise ValueError(f"{first.pipeline.name} indexes do not shard (ASMK* ranking is not routed across "
+                             f"shards); build one merged index")
         for position, shard in enumerate(shards[1:], 1):
             if not first.built_like(shard):
                 raise ValueError(f"shard {position} has another pipeline, root or learned parts than shard 0")
@@ -200,10 +160,9 @@ class ShardedIndex(SearchableIndex):
         files = [shard.inverted_file for shard in self.shards]
         wanted = len(self) if top_k is None else min(top_k, len(self))
         count = max(wanted, options.shortlist)
-        vector = files[0].query_vector(prepared.words)  # every shard weighs by the collection's idf
         merged = [RankedImage(entry.slot + int(start), entry.score)
                   for inverted, start in zip(files, self._starts())
-                  for entry in shortlist(inverted.vector_scores(*vector), count)]
+                  for entry in shortlist(local_scores(prepared, inverted, options), count)]
         merged.sort(key=lambda entry: (-entry.score, entry.slot))  # the merged index's order: ties by slot
         return rerank_local(prepared, merged[:count], ShardedPostings(files),
                             ShardedImages([shard.images for shard in self.shards]), options, wanted, n_jobs)

@@ -13,6 +13,7 @@ import numpy as np
 from bovw.hamming import HammingConfig
 from index import kernels
 from index.inverted_file import InvertedFile
+from index.sharded_postings import ShardedPostings
 
 SIGNATURE = "signature"
 
@@ -22,11 +23,14 @@ def hamming_scores(inverted: InvertedFile, words: np.ndarray, signatures: np.nda
     """(n_images,) float32 HE scores of a query.
 
     Args:
-        inverted: inverted file carrying a ``signature`` payload (uint64 per posting).
+        inverted: inverted file carrying a ``signature`` payload (uint64 per posting), or the
+            shards' inverted files (``ShardedPostings``).
         words: (n, k) int word ids of the query's n features (k assignments).
         signatures: (n, k) uint64 signature of each feature relative to each word.
         config: threshold, sigma, burstiness.
     """
+    if isinstance(inverted, ShardedPostings):  # each shard weighs by the collection's statistics
+        return np.concatenate([hamming_scores(part, words, signatures, config) for part in inverted.parts])
     if len(words) == 0:
         return np.zeros(inverted.n_images, np.float32)
     words = np.asarray(words, np.int64).reshape(len(words), -1)
@@ -55,6 +59,9 @@ def normalised_scores(inverted: InvertedFile, scores: np.ndarray, query_words: n
 def feature_signatures(inverted: InvertedFile, slot: int, words: np.ndarray) -> np.ndarray:
     """(n,) uint64 signatures of image ``slot``'s features, read from the postings (they are stored
     once, there; ``words`` (n,) are the image's words in feature order). With one aggregated posting
-    per (image, word) (ASMK*), each feature gets its word's signature."""
+    per (image, word) (ASMK*), each feature gets its word's signature. ``inverted`` may be the
+    shards' inverted files (``ShardedPostings``): the owning shard's postings are read."""
+    if isinstance(inverted, ShardedPostings):
+        inverted, slot = inverted.locate(slot)
     postings = kernels.image_postings(inverted.offsets, inverted.image_slots, np.asarray(words), int(slot))
     return inverted.payload[SIGNATURE][postings]

@@ -76,9 +76,8 @@ def rerank_local(query: LocalQuery, ranking: list[RankedImage], inverted: Invert
     """The steps of ``rank_local`` after the shortlist: window search, spatial verification, query
     expansion, cut to ``wanted`` entries.
 
-    ``inverted`` and ``images`` need only what these steps read (``cbir.sharded_index`` passes views
-    over its shards): ``query_vector``, ``vector_scores``, ``idf``, ``n_words`` and ``images.features``
-    for tf-idf queries.
+    ``inverted`` and ``images`` may be views over the shards of a collection
+    (``index.sharded_postings``), as ``cbir.sharded_index`` passes them.
     """
     vector = inverted.query_vector(query.words)
     if options.window_search:

@@ -117,8 +117,8 @@ def test_cbir_index_on_the_cluster(client, holidays_index, holidays_paths, small
     assert "20 images (20 added) in 2 shards" in capsys.readouterr().out
     assert main(["index", *holidays_paths[20:], "-o", output, "--add", "--scheduler", client.scheduler.address,
                  "--cache", feature_cache_dir]) == 1  # a sharded index grows through add_images, not the cluster
-    assert main(["index", *holidays_paths[:4], "-o", str(tmp_path / "he"), "--method", "sift-he", "--shards", "2",
-                 "--cache", feature_cache_dir]) == 1  # refused before any work: sift-he does not shard
+    assert main(["index", *holidays_paths[:4], "-o", str(tmp_path / "asmk"), "--method", "sift-asmk", "--shards", "2",
+                 "--cache", feature_cache_dir]) == 1  # refused before any work: ASMK* does not shard
     built = load_index(output)
     assert built.info()["images_per_shard"] == [12, 8]
     assert len(built) == 20 and built.search(holidays_paths[3], top_k=1)[0].name == os.path.basename(holidays_paths[3])

@@ -31,6 +31,20 @@ def test_three_shards_rank_as_the_merged_index(merged, holidays_paths, options):
     assert [(r.name, r.score) for r in full] == [(r.name, r.score) for r in merged.search(queries[0])]
 
 
+def test_hamming_embedding_shards_rank_as_the_merged_index(holidays_paths, ukbench_subset, small_vocabulary,
+                                                          feature_cache_dir):
+    from cbir.build import build_index
+    merged = build_index("sift-he", small_vocabulary, train_paths=ukbench_subset.database_paths[:20],
+                         cache_dir=feature_cache_dir, progress=False)
+    merged.add_images(holidays_paths, progress=False)
+    sharded = ShardedIndex.split(merged, 3)
+    queries = holidays_paths[3::9]
+    assert rankings(sharded, queries, "sift-he-sv-qe") == rankings(merged, queries, "sift-he-sv-qe")
+    merged.remove(holidays_paths[10:12])
+    sharded.remove(holidays_paths[10:12])
+    assert rankings(sharded, queries, "sift-he-sv-qe") == rankings(merged, queries, "sift-he-sv-qe")
+
+
 def test_after_removing_and_adding_the_shards_share_the_new_statistics(merged, holidays_paths, data_dir):
     sharded = ShardedIndex.split(merged, 3)
     gone = [holidays_paths[i] for i in (0, 14, 15, 39)]  # from every shard
