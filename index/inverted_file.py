@@ -31,7 +31,9 @@ import numpy as np
 from index import kernels
 from index.weighting import bow_vector, idf
 
-STATE_VERSION = 1
+#: 2: a shard's save, carrying the collection statistics it weighs by (``set_collection``); the
+#: others are still saved as version 1, which engines without shards read.
+STATE_VERSION = 2
 #: ``add`` merges by itself once the pending postings exceed this and a quarter of the merged ones:
 #: each merge then costs at most five times the postings it adds (linear overall), and pending
 #: postings (8 bytes each, ~28 while merging) stay a fraction of the file (a 1M-image build of
@@ -317,7 +319,8 @@ class InvertedFile:
 
     def state_dict(self) -> tuple[dict, dict]:
         """(metadata, arrays) for persistence; see ``from_state_dict``."""
-        meta = {"kind": "inverted-file", "version": STATE_VERSION, "n_words": self.n_words,
+        meta = {"kind": "inverted-file", "version": 1 if self._collection is None else STATE_VERSION,
+                "n_words": self.n_words,
                 "n_images": self.n_images, "payload": sorted(self.payload)}
         df, _, norms = self._statistics()
         arrays = {"offsets": self.offsets, "image_slots": self.image_slots,
@@ -331,8 +334,8 @@ class InvertedFile:
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "InvertedFile":
         """Rebuild from ``state_dict()`` output, checking consistency (raises ValueError)."""
-        if meta.get("kind") != "inverted-file" or meta.get("version") != STATE_VERSION:
-            raise ValueError(f"not a version-{STATE_VERSION} inverted file")
+        if meta.get("kind") != "inverted-file" or meta.get("version") not in (1, STATE_VERSION):
+            raise ValueError(f"not a version-1 or -{STATE_VERSION} inverted file")
         payload = {name: arrays[f"payload_{name}"] for name in meta.get("payload", [])}
         inverted = cls(int(meta["n_words"]), {name: values.dtype for name, values in payload.items()})
         inverted.n_images = int(meta["n_images"])
@@ -351,7 +354,7 @@ class InvertedFile:
         inverted._payload = payload
         # Saved statistics; absent from saves made before the statistics were saved
         # (early format-1 saves of 0.1.0), for which they are recomputed.
-        if "collection_document_frequency" in arrays:
+        if meta["version"] == STATE_VERSION:
             inverted._collection = (np.asarray(arrays["collection_document_frequency"]), int(meta["collection_images"]))
             if inverted._collection[0].shape != (inverted.n_words,) or inverted._collection[1] < inverted.n_images:
                 raise ValueError("inverted file collection statistics do not match its words and images")

@@ -287,10 +287,11 @@ def test_shards_with_the_collection_statistics_score_as_the_whole(rng):
     np.testing.assert_array_equal(np.concatenate([s.scores(query) for s in shards]), whole.scores(query))
     np.testing.assert_array_equal(shards[1].idf, whole.idf)
     np.testing.assert_allclose(whole.scores(query), dense_tfidf_scores(images, query), atol=1e-6)
-    # the collection statistics are saved with the shard; None goes back to its own
+    # the collection statistics are saved with the shard (version 2; other files stay version 1)
+    assert shards[1].state_dict()[0]["version"] == 2 and whole.state_dict()[0]["version"] == 1
     restored = InvertedFile.from_state_dict(*shards[1].state_dict())
     np.testing.assert_array_equal(restored.scores(query), shards[1].scores(query))
-    restored.set_collection(None)
+    restored.set_collection(None)  # back to its own statistics
     np.testing.assert_array_equal(restored.scores(query), tagged(images[10:]).scores(query))
     with pytest.raises(ValueError, match="cannot cover"):
         restored.set_collection(df, 5)
