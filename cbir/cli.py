@@ -513,14 +513,28 @@ def cmd_compare(args) -> None:
         label = f"{os.path.basename(os.path.normpath(directory))}:{pipeline or index.pipeline.name}"
         runs.append(run_method(label, index, dataset, pipeline or None))
         print(f"{label}: {runs[-1].result.scores}", file=sys.stderr)
-    path = write_report(args.output, dataset, *runs, lambda name: os.path.join(dataset.root, name), args.listed, args.top)
+    path = write_report(args.output, dataset, *runs, lambda name: os.path.join(dataset.root, name), args.listed,
+                        args.top)
     print(path)
 
 
 def cmd_serve(args) -> None:
+    import socket
     from cbir.server.app import serve
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must lie in 1..65535 (got {args.port})")
+    if args.jobs == 0:
+        raise UsageError("--jobs must be a positive count or -1 (all cores)")
+    max_upload = parse_size(args.max_upload)
+    if max_upload <= 0:
+        raise UsageError(f"--max-upload must be positive (got {args.max_upload})")
+    try:  # refuse a busy port or an unknown host before loading anything
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     serve(args.index, host=args.host, port=args.port, benchmarks=args.benchmark or [], cache_dir=args.cache,
-          max_upload_bytes=parse_size(args.max_upload), n_jobs=args.jobs, verify=args.checksums)
+          max_upload_bytes=max_upload, n_jobs=args.jobs, verify=args.checksums)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -711,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a web page (and JSON API) to search indexes by example, see the matches "
                                      "and compare pipelines side by side",
                        description="Serves one or more saved indexes, loaded once and memory-mapped, at "
-                                   "http://HOST:PORT/ (page) and /api/... (JSON, see /docs). Binds to 127.0.0.1 "
+                                   "http://HOST:PORT/ (page) and /api/... (JSON; schema at /openapi.json). Binds "
+                                   "to 127.0.0.1 "
                                    "unless --host says otherwise: anyone who reaches the port can search and see "
                                    "the indexed images.")
     p.add_argument("--index", action="append", required=True, metavar="DIR",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +39,10 @@ class EvaluationResult:
 
 def index_dataset(index, dataset: Dataset, n_jobs: int = 1, progress: bool | None = None) -> ExtractionReport:
     """Add the dataset's database images not yet indexed (named by their dataset names) to a
-    searchable index."""
+    searchable index; an index without a root gets the dataset's folder as its root, so that
+    its names lead to the files (``cbir query``, ``cbir serve``)."""
+    if index.root is None and len(index) == 0:
+        index.root = os.path.realpath(dataset.root)
     todo = [(p, n) for p, n in zip(dataset.database_paths, dataset.database) if n not in index]
     return index.add_images([p for p, _ in todo], [n for _, n in todo], n_jobs=n_jobs, progress=progress)
 

@@ -57,6 +57,8 @@ def parse_box(box) -> tuple[float, float, float, float]:
         x0, y0, x1, y1 = (float(v) for v in values)
     except (TypeError, ValueError):
         raise ValueError(f"a box is four numbers x0,y0,x1,y1 (got {box!r})") from None
+    if not np.all(np.isfinite([x0, y0, x1, y1])):
+        raise ValueError(f"a box is four finite numbers x0,y0,x1,y1 (got {box!r})")
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"box {box!r} is empty: x1 must exceed x0 and y1 must exceed y0")
     return x0, y0, x1, y1
@@ -68,7 +70,7 @@ def crop(image: np.ndarray, box) -> np.ndarray:
     height, width = image.shape[:2]
     part = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
     if min(part.shape[:2]) < 2:
-        raise ValueError(f"box {box!r} lies outside the {width}x{height} query image")
+        raise ValueError(f"box {box!r} keeps less than 2x2 pixels of the {width}x{height} query image")
     return part
 
 

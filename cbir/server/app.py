@@ -1,7 +1,7 @@
 """``cbir serve``: the web page and JSON API over saved indexes.
 
 FastAPI on uvicorn: typed query parameters checked before any handler runs, the
-API described at ``/docs`` for scripts, uploads parsed by Starlette, blocking
+API described at ``/openapi.json`` for scripts, uploads parsed by Starlette, blocking
 searches run on its thread pool while the event loop keeps answering. The page
 is plain HTML, CSS and JavaScript served from the package (no build step).
 
@@ -36,13 +36,15 @@ import numpy as np
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from bovw.images import ImageOptions, ImageReadError, load_image, resize_to_max_side
 from cbir.searchable import parse_box
 from cbir.server.explain import explain
-from cbir.server.served import ServedIndex, encode_jpeg, image_side, jpeg_of, load_served, parse_benchmark
+from cbir.server.served import (IMAGE_SIDES, ServedIndex, encode_jpeg, image_side, jpeg_of, load_served,
+                                parse_benchmark)
 from cbir.server.sessions import MAX_RANKED, QuerySession, SessionStore, content_key, session_id
 
 logger = logging.getLogger("cbir")
@@ -94,7 +96,9 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
     """The FastAPI application over loaded indexes (``load_served``)."""
     if not served:
         raise ValueError("no index to serve")
-    app = FastAPI(title="cbir", description="Search image collections by example.", version="1")
+    # Swagger UI and ReDoc load their scripts from a CDN: /openapi.json describes the API offline.
+    app = FastAPI(title="cbir", description="Search image collections by example.", version="1",
+                  docs_url=None, redoc_url=None)
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD)
     sessions = SessionStore()
     static = resources.files("cbir.server") / "static"
@@ -105,9 +109,16 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
             return JSONResponse({"detail": str(message)}, status_code=status)
         return handler
     app.add_exception_handler(KeyError, error(404))
+    app.add_exception_handler(FileNotFoundError, error(404))
     app.add_exception_handler(ValueError, error(400))
     app.add_exception_handler(ImageReadError, error(400))
     app.add_exception_handler(UploadTooLarge, error(413))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -129,8 +140,10 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
     def page(session: QuerySession, spec: str, offset: int, limit: int) -> dict:
         served_index, pipeline = resolve(spec)
         ranking = session.ranking(served_index, pipeline, n_jobs)
+        note = None if ranking.results else ("the query has no features (a box too small or too plain?)"
+                                              if len(served_index.index) else "the index is empty")
         return {"target": f"{served_index.id}:{pipeline}", "index": served_index.id, "pipeline": pipeline,
-                "elapsed_ms": round(ranking.elapsed_ms, 1), "total": len(ranking.results),
+                "note": note, "elapsed_ms": round(ranking.elapsed_ms, 1), "total": len(ranking.results),
                 "collection": len(served_index.index), "offset": offset,
                 "results": [{"rank": offset + i + 1, "name": r.name, "score": round(float(r.score), 5),
                              "inliers": r.inliers}
@@ -162,7 +175,7 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
                 "names": [index.names[slot] for slot in range(offset, min(offset + limit, len(index)))]}
 
     @app.get("/api/indexes/{index_id}/images/{name:path}")
-    def image(index_id: str, name: str, size: int = Query(256, ge=16, le=4096)):
+    def image(index_id: str, name: str, size: int = Query(256, ge=16, le=IMAGE_SIDES[-1])):
         path = index_of(index_id).path_of(name)
         return Response(jpeg_of(path, image_side(size)), media_type="image/jpeg", headers=CACHE_HEADERS)
 
@@ -172,25 +185,34 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
         upload = form.get("file")
         content = await upload.read() if upload is not None and not isinstance(upload, str) else None
         filename = os.path.basename(getattr(upload, "filename", None) or "upload")
+        if content is not None and len(content) > max_upload_bytes:
+            raise UploadTooLarge(f"{filename}: {len(content) / 2 ** 20:.1f} MB, over the server's upload limit of "
+                                 f"{max_upload_bytes / 2 ** 20:.1f} MB")
         fields = {key: form.get(key) for key in ("index", "name", "query", "box", "limit")}
         targets = form.getlist("target")
         return await run_in_threadpool(run_search, content, filename, fields, targets)
 
     def run_search(content: bytes | None, filename: str, fields: dict, targets: list[str]) -> dict:
         box = parse_box(fields["box"]) if fields["box"] else None
-        limit = int(fields["limit"] or PAGE)
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit must lie in 1..{MAX_PAGE} (got {limit})")
-        session = sessions.add(new_session(content, filename, fields, box))
-        targets = targets or [f"{next(iter(served))}"]
-        return {"query": session.describe(), "searches": [page(session, spec, 0, limit) for spec in targets]}
+        limit = fields["limit"] or str(PAGE)
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+            raise ValueError(f"limit must be a whole number in 1..{MAX_PAGE} (got {limit!r})")
+        asked = new_session(content, filename, fields, box)
+        session = sessions.add(asked)
+        try:
+            searches = [page(session, spec, 0, int(limit)) for spec in targets or [next(iter(served))]]
+        except ValueError as exc:
+            raise ValueError(f"{asked.label}: {exc}") from None
+        return {"query": {**session.describe(), "label": asked.label}, "searches": searches}
 
     def new_session(content: bytes | None, filename: str, fields: dict, box) -> QuerySession:
         if content is not None:
             image, key = decode_upload(content, filename), content_key(content)
-            return QuerySession(session_id(key, box), key, filename, image, (image.shape[1], image.shape[0]), box)
+            size = (image.shape[1], image.shape[0])
+            return QuerySession(session_id(key, clipped(box, size)), key, filename, image, size, clipped(box, size))
         if fields["query"]:
             earlier = sessions.get(fields["query"])
+            box = clipped(box, earlier.size)
             return QuerySession(session_id(earlier.key, box), earlier.key, earlier.label, earlier.source, earlier.size,
                                 box)
         if not (fields["index"] and fields["name"]):
@@ -201,7 +223,7 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
         path = served_index.path_of(name) if name in served_index.index or benchmark_query is None \
             else benchmark_query.path
         height, width = load_image(path, ImageOptions(max_side=0), color=False).shape[:2]
-        key = os.path.realpath(path).encode()
+        key, box = os.path.realpath(path).encode(), clipped(box, (width, height))
         return QuerySession(session_id(key, box), key, f"{served_index.id}/{name}", path, (width, height), box)
 
     @app.get("/api/queries/{query_id}/results")
@@ -211,7 +233,7 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
         return {"query": session.describe(), **page(session, target, offset, limit)}
 
     @app.get("/api/queries/{query_id}/image")
-    def query_image(query_id: str, size: int = Query(1024, ge=16, le=4096)):
+    def query_image(query_id: str, size: int = Query(1024, ge=16, le=IMAGE_SIDES[-1])):
         source = sessions.get(query_id).source
         if isinstance(source, str):
             return Response(jpeg_of(source, image_side(size)), media_type="image/jpeg", headers=CACHE_HEADERS)
@@ -241,6 +263,17 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
     return app
 
 
+def clipped(box, size: tuple[int, int]):
+    """A box (x0, y0, x1, y1) cut to a (width, height) image, or None (ValueError when nothing is left)."""
+    if box is None:
+        return None
+    width, height = size
+    x0, y0, x1, y1 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise ValueError(f"box {list(box)} keeps less than 2x2 pixels of the {width}x{height} query image")
+    return x0, y0, x1, y1
+
+
 def decode_upload(content: bytes, filename: str) -> np.ndarray:
     """An uploaded image decoded as indexing decodes files ((h, w, 3) uint8 RGB, EXIF applied);
     ImageReadError naming the upload's file name when it cannot be used."""
@@ -257,13 +290,20 @@ def decode_upload(content: bytes, filename: str) -> np.ndarray:
 def serve(directories: list[str], host: str = "127.0.0.1", port: int = 8000, benchmarks: list[str] = (),
           cache_dir: str | None = None, max_upload_bytes: int = 20 * 2 ** 20, n_jobs: int = 1,
           verify: bool = False) -> None:
-    """Load the indexes and serve them until interrupted (``cbir serve``)."""
+    """Load the indexes and serve them until interrupted (``cbir serve``).
+
+    Concurrent requests are the server's parallelism, so BLAS runs one thread per request: its
+    own threads on top of the requests' fought over the cores (16 clients searching ``rmac`` by
+    name: 15-20 requests/s with two BLAS threads, 85-95 with one; ``benchmarks/serve_speed.py``).
+    """
     import uvicorn
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
     datasets = [parse_benchmark(spec) for spec in benchmarks]
     served = load_served(directories, datasets, cache_dir, verify)
     app = create_app(served, max_upload_bytes, n_jobs)
     for s in served.values():
         print(f"cbir: serving {s.id} ({s.index.pipeline.name}, {len(s.index)} images"
               f"{f', {s.benchmark.name} ground truth' if s.benchmark else ''})", file=sys.stderr)
-    print(f"cbir: open http://{host}:{port}/ (API at /docs; Ctrl-C stops)", file=sys.stderr)
+    print(f"cbir: open http://{host}:{port}/ (API schema at /openapi.json; Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

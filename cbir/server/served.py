@@ -7,6 +7,7 @@ refused, so no request reaches a file outside the served collections.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from cbir.evaluate import run_queries
 from cbir.pipelines import PIPELINES
 from cbir.searchable import SearchableIndex, load_index
 from index.datasets import Dataset, Query, load_dataset
+
+logger = logging.getLogger("cbir")
 
 #: Longest side, in pixels, of the image sizes served (thumbnails to match views).
 IMAGE_SIDES = (128, 256, 512, 1024)
@@ -48,20 +51,27 @@ class ServedIndex:
 
     def describe(self) -> dict:
         """JSON facts for the page: pipeline, kind, image count, pipelines, benchmark."""
-        return {"id": self.id, "directory": self.directory, "pipeline": self.index.pipeline.name,
+        return {"id": self.id, "pipeline": self.index.pipeline.name,
                 "kind": self.index.KIND, "images": len(self.index), "pipelines": self.pipelines,
                 "benchmark": None if self.benchmark is None else {
                     "name": self.benchmark.name, "metric": self.benchmark.metric,
                     "queries": len(self.benchmark.queries)}}
 
     def path_of(self, name: str) -> str:
-        """The file of an indexed image (KeyError when the index holds no such name): under the
-        index's root, else under its benchmark's folder for a relative name."""
+        """The file of an indexed image: under the index's root, else under its benchmark's folder
+        for a relative name (never relative to the server's working folder).
+
+        Raises:
+            KeyError: the index holds no such name, or does not record where its images are.
+        """
         if name not in self.index:
             raise KeyError(f"{self.id} holds no image named {name!r}")
-        if self.index.root is None and self.benchmark is not None and not os.path.isabs(name):
+        if os.path.isabs(name) or self.index.root is not None:
+            return self.index.path_of(name)
+        if self.benchmark is not None:
             return os.path.join(self.benchmark.root, name)
-        return self.index.path_of(name)
+        raise KeyError(f"{self.id} does not record the folder of its images; serve it with --benchmark "
+                       f"DATASET:ROOT, or rebuild it with cbir index --root")
 
     def options(self, pipeline: str) -> str | None:
         """What a search by ``pipeline`` passes as options: None (the saved settings) for the
@@ -128,6 +138,7 @@ def load_served(directories: list[str], benchmarks: list[Dataset], cache_dir: st
         index.persistence.IndexFormatError: naming the index that cannot be loaded.
     """
     served: dict[str, ServedIndex] = {}
+    used: set[str] = set()
     for directory in directories:
         index = load_index(directory, cache_dir=cache_dir, verify=verify, mmap=not verify)
         base = os.path.basename(os.path.normpath(directory)) or "index"
@@ -139,6 +150,15 @@ def load_served(directories: list[str], benchmarks: list[Dataset], cache_dir: st
         benchmark = best.restricted_to([n for n in best.database if n in index]) if covered else None
         served[key] = ServedIndex(key, directory, index, served_pipelines(index),
                                   benchmark if benchmark is not None and benchmark.queries else None)
+        if served[key].benchmark is not None:
+            used.add(best.root)
+        elif index.root is None and any(not os.path.isabs(n) for n in index.names):
+            logger.warning("%s does not record the folder of its images: they cannot be shown or searched by "
+                           "name (serve it with --benchmark, or rebuild it with cbir index --root)", directory)
+    for dataset in benchmarks:
+        if dataset.root not in used:
+            logger.warning("--benchmark %s:%s covers none of the served indexes (none holds half of its images "
+                           "under their names); no evaluation view for it", dataset.name, dataset.root)
     return served
 
 

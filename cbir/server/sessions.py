@@ -58,7 +58,9 @@ class QuerySession:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def describe(self) -> dict:
-        return {"id": self.id, "label": self.label, "width": self.size[0], "height": self.size[1],
+        """JSON facts: id, label, ``image`` (the same for every box of one image), size and box."""
+        return {"id": self.id, "image": hashlib.sha256(self.key).hexdigest()[:16], "label": self.label,
+                "width": self.size[0], "height": self.size[1],
                 "box": None if self.box is None else [round(v, 1) for v in self.box]}
 
     def ranking(self, served: ServedIndex, pipeline: str, n_jobs: int = 1) -> Ranking:

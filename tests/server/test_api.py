@@ -100,7 +100,7 @@ def test_pages_continue_the_ranking(client):
     assert [r["rank"] for r in page["results"]] == [5, 6, 7, 8]
     assert names(page) == names(first["searches"][0])[4:8]
     assert client.get(f"/api/queries/{query_id}/results", params={"target": f"{SIFT}:sift-bow",
-                                                                   "limit": 1000}).status_code == 422
+                                                                   "limit": 1000}).status_code == 400
 
 
 def test_verified_match_lines_follow_the_homography(client, served):
@@ -166,6 +166,8 @@ def test_oversized_uploads_are_refused_and_the_server_goes_on(client):
     big = os.urandom(UPLOAD_LIMIT + 200_000)
     response = search(client, file=("huge.jpg", big, "image/jpeg"))
     assert response.status_code == 413 and "limit of 2.0 MB" in response.json()["detail"]
+    just_over = search(client, file=("over.jpg", big[:UPLOAD_LIMIT + 1000], "image/jpeg"))  # within the form slack
+    assert just_over.status_code == 413 and just_over.json()["detail"].startswith("over.jpg: 2.0 MB, over")
 
     def chunks():  # no declared length: refused while streaming
         for start in range(0, len(big), 65536):
@@ -214,3 +216,58 @@ def test_evaluation_scores_every_benchmark_query(client, served, ukbench_subset)
     scores = [q["score"] for q in evaluation["queries"]]
     assert evaluation["metric"] == "N-S" and len(scores) == 60 and all(0 <= s <= 4 for s in scores)
     assert evaluation["mean"] == pytest.approx(expected) == pytest.approx(np.mean(scores))
+
+
+def test_boxes_are_checked_and_clipped(client):
+    query_id = search(client, index=SIFT, name="ukbench00020.jpg").json()["query"]["id"]
+    infinite = search(client, query=query_id, box="0,0,inf,10")
+    assert infinite.status_code == 400 and "four finite numbers" in infinite.json()["detail"]
+    clipped = search(client, query=query_id, box="-10,-10,5000,120").json()["query"]
+    assert clipped["box"] == [0, 0, 320, 120]
+    tiny = search(client, query=query_id, box="319,0,400,50")
+    assert tiny.status_code == 400 and "keeps less than 2x2 pixels of the 320x240" in tiny.json()["detail"]
+    assert search(client, query=query_id, limit="abc").json()["detail"].startswith("limit must be a whole number")
+    invalid = client.get(f"/api/queries/{query_id}/results", params={"target": SIFT, "offset": -1})
+    assert invalid.status_code == 400 and invalid.json()["detail"].startswith("offset: ")
+
+
+def test_each_upload_keeps_its_own_label(client, ukbench_root):
+    with open(os.path.join(ukbench_root, "ukbench00002.jpg"), "rb") as handle:
+        content = handle.read()
+    first = search(client, file=("first.jpg", content, "image/jpeg")).json()["query"]
+    second = search(client, file=("second.jpg", content, "image/jpeg")).json()["query"]
+    assert first["id"] == second["id"] and (first["label"], second["label"]) == ("first.jpg", "second.jpg")
+
+
+def test_an_index_without_an_image_folder_never_reads_the_working_folder(served_dirs, feature_cache_dir, tmp_path,
+                                                                         monkeypatch, caplog):
+    served = load_served([served_dirs[SIFT]], [], feature_cache_dir)
+    served[SIFT].index.root = None  # as an index built before roots were recorded
+    client = TestClient(create_app(served), raise_server_exceptions=False)
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64)).save(tmp_path / "ukbench00003.jpg")  # a file of that name where the server runs
+    response = client.get(f"/api/indexes/{SIFT}/images/ukbench00003.jpg")
+    assert response.status_code == 404 and "does not record the folder of its images" in response.json()["detail"]
+    assert search(client, index=SIFT, name="ukbench00003.jpg").status_code == 404
+
+
+def test_docs_need_no_network_and_the_schema_is_served(client):
+    assert client.get("/docs").status_code == 404
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys):
+    import socket
+    from cbir.cli import main
+    index = str(tmp_path / "nothing-loaded")
+    for arguments, message in ((["--port", "99999"], "--port must lie in 1..65535"),
+                               (["--jobs", "0"], "--jobs must be a positive count"),
+                               (["--max-upload", "0"], "--max-upload must be positive")):
+        assert main(["serve", "--index", index, *arguments]) == 1
+        assert message in capsys.readouterr().err
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", "--index", index, "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--index", index, "--port", "0"]) == 1
+    assert "--port must lie in 1..65535" in capsys.readouterr().err

@@ -136,12 +136,29 @@ def test_evaluation_view_sorts_queries_and_opens_one(page):
     Select(page.find_element(By.ID, "target-a")).select_by_value("sift:sift-bow")
     page.find_element(By.ID, "tab-eval").click()
     WebDriverWait(page, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#eval-table tbody tr")) == 60)
-    header = page.find_element(By.CSS_SELECTOR, '#eval-table th[data-key="a"]')
-    header.click()
-    ascending = [float(r.text) for r in page.find_elements(By.CSS_SELECTOR, "#eval-table tbody td:nth-child(2)")]
+    assert not page.find_element(By.ID, "search-view").is_displayed()
+    def column_a():
+        return [float(r.text) for r in page.find_elements(By.CSS_SELECTOR, "#eval-table tbody td:nth-child(2)")]
+    ascending = column_a()  # sorted by A's score, worst first: the queries to look at
     assert ascending == sorted(ascending) and ascending[0] < ascending[-1]
-    row = page.find_elements(By.CSS_SELECTOR, "#eval-table tbody tr")[-1]
+    assert not page.find_element(By.CSS_SELECTOR, '#eval-table th[data-key="b"]').is_displayed()  # no comparison
+    page.find_element(By.CSS_SELECTOR, '#eval-table th[data-key="a"]').click()
+    assert column_a() == sorted(ascending, reverse=True)
+    row = page.find_elements(By.CSS_SELECTOR, "#eval-table tbody tr")[0]
     name, before = row.get_attribute("data-name"), searches_done(page)
     row.click()
     wait_for_search(page, before)
     assert page.find_element(By.ID, "search-view").is_displayed() and result_names(page)[0] == name
+
+
+def test_a_second_upload_of_the_same_file_name_shows_the_new_image(page, ukbench_root, tmp_path):
+    more = page.find_element(By.CSS_SELECTOR, "#column-a .more")
+    assert not more.is_displayed()  # nothing to page through before a search
+    for folder, image in (("a", "ukbench00001.jpg"), ("b", "ukbench00030.jpg")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "photo.jpg").write_bytes(open(os.path.join(ukbench_root, image), "rb").read())
+        upload(page, str(tmp_path / folder / "photo.jpg"))
+        query_id = page.execute_script("return state.query.id")
+        WebDriverWait(page, 30).until(lambda d: query_id in d.find_element(By.ID, "query-image").get_attribute("src"))
+        assert result_names(page)[0] == image
+    assert more.is_displayed() and len(result_names(page)) == 24  # 24 of 60 shown

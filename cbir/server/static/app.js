@@ -4,8 +4,8 @@
 
 const $ = (selector) => document.querySelector(selector);
 const PAGE = 24;
-const state = { indexes: [], query: null, columns: {}, drag: null, evalRows: [], evalSort: { key: "diff", dir: 1 },
-                browse: { offset: 0, total: 0 } };
+const state = { indexes: [], query: null, columns: {}, drag: null, evalRows: [], evalSort: { key: "a", dir: 1 },
+                evalCompared: false, browse: { offset: 0, total: 0 } };
 
 // ---- talking to the server -------------------------------------------------------------------
 
@@ -72,7 +72,8 @@ async function search(fields) {
     markDifferences();
     await Promise.all([...document.querySelectorAll(".results img")].map(imageLoaded));
     const ms = Math.round(performance.now() - started);
-    setStatus(`results shown in ${ms} ms`);
+    const notes = answer.searches.filter((page) => page.note).map((page) => `${page.pipeline}: ${page.note}`);
+    setStatus(notes.length ? `no results (${notes.join("; ")})` : `results shown in ${ms} ms`);
     document.body.dataset.renderMs = ms;
     document.body.dataset.searches = (Number(document.body.dataset.searches || 0) + 1).toString();
   } catch (error) {
@@ -90,7 +91,7 @@ function searchAgain(box) {
 }
 
 function showQuery(query) {
-  const sameImage = state.query && state.query.label === query.label;
+  const sameImage = state.query && state.query.image === query.image;
   state.query = query;
   $("#query-view").hidden = false;
   $("#query-label").textContent = query.label;
@@ -310,8 +311,10 @@ async function browse(offset) {
       card.onclick = () => { $("#browser").hidden = true; search({ index, name }); };
       grid.append(card);
     }
-    $("#browse-count").textContent = `${offset + 1}-${offset + page.names.length} of ${page.total}`;
+    $("#browse-count").textContent = page.total
+      ? `${offset + 1}-${offset + page.names.length} of ${page.total}` : "no image name matches";
     $("#browser").hidden = false;
+    showError("");
   } catch (error) { showError(error.message); }
 }
 
@@ -323,11 +326,16 @@ async function showEvaluation() {
   try {
     const runs = await Promise.all(chosen.map((t) => api(`/api/evaluation?target=${encodeURIComponent(t)}`)));
     const [a, b] = runs;
+    state.evalCompared = Boolean(b);
     const scoresB = b ? new Map(b.queries.map((q) => [q.name, q.score])) : null;
     state.evalRows = a.queries.map((q) => {
       const sb = scoresB ? scoresB.get(q.name) : null;
       return { name: q.name, box: q.box, a: q.score, b: sb, diff: sb === null || sb === undefined ? null : sb - q.score };
     });
+    for (const cell of document.querySelectorAll('#eval-table th[data-key="b"], #eval-table th[data-key="diff"]')) {
+      cell.hidden = !b;
+    }
+    if (!b && ["b", "diff"].includes(state.evalSort.key)) state.evalSort = { key: "a", dir: 1 };
     const metric = a.metric === "N-S" ? "N-S count (0-4)" : "AP";
     $("#eval-info").textContent = `${a.dataset}, ${a.queries.length} queries, per-query ${metric}. ` +
       `A = ${a.index}:${a.pipeline} (mean ${a.mean.toFixed(3)})` +
@@ -350,8 +358,8 @@ function renderEvaluation() {
   for (const row of rows) {
     const tr = document.createElement("tr");
     tr.dataset.name = row.name;
-    tr.innerHTML = `<td></td><td>${cell(row.a)}</td><td>${cell(row.b)}</td>` +
-      `<td class="${row.diff > 0 ? "better" : row.diff < 0 ? "worse" : ""}">${cell(row.diff)}</td>`;
+    tr.innerHTML = `<td></td><td>${cell(row.a)}</td>` + (state.evalCompared ? `<td>${cell(row.b)}</td>` +
+      `<td class="${row.diff > 0 ? "better" : row.diff < 0 ? "worse" : ""}">${cell(row.diff)}</td>` : "");
     tr.firstChild.textContent = row.name;
     tr.onclick = () => {
       switchTab("search");
