@@ -175,8 +175,9 @@ def cmd_index(args) -> None:
             raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
     else:
         pipeline = get_pipeline(args.method or "sift-bow")
-        if args.shards > 1 and (pipeline.kind != "local" or pipeline.build.asmk):
-            raise UsageError(f"{pipeline.name} indexes do not shard (only sift-bow, sift-he and blcf ones do); "
+        if args.shards > 1 and (pipeline.kind == "fusion" or pipeline.search.diffusion is not None
+                                or pipeline.kind == "local" and pipeline.build.asmk):
+            raise UsageError(f"{pipeline.name} indexes do not shard (fusion, diffusion and ASMK* pipelines do not); "
                              f"drop --shards")
         _warn_if_learned_on_indexed(args, paths)
         index = _new_index(args, pipeline)
@@ -194,8 +195,8 @@ def cmd_index(args) -> None:
                          f"{args.output} was {'left as it was' if exists and args.add else 'not written'}")
     if not args.scheduler:
         if args.shards > 1 and not (exists and args.add):
-            from cbir.sharded_index import ShardedIndex
-            index = ShardedIndex.split(index, args.shards)
+            from cbir.sharded_index import split_index
+            index = split_index(index, args.shards)
         index.save(args.output)
     shards = f" in {args.shards} shards" if args.shards > 1 and not (exists and args.add) else ""
     print(f"index {args.output}: {before + added} images ({added} added){shards}, names relative to {index.root}")
@@ -652,8 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "local[:N] for N worker processes on this machine; the images, the output and --cache must "
                         "be on storage every worker sees")
     p.add_argument("--shards", type=int, default=1,
-                   help="save a sharded index of N shards (sift-bow, sift-he, blcf pipelines; ranks exactly as the "
-                        "merged index)")
+                   help="save a sharded index of N shards, ranking exactly as the merged index (every pipeline but "
+                        "fusion, diffusion and ASMK* ones)")
     p.add_argument("--partition-size", type=int, default=256, help="images per Dask task (default %(default)s)")
     common(p)
     p.set_defaults(func=cmd_index)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from bovw.extraction import ExtractionReport
 from cbir.retrieval_index import RetrievalIndex
 from cbir.searchable import name_map, part_arrays
-from cbir.sharded_index import commit_shards, shard_names
+from cbir.sharded_index import ShardedIndex, commit_shards, shard_names
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.names import ImageNames
@@ -226,7 +226,7 @@ def _merge(index: RetrievalIndex, output: str, template: str, directories: list[
     counts = _results([client.submit(merge_partitions, template, group, os.path.join(output, name), collection,
                                      key=f"cbir-shard-{position:04d}-{build}", retries=retries)
                        for position, (group, name) in enumerate(zip(groups, names))], "shards", progress)
-    commit_shards(output, names, counts, index.pipeline, index.root)
+    commit_shards(output, names, counts, index.pipeline, index.root, ShardedIndex.FORMAT)
 
 
 def _results(futures: list, what: str, progress: bool | None) -> list:

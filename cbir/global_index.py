@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -98,6 +99,18 @@ class GlobalIndex(SearchableIndex):
         return GlobalQuery(*embed(raw_vectors(maps["global"], config), self.whitening, config))
 
     # ---- building -----------------------------------------------------------------------------
+
+    def empty_like(self) -> "GlobalIndex":
+        """An empty index with this one's pipeline, learned parts (shared, not copied), cache and root."""
+        index = GlobalIndex(self.pipeline, self.whitening, self.cache_dir, self.device, self.head)
+        index.root = self.root
+        return index
+
+    def _learned_parts(self) -> dict:
+        return {"whitening": self.whitening, "head": self.head}
+
+    def _join_stores(self, indexes: Sequence["GlobalIndex"]) -> None:
+        self.dense = DenseIndex.concatenate([index.dense for index in indexes])
 
     def _feature_source(self):
         return self.extractor, None, "threads"

@@ -21,7 +21,6 @@ from index.asmk import AsmkEmbedding, asmk_scores
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.match_kernel import SIGNATURE
-from index.names import ImageNames
 from index.persistence import IndexFormatError, load_arrays, save_arrays
 from index.ranking import LocalQuery, rank_local, shortlist
 from index.reranking import RankedImage, spatial_rerank
@@ -260,42 +259,12 @@ class RetrievalIndex(SearchableIndex):
         index.root = self.root
         return index
 
-    def built_like(self, other: "RetrievalIndex") -> bool:
-        """Whether ``other`` has this index's pipeline, root and learned parts (equal arrays), so that
-        their images can be scored and merged together."""
-        if self.pipeline != other.pipeline or self.root != other.root:
-            return False
-        for mine, theirs in zip((self.vocabulary, self.whitening, self.hamming, self.asmk),
-                                (other.vocabulary, other.whitening, other.hamming, other.asmk)):
-            if (mine is None) != (theirs is None):
-                return False
-            if mine is not None and mine is not theirs:
-                (meta, arrays), (other_meta, other_arrays) = mine.state_dict(), theirs.state_dict()
-                if meta != other_meta or arrays.keys() != other_arrays.keys() \
-                        or not all(np.array_equal(arrays[name], other_arrays[name]) for name in arrays):
-                    return False
-        return True
+    def _learned_parts(self) -> dict:
+        return {"vocabulary": self.vocabulary, "whitening": self.whitening, "hamming": self.hamming, "asmk": self.asmk}
 
-    @classmethod
-    def concatenate(cls, indexes: Sequence["RetrievalIndex"]) -> "RetrievalIndex":
-        """One index holding the images of ``indexes`` in order: exactly the index that adding their
-        images in that order to one index builds (how a distributed build merges its shards).
-
-        Raises:
-            ValueError: an index is built otherwise than the first (naming its position), or a name
-                is in two of them.
-        """
-        first = indexes[0]
-        for position, other in enumerate(indexes[1:], 1):
-            if not first.built_like(other):
-                raise ValueError(f"index {position} has another pipeline, root or learned parts than index 0")
-        merged = first.empty_like()
-        for index in indexes:
-            index.consolidate()
-        merged.names = ImageNames([name for index in indexes for name in index.names])
-        merged.inverted_file = InvertedFile.concatenate([index.inverted_file for index in indexes])
-        merged.images = ImageStore.concatenate([index.images for index in indexes])
-        return merged
+    def _join_stores(self, indexes: Sequence["RetrievalIndex"]) -> None:
+        self.inverted_file = InvertedFile.concatenate([index.inverted_file for index in indexes])
+        self.images = ImageStore.concatenate([index.images for index in indexes])
 
     def _remove_slots(self, slots: list[int]) -> None:
         self.inverted_file.remove(slots)

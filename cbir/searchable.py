@@ -194,6 +194,56 @@ class SearchableIndex:
         """Subclass-specific facts for ``info()``."""
         return {}
 
+    def empty_like(self) -> "SearchableIndex":
+        """An empty index with this one's pipeline, learned parts (shared, not copied), cache and root."""
+        raise NotImplementedError
+
+    def _join_stores(self, indexes: Sequence["SearchableIndex"]) -> None:
+        """Set this empty index's stores to those of ``indexes`` joined in order (see ``concatenate``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def concatenate(cls, indexes: Sequence["SearchableIndex"]) -> "SearchableIndex":
+        """One index holding the images of ``indexes`` in order: exactly the index that adding their
+        images in that order to one index builds (how a distributed build merges its partitions and
+        ``cbir.sharded_index`` splits a collection).
+
+        Raises:
+            ValueError: an index is built otherwise than the first (naming its position), or a name
+                is in two of them.
+        """
+        first = indexes[0]
+        for position, other in enumerate(indexes[1:], 1):
+            if not first.built_like(other):
+                raise ValueError(f"index {position} has another pipeline, root or learned parts than index 0")
+        merged = first.empty_like()
+        for index in indexes:
+            index.consolidate()
+        merged.names = ImageNames([name for index in indexes for name in index.names])
+        merged._join_stores(indexes)
+        return merged
+
+    def _learned_parts(self) -> dict:
+        """Name -> learned part (vocabulary, whitening...; None when absent): what indexes whose images
+        are scored and merged together must share."""
+        raise NotImplementedError
+
+    def built_like(self, other: "SearchableIndex") -> bool:
+        """Whether ``other`` has this index's class, pipeline, root and learned parts (equal arrays), so
+        that their images can be scored and merged together."""
+        if type(self) is not type(other) or self.pipeline != other.pipeline or self.root != other.root:
+            return False
+        for name, mine in self._learned_parts().items():
+            theirs = other._learned_parts()[name]
+            if (mine is None) != (theirs is None):
+                return False
+            if mine is not None and mine is not theirs:
+                (meta, arrays), (other_meta, other_arrays) = mine.state_dict(), theirs.state_dict()
+                if meta != other_meta or arrays.keys() != other_arrays.keys() \
+                        or not all(np.array_equal(arrays[key], other_arrays[key]) for key in arrays):
+                    return False
+        return True
+
     # ---- search options -----------------------------------------------------------------------
 
     def search_options(self, options: SearchOptions | Pipeline | str | None = None) -> SearchOptions:

@@ -9,7 +9,7 @@ images; the lists merge by score, ties by position in the merged order (shard af
 shard, as ``RetrievalIndex.concatenate`` lays them out); window search, spatial
 verification and query expansion then run on the merged shortlist, reading keypoints
 and signatures from the shard that owns each image and scoring an expanded query on
-every shard (``index.sharded_postings``).
+every shard (``index.shard_views``).
 
 Saved as a directory: a ``cbir-sharded-index`` manifest listing shard directories inside
 it, each a complete ``cbir-index`` save that carries the collection statistics. A save
@@ -18,7 +18,9 @@ a crash leaves the old or the new index whole. New images go to the last shard, 
 slots keep the merged order.
 
 Every local pipeline shards but ASMK* (``sift-asmk*``), whose ranking is not routed
-across shards yet.
+across shards yet. ``ShardedGlobalIndex`` shards a CNN global-descriptor index the same
+way (dense scores need no collection statistics; diffusion, which needs the whole
+collection's graph, is refused).
 """
 from __future__ import annotations
 
@@ -29,18 +31,17 @@ from typing import Sequence
 
 import numpy as np
 
+from cbir.global_index import GlobalIndex, GlobalQuery
 from cbir.pipelines import Pipeline
 from cbir.retrieval_index import RetrievalIndex
 from cbir.searchable import SearchableIndex, part_arrays
 from index.names import ImageNames
 from index.persistence import MANIFEST, IndexFormatError, load_arrays, read_manifest, save_arrays
-from index.ranking import LocalQuery, RankedImage, local_scores, rerank_local, shortlist
+from index.ranking import LocalQuery, RankedImage, local_scores, rank_global, rerank_local, shortlist
 from index.search_options import SearchOptions
-from index.sharded_postings import ShardedImages, ShardedPostings
+from index.shard_views import ShardedDense, ShardedImages, ShardedPostings
 
 SHARDED_VERSION = 1
-#: Saved parts of a shard that must be the same in every shard (checked by their files' CRC-32 on load).
-LEARNED_PARTS = ("vocabulary", "whitening", "hamming", "asmk")
 
 
 class ShardedIndex(SearchableIndex):
@@ -58,14 +59,17 @@ class ShardedIndex(SearchableIndex):
     FORMAT = "cbir-sharded-index"
     KIND = "local"
     QUERY_TYPE = LocalQuery
+    #: Class of the shards.
+    SHARD_CLASS: type = RetrievalIndex
 
-    def __init__(self, shards: Sequence[RetrievalIndex], cache_dir: str | None = None):
+    def __init__(self, shards: Sequence[SearchableIndex], cache_dir: str | None = None):
         if not shards:
             raise ValueError("a sharded index needs at least one shard")
         first = shards[0]
-        if first.asmk is not None:
-            raise ValueError(f"{first.pipeline.name} indexes do not shard (ASMK* ranking is not routed across "
-                             f"shards); build one merged index")
+        if not isinstance(first, self.SHARD_CLASS):
+            raise ValueError(f"a {type(self).__name__} holds {self.SHARD_CLASS.__name__} shards, not "
+                             f"{type(first).__name__}")
+        self._refuse_unshardable(first)
         for position, shard in enumerate(shards[1:], 1):
             if not first.built_like(shard):
                 raise ValueError(f"shard {position} has another pipeline, root or learned parts than shard 0")
@@ -78,14 +82,21 @@ class ShardedIndex(SearchableIndex):
         self._statistics_stale = True
         self.share_statistics()
 
+    @staticmethod
+    def _refuse_unshardable(shard: RetrievalIndex) -> None:
+        """ValueError when ``shard``'s pipeline cannot be ranked across shards."""
+        if shard.asmk is not None:
+            raise ValueError(f"{shard.pipeline.name} indexes do not shard (ASMK* ranking is not routed across "
+                             f"shards); build one merged index")
+
     @classmethod
-    def split(cls, index: RetrievalIndex, n_shards: int) -> "ShardedIndex":
+    def split(cls, index: SearchableIndex, n_shards: int) -> "ShardedIndex":
         """``index``'s images in ``n_shards`` shards of consecutive slots (sizes differing by one at most);
         the index itself is left as it is."""
         bounds = np.linspace(0, len(index), n_shards + 1).round().astype(int)
         shards = []
         for start, end in zip(bounds[:-1], bounds[1:]):
-            shard = RetrievalIndex.concatenate([index])
+            shard = cls.SHARD_CLASS.concatenate([index])
             shard.remove([index.names[slot] for slot in range(len(index)) if not start <= slot < end])
             shards.append(shard)
         return cls(shards)
@@ -121,7 +132,7 @@ class ShardedIndex(SearchableIndex):
 
     def _add_batch(self, names: list[str], items: list, n_jobs: int) -> None:
         with self._lock.writing():
-            self.shards[-1].add_features(names, items, n_jobs)
+            self.shards[-1]._add_batch(names, items, n_jobs)
             self.names.add(list(names))
             self._statistics_stale = True
 
@@ -170,10 +181,12 @@ class ShardedIndex(SearchableIndex):
     # ---- persistence and facts ----------------------------------------------------------------
 
     def _info(self) -> dict:
-        return {"format_version": SHARDED_VERSION, "shards": len(self.shards),
-                "images_per_shard": [len(shard) for shard in self.shards],
-                "postings": sum(int(shard.inverted_file.n_postings) for shard in self.shards),
-                "features": sum(shard.images.n_features for shard in self.shards)}
+        facts = {"format_version": SHARDED_VERSION, "shards": len(self.shards),
+                 "images_per_shard": [len(shard) for shard in self.shards]}
+        if self.KIND == "local":
+            facts.update(postings=sum(int(shard.inverted_file.n_postings) for shard in self.shards),
+                         features=sum(shard.images.n_features for shard in self.shards))
+        return facts
 
     def _parts(self) -> dict:
         return {f"shard{position:04d}.{prefix}": part for position, shard in enumerate(self.shards)
@@ -186,7 +199,7 @@ class ShardedIndex(SearchableIndex):
             prefix = f"shard{len(shards):04d}"
             shard_meta = {key[len(prefix) + 1:]: value for key, value in meta.items() if key.startswith(prefix + ".")}
             shard_meta.update(pipeline=meta["pipeline"], collection_root=meta.get("collection_root"))
-            shards.append(RetrievalIndex.from_state_dict(shard_meta, part_arrays(arrays, prefix), cache_dir))
+            shards.append(cls.SHARD_CLASS.from_state_dict(shard_meta, part_arrays(arrays, prefix), cache_dir))
         return cls(shards, cache_dir)
 
     def save(self, directory: str) -> None:
@@ -196,7 +209,8 @@ class ShardedIndex(SearchableIndex):
             os.makedirs(directory, exist_ok=True)
             for name, shard in zip(names, self.shards):
                 shard.save(os.path.join(directory, name))
-            commit_shards(directory, names, [len(shard) for shard in self.shards], self.pipeline, self.root)
+            commit_shards(directory, names, [len(shard) for shard in self.shards], self.pipeline, self.root,
+                          self.FORMAT)
 
     @classmethod
     def load(cls, directory: str, cache_dir: str | None = None, verify: bool = True,
@@ -217,8 +231,8 @@ class ShardedIndex(SearchableIndex):
             if not isinstance(name, str) or os.path.basename(name) != name or name.startswith("."):
                 raise IndexFormatError(f"{directory}: shard {name!r} is not a directory inside the index")
             try:
-                shard = RetrievalIndex.load(path, cache_dir, verify=verify, mmap=mmap)
-                checksums = _learned_checksums(path)
+                shard = cls.SHARD_CLASS.load(path, cache_dir, verify=verify, mmap=mmap)
+                checksums = _learned_checksums(path, shard._learned_parts())
             except IndexFormatError as exc:
                 raise IndexFormatError(f"{directory}: shard {name} cannot be loaded: {exc}") from exc
             if len(shard) != count:
@@ -226,13 +240,58 @@ class ShardedIndex(SearchableIndex):
             if learned is None:
                 learned = checksums
             elif checksums == learned:  # the same files: share the first shard's parts (read once)
-                for part in LEARNED_PARTS:
+                for part in shard._learned_parts():
                     setattr(shard, part, getattr(shards[0], part))
             shards.append(shard)
         try:
             return cls(shards, cache_dir)
         except ValueError as exc:
             raise IndexFormatError(f"{directory}: {exc}") from exc
+
+
+class ShardedGlobalIndex(ShardedIndex):
+    """CNN global-descriptor shards searched as one index, with exactly the merged index's ranking and
+    scores: each shard's inner products, then query expansion and region re-ranking over every shard
+    (``index.shard_views.ShardedDense``). Diffusion needs the whole collection's graph: it is refused.
+
+    Args:
+        shards: global indexes with one pipeline (without diffusion), root and learned parts.
+        cache_dir: feature-map cache for additions and queries (default: the first shard's).
+    """
+
+    FORMAT = "cbir-sharded-global-index"
+    KIND = "global"
+    QUERY_TYPE = GlobalQuery
+    SHARD_CLASS = GlobalIndex
+
+    @staticmethod
+    def _refuse_unshardable(shard: GlobalIndex) -> None:
+        if shard.pipeline.search.diffusion is not None:
+            raise ValueError(f"{shard.pipeline.name} diffuses on the whole collection's graph: it does not shard; "
+                             f"build one merged index")
+
+    def share_statistics(self) -> None:
+        """Nothing to share: inner products of global descriptors need no collection statistics."""
+        self._statistics_stale = False
+
+    def prepare_query(self, query, box=None, options: SearchOptions | str | None = None) -> GlobalQuery:
+        return self.shards[0].prepare_query(query, box, self.search_options(options))
+
+    def _is_empty_query(self, prepared: GlobalQuery) -> bool:
+        return False
+
+    def _rank(self, prepared: GlobalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
+        if options.diffusion is not None:
+            raise ValueError("diffusion needs the whole collection's graph, which a sharded index does not "
+                             "hold; search a merged index")
+        return rank_global(prepared.descriptor, prepared.rows, ShardedDense([shard.dense for shard in self.shards]),
+                           options, top_k)
+
+
+def split_index(index: SearchableIndex, n_shards: int) -> ShardedIndex:
+    """``index``'s images in ``n_shards`` shards: a ``ShardedGlobalIndex`` for a global index, else a
+    ``ShardedIndex``."""
+    return (ShardedGlobalIndex if isinstance(index, GlobalIndex) else ShardedIndex).split(index, n_shards)
 
 
 def shard_names(count: int) -> list[str]:
@@ -242,19 +301,20 @@ def shard_names(count: int) -> list[str]:
 
 
 def commit_shards(directory: str, names: Sequence[str], counts: Sequence[int], pipeline: Pipeline,
-                  root: str | None) -> None:
+                  root: str | None, fmt: str) -> None:
     """Make the shard directories ``names`` (saved in ``directory``, holding ``counts`` images, built
-    for ``pipeline`` with image names relative to ``root``) the sharded index saved in ``directory``:
-    one atomic manifest replacement, then the shard directories it no longer lists are removed."""
+    for ``pipeline`` with image names relative to ``root``) the sharded index of format ``fmt``
+    (``ShardedIndex.FORMAT`` or ``ShardedGlobalIndex.FORMAT``) saved in ``directory``: one atomic
+    manifest replacement, then the shard directories it no longer lists are removed."""
     meta = {"pipeline": pipeline.to_dict(), "collection_root": root, "shards": list(names),
             "images": [int(count) for count in counts]}
-    save_arrays(directory, ShardedIndex.FORMAT, SHARDED_VERSION, meta, {})
+    save_arrays(directory, fmt, SHARDED_VERSION, meta, {})
     for entry in os.listdir(directory):
         if entry.startswith("shard-") and entry not in names:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
 
 
-def _learned_checksums(directory: str) -> dict:
-    """Array name -> CRC-32 of the learned parts of a saved index (from its manifest)."""
+def _learned_checksums(directory: str, parts) -> dict:
+    """Array name -> CRC-32 of the learned ``parts`` (names) of a saved index, from its manifest."""
     arrays = read_manifest(directory)["arrays"]
-    return {name: entry.get("crc32") for name, entry in arrays.items() if name.split(".")[0] in LEARNED_PARTS}
+    return {name: entry.get("crc32") for name, entry in arrays.items() if name.split(".")[0] in parts}

@@ -72,6 +72,20 @@ class DenseIndex:
         self._region_offsets = np.r_[self._region_offsets, self._region_offsets[-1] + np.cumsum(counts)]
         self._regions = np.concatenate([self._regions] + [p[2] for p in pending])
 
+    @classmethod
+    def concatenate(cls, indexes: list["DenseIndex"]) -> "DenseIndex":
+        """One dense index holding the vectors and regions of ``indexes`` in order (ValueError if their
+        dimensions differ)."""
+        if len({index.dim for index in indexes}) != 1:
+            raise ValueError("only dense indexes of one dimension can be concatenated")
+        merged = cls(indexes[0].dim)
+        for index in indexes:
+            if len(index):
+                merged._pending.append((index.vectors, np.diff(index.region_offsets), index.regions))
+                merged._n += len(index)
+        merged.consolidate()
+        return merged
+
     def remove(self, slots) -> None:
         """Remove images by slot; the others keep their order."""
         self.consolidate()
@@ -82,6 +96,10 @@ class DenseIndex:
         self._regions = self._regions[~per_region]
         self._region_offsets = np.r_[0, np.cumsum(np.diff(self._region_offsets)[~removed])].astype(np.int64)
         self._n = len(self._vectors)
+
+    def vectors_of(self, slots: np.ndarray) -> np.ndarray:
+        """(len(slots), d) float32 vectors of the images ``slots``."""
+        return self.vectors[np.asarray(slots, np.int64)]
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(n,) float32 inner products with a (d,) query."""

@@ -31,7 +31,7 @@ def expand_descriptor(descriptor: np.ndarray, dense: DenseIndex, config: Expansi
     scores = dense.scores(descriptor)
     top = top_indices(scores, config.max_results)
     weights = np.ones(len(top), np.float32) if config.alpha == 0 else np.maximum(scores[top], 0) ** config.alpha
-    expanded = descriptor + weights @ dense.vectors[top]
+    expanded = descriptor + weights @ dense.vectors_of(top)
     norm = np.linalg.norm(expanded)
     return (expanded / norm if norm > 0 else expanded).astype(np.float32)
 

@@ -13,7 +13,7 @@ import numpy as np
 from bovw.hamming import HammingConfig
 from index import kernels
 from index.inverted_file import InvertedFile
-from index.sharded_postings import ShardedPostings
+from index.shard_views import ShardedPostings
 
 SIGNATURE = "signature"
 

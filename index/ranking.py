@@ -77,7 +77,7 @@ def rerank_local(query: LocalQuery, ranking: list[RankedImage], inverted: Invert
     expansion, cut to ``wanted`` entries.
 
     ``inverted`` and ``images`` may be views over the shards of a collection
-    (``index.sharded_postings``), as ``cbir.sharded_index`` passes them.
+    (``index.shard_views``), as ``cbir.sharded_index`` passes them.
     """
     vector = inverted.query_vector(query.words)
     if options.window_search:

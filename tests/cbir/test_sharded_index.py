@@ -1,5 +1,6 @@
 """A sharded index ranks exactly as the merged one: same names, scores and inliers, after additions
 and removals too, saved and loaded; a shard that cannot be loaded is named."""
+import dataclasses
 import os
 
 import numpy as np
@@ -91,3 +92,25 @@ def test_shards_built_otherwise_are_refused(merged, holidays_index):
     other.root = "/elsewhere"
     with pytest.raises(ValueError, match="shard 1 has another pipeline, root or learned parts"):
         ShardedIndex([merged, other])
+
+
+def test_cnn_global_shards_rank_as_the_merged_index(ukbench_subset, feature_cache_dir, tmp_path):
+    from cbir.build import build_index
+    from cbir.sharded_index import ShardedGlobalIndex, split_index
+    from index.search_options import ExpansionConfig
+    merged = build_index("rmac-rr", cache_dir=feature_cache_dir, progress=False)
+    merged.add_images(ukbench_subset.database_paths[:16], progress=False)
+    sharded = split_index(merged, 3)
+    assert isinstance(sharded, ShardedGlobalIndex) and [len(shard) for shard in sharded.shards] == [5, 6, 5]
+    queries = ukbench_subset.database_paths[1:16:5]
+    expanded = dataclasses.replace(merged.pipeline.search, expansion=ExpansionConfig(max_results=3))
+    for options in (None, expanded):  # region re-ranking of the top 100; then also query expansion
+        assert rankings(sharded, queries, options) == rankings(merged, queries, options)
+    sharded.remove(ukbench_subset.database_paths[6:8])
+    merged.remove(ukbench_subset.database_paths[6:8])
+    sharded.save(str(tmp_path / "sharded"))
+    loaded = load_index(str(tmp_path / "sharded"), mmap=True)
+    assert isinstance(loaded, ShardedGlobalIndex)
+    assert rankings(loaded, queries, expanded) == rankings(merged, queries, expanded)
+    with pytest.raises(ValueError, match="diffusion needs the whole collection's graph"):
+        loaded.search(queries[0], options="rmac-rr-diffusion")

@@ -1,4 +1,4 @@
-"""Views that let the re-ranking steps read the inverted files and image stores of several shards as one.
+"""Views that let the ranking steps read the stores of several shards as one collection.
 
 A collection split into shards (``cbir.sharded_index``) numbers its images shard after
 shard: slot ``i`` of shard ``s`` is slot ``starts[s] + i`` of the collection. Each shard's
@@ -7,7 +7,8 @@ a score computed on a shard is the score of the whole collection. These views gi
 spatial verification and query expansion (``index.reranking``) what they read: the
 features and signatures of one image, from the shard that owns it, and the scores of an
 expanded query over every image, shard after shard (``index.match_kernel`` routes
-Hamming scores and signatures through ``parts`` and ``locate``).
+Hamming scores and signatures through ``parts`` and ``locate``). ``ShardedDense`` does the
+same for ``index.ranking.rank_global`` over dense descriptor shards.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from index.dense_index import DenseIndex
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 
@@ -62,3 +64,39 @@ class ShardedImages:
         """(keypoints (n, 4) float32, words (n,) int32) of collection slot ``slot``, from the shard owning it."""
         shard = int(np.searchsorted(self.starts, slot, side="right")) - 1
         return self.parts[shard].features(int(slot - self.starts[shard]))
+
+
+class ShardedDense:
+    """The shards' dense descriptor indexes read as one (what ``rank_global`` reads but the graph).
+
+    Args:
+        parts: each shard's dense index, in shard order.
+    """
+
+    def __init__(self, parts: Sequence[DenseIndex]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, slots: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, np.asarray(slots, np.int64), side="right") - 1
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """(n,) float32 inner products with a (d,) query, shard after shard."""
+        return np.concatenate([part.scores(query) for part in self.parts])
+
+    def vectors_of(self, slots: np.ndarray) -> np.ndarray:
+        """(len(slots), d) float32 vectors of collection slots ``slots``, each from its shard."""
+        slots = np.asarray(slots, np.int64)
+        shards = self._locate(slots)
+        return np.stack([self.parts[shard].vectors_of([slot - self.starts[shard]])[0]
+                         for shard, slot in zip(shards, slots)]) if len(slots) else self.parts[0].vectors_of([])
+
+    def region_scores(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """For each collection slot, the best inner product of ``query`` with its regions (see
+        ``DenseIndex.region_scores``)."""
+        slots = np.asarray(slots, np.int64)
+        return np.array([self.parts[shard].region_scores(query, [slot - self.starts[shard]])[0]
+                         for shard, slot in zip(self._locate(slots), slots)], np.float32)
