@@ -45,3 +45,25 @@ def test_blcf_query_box_keeps_positions_inside(blcf_parts, ukbench_subset, tmp_p
     loaded = RetrievalIndex.load(str(tmp_path / "idx"), cache_dir=cache)
     query = ukbench_subset.queries[1].path
     assert [r.name for r in loaded.search(query)] == [r.name for r in index.search(query)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["blcf-he", "blcf-asmk"])
+def test_signatures_on_conv_words_rank_better_than_plain_blcf(name, blcf_parts, blcf_index, ukbench_subset):
+    """Hamming embedding and ASMK* on the conv words of blcf_parts' setting (64-d whitening, 400 words,
+    both learned on UKBench objects 50-79 with their signatures): the same images rank better."""
+    import dataclasses
+
+    from bovw.vocabulary import VocabularyConfig
+    from cbir.build import build_index
+    from cbir.evaluate import index_dataset
+    from cbir.pipelines import get_pipeline
+    pipeline, _, _, cache = blcf_parts
+    variant = get_pipeline(name)
+    variant = dataclasses.replace(variant, build=dataclasses.replace(
+        variant.build, local_whitening_dim=64, vocabulary=VocabularyConfig(branching=20, depth=2)))
+    train = [os.path.join(ukbench_subset.root, f"ukbench{i:05d}.jpg") for i in range(200, 320)]
+    index = build_index(variant, None, train, None, None, cache, 2, progress=False)
+    index_dataset(index, ukbench_subset, n_jobs=2, progress=False)
+    plain = run_queries(blcf_index, ukbench_subset, progress=False).scores["N-S"]
+    assert run_queries(index, ukbench_subset, progress=False).scores["N-S"] >= plain + 0.05
