@@ -2,7 +2,9 @@
 
 For each evaluated set, the local-descriptor whitening and the vocabulary are
 learned on the *other* set; ``blcf`` (global search over the inverted file) and
-``blcf-ls`` (local search re-ranking of the top 100) share the same index.
+``blcf-ls`` (local search re-ranking of the top 100) share the same index;
+``blcf-he`` (Hamming embedding) and ``blcf-asmk`` (ASMK*) use the same whitening
+and vocabulary, their signatures learned on the other set too.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
+from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig
-from cbir.build import learn_local_whitening, train_vocabulary
+from cbir.build import learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
+from index.asmk import AsmkEmbedding
 
 
 def parse_args():
@@ -31,6 +35,7 @@ def parse_args():
     parser.add_argument("--shape", help="vocabulary shape BxL (default: the pipeline's, 158x2)")
     parser.add_argument("--assignments", type=int, help="words per query position (default: the pipeline's, 3)")
     parser.add_argument("--whitening-dim", type=int, help="PCA-whitening dimensions (default: the pipeline's, 256)")
+    parser.add_argument("--variants", default="blcf,blcf-ls,blcf-he,blcf-asmk", help="pipelines (comma-separated)")
     parser.add_argument("--jobs", type=int, default=2, help="images processed in parallel")
     parser.add_argument("--name", default="blcf", help="result file name under benchmarks/results")
     return parser.parse_args()
@@ -50,7 +55,9 @@ def main():
     base = get_pipeline("blcf")
     blcf = dataclasses.replace(base, build=dataclasses.replace(base.build, **changes),
                                search=dataclasses.replace(base.search, **search_changes))
-    searches = {name: dataclasses.replace(get_pipeline(name).search, **search_changes) for name in ("blcf", "blcf-ls")}
+    variants = {name: dataclasses.replace(get_pipeline(name), search=dataclasses.replace(
+        get_pipeline(name).search, **search_changes), build=dataclasses.replace(get_pipeline(name).build, **changes))
+        for name in args.variants.split(",")}
     build = blcf.build
     for dataset in datasets.values():  # extract once, in parallel
         for _ in iter_features(dataset.database_paths, lambda path: read_local_features(build, path),
@@ -60,23 +67,44 @@ def main():
              f"PCA-whitened to {build.local_whitening_dim} dims; vocabulary {build.vocabulary.n_words} words "
              f"({build.vocabulary.branching}^{build.vocabulary.depth}), {blcf.search.query_assignments} words per "
              f"query position; whitening and vocabulary learned on the other dataset.", "",
-             "| pipeline | eval set | score | query ms median | query ms p95 | whitening + vocab s |",
-             "|---|---|---|---|---|---|"]
+             "| pipeline | eval set | score | query ms median | query ms p95 | whitening + vocab s | "
+             "inverted-file bytes per image | + image store |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, dataset in datasets.items():
         start = time.perf_counter()
         train = datasets[OTHER[name]].database_paths
         whitening, _ = learn_local_whitening(train, blcf, args.cache, progress=False)
         vocabulary, _ = train_vocabulary(train, blcf, cache_dir=args.cache, progress=False, whitening=whitening)
         learn_s = time.perf_counter() - start
-        index = RetrievalIndex(blcf, vocabulary, whitening, cache_dir=args.cache)
-        index_dataset(index, dataset, progress=False)
-        for search_name, options in searches.items():
-            result = run_queries(index, dataset, options, progress=False)
+        signatures = signatures_learned(train, blcf, vocabulary, whitening, args)
+        indexes = {}
+        for variant_name, variant in variants.items():
+            parts = {"hamming": signatures["hamming"]} if variant.build.hamming else \
+                {"asmk": signatures["asmk"]} if variant.build.asmk else {}
+            if variant.build not in indexes:
+                indexes[variant.build] = RetrievalIndex(variant, vocabulary, whitening, cache_dir=args.cache, **parts)
+                index_dataset(indexes[variant.build], dataset, progress=False)
+            index = indexes[variant.build]
+            result = run_queries(index, dataset, variant.search, progress=False)
             (metric, score), = result.scores.items()
-            lines.append(f"| {search_name} | {name} | {metric} {score:.4f} | {np.median(result.query_ms):.1f} "
-                         f"| {np.percentile(result.query_ms, 95):.1f} | {learn_s:.0f} |")
+            per_image = index.info()["bytes_per_image"]
+            postings = sum(v for k, v in per_image.items() if k.startswith("inverted_file."))
+            store = sum(v for k, v in per_image.items() if k.startswith("images."))
+            lines.append(f"| {variant_name} | {name} | {metric} {score:.4f} | {np.median(result.query_ms):.1f} "
+                         f"| {np.percentile(result.query_ms, 95):.1f} | {learn_s:.0f} | {postings:,.0f} | "
+                         f"{store:,.0f} |")
             print(lines[-1], flush=True)
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
+
+
+def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:
+    """The Hamming embedding and the ASMK* binarisation of BLCF's whitened conv features of ``train``."""
+    descriptors, _ = local_descriptors(train, blcf, args.cache, args.jobs, progress=False)
+    descriptors = whitening.apply(descriptors)
+    words = vocabulary.quantize(descriptors, beam=blcf.build.beam, n_jobs=args.jobs)
+    seed = blcf.build.hamming_seed
+    return {"hamming": HammingEmbedding.learn(descriptors, words, vocabulary.n_words, seed),
+            "asmk": AsmkEmbedding.learn(descriptors, words, vocabulary.centers[-1], seed)}
 
 
 if __name__ == "__main__":
