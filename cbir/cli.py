@@ -379,15 +379,17 @@ class ResultWriter:
 def _draw(index, query, box, prepared, results, args, many: bool) -> None:
     """Write the query beside its top results, inlier matches drawn, as a PNG."""
     import cv2
-    from cbir.retrieval_index import RetrievalIndex
+    from cbir.sharded_index import ShardedIndex
     from cbir.visualize import draw_results
-    if not isinstance(index, RetrievalIndex):
+    if index.KIND != "local":
         raise UsageError("--draw needs a local-feature index (matches are drawn)")
     shown = results[:args.draw_top]
     paths = [index.path_of(r.name) for r in shown]
+    owners = [index.owner(r.slot) if isinstance(index, ShardedIndex) else (index, r.slot) for r in shown]
     picture = draw_results(index.extracted_query_image(query, box), prepared.keypoints, shown,
                            [p if os.path.isfile(p) else None for p in paths],
-                           [index.images.features(r.slot)[0] for r in shown], index.pipeline.build.image_options)
+                           [owner.images.features(slot)[0] for owner, slot in owners],
+                           index.pipeline.build.image_options)
     target = f"{os.path.splitext(args.draw)[0]}-{os.path.splitext(os.path.basename(query))[0]}.png" if many \
         else args.draw
     cv2.imwrite(target, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -108,6 +108,12 @@ class ShardedIndex(SearchableIndex):
         """(n_shards + 1,) int64 first slot of each shard in the merged order, then the image count."""
         return np.cumsum([0] + [len(shard) for shard in self.shards])
 
+    def owner(self, slot: int) -> tuple[SearchableIndex, int]:
+        """(the shard holding the collection's image ``slot``, the image's slot in that shard)."""
+        starts = self._starts()
+        shard = int(np.searchsorted(starts, slot, side="right")) - 1
+        return self.shards[shard], int(slot - starts[shard])
+
     def share_statistics(self) -> None:
         """Give every shard the document frequencies and image count of the whole collection (summed
         over the shards); shards that already weigh by them are left as they are."""

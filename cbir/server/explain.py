@@ -16,11 +16,14 @@ page draws them at any display size:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cbir.fusion_index import FusionIndex, FusionQuery
 from cbir.global_index import GlobalIndex, GlobalQuery
 from cbir.retrieval_index import RetrievalIndex
+from cbir.sharded_index import ShardedIndex
 from cnn import pooling
 from index.ranking import LocalQuery
 from index.results import SearchResult
@@ -50,6 +53,9 @@ def explain(index, prepared, result: SearchResult, result_path: str, frame: tupl
         ``result_points`` ((m, 2) lists), ``outline`` (4 corners in the result), ``result_boxes``
         and ``query_boxes`` ((m, 4) x0, y0, x1, y1 lists), ``scores``.
     """
+    if isinstance(index, ShardedIndex):  # the shard holding the image explains it (shards share the idf)
+        shard, slot = index.owner(result.slot)
+        return explain(shard, prepared, dataclasses.replace(result, slot=slot), result_path, frame, frame_size)
     if isinstance(index, FusionIndex):
         assert isinstance(prepared, FusionQuery)
         if result.matches is not None:
@@ -66,7 +72,7 @@ def query_frame(index, box, image_size: tuple[int, int]) -> tuple[float, float, 
     """The normalised part of a (width, height) query image that ``index``'s query keypoints refer
     to: the box for a SIFT index (the crop is extracted), the whole image otherwise."""
     local = index.local if isinstance(index, FusionIndex) else index
-    if box is None or not isinstance(local, RetrievalIndex) or local.pipeline.build.conv is not None:
+    if box is None or local.KIND != "local" or local.pipeline.build.conv is not None:
         return 0.0, 0.0, 1.0, 1.0
     width, height = image_size
     x0, y0, x1, y1 = box

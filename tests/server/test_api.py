@@ -271,3 +271,25 @@ def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert main(["serve", "--index", index, "--port", "0"]) == 1
     assert "--port must lie in 1..65535" in capsys.readouterr().err
+
+
+def test_a_sharded_index_shows_the_matches_of_the_merged_one(client, served_dirs, ukbench_root, feature_cache_dir,
+                                                             tmp_path, capsys):
+    from cbir.cli import main
+    from cbir.sharded_index import split_index
+    split_index(load_index(served_dirs[SIFT]), 3).save(str(tmp_path / "sharded"))
+    sharded = TestClient(create_app(load_served([str(tmp_path / "sharded")], [], feature_cache_dir)))
+    matches = []
+    for app, index in ((client, SIFT), (sharded, "sharded")):
+        answer = search(app, index=index, name="ukbench00004.jpg", target=[f"{index}:sift-sv"]).json()
+        name = names(answer["searches"][0])[1]
+        matches.append(app.get(f"/api/queries/{answer['query']['id']}/match",
+                               params={"target": f"{index}:sift-sv", "name": name}).json())
+    assert matches[0]["kind"] == "lines" and matches[0]["name"] == matches[1]["name"]
+    assert {k: matches[0][k] for k in ("query_points", "result_points", "outline")} == \
+        {k: matches[1][k] for k in ("query_points", "result_points", "outline")}
+    drawn = tmp_path / "drawn.png"
+    assert main(["query", os.path.join(ukbench_root, "ukbench00004.jpg"), "--index", str(tmp_path / "sharded"),
+                 "--search", "sift-sv", "--draw", str(drawn), "--cache", feature_cache_dir]) == 0
+    assert Image.open(drawn).size[0] > 300
+    capsys.readouterr()
