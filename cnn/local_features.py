@@ -8,6 +8,7 @@ and re-ranking code then treat it like any other local feature.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from bovw.features import LocalFeatures
@@ -33,9 +34,19 @@ def conv_local_features(local_map: np.ndarray, stride: float, image_size: tuple)
 
 def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions(),
                           device: str = "auto") -> LocalFeatures:
-    """Local conv features of an (h, w, 3) uint8 RGB image; keypoints in its pixels
-    (the stride shrinks accordingly when the backbone up-scales the image)."""
+    """Local conv features of an (h, w, 3) uint8 RGB image at each of ``options.scales``; keypoints
+    (x, y and the stride as scale) in its pixels (the stride shrinks accordingly when the image is
+    up-scaled, by a scale above 1 or by the backbone)."""
     backbone = get_backbone(options.backbone, device)
-    local_map = backbone.feature_maps(image)["local"]
-    scale = backbone.input_size(*image.shape[:2])[0] / image.shape[0]
-    return conv_local_features(local_map, STRIDES["local"] / scale, image.shape[:2])
+    height, width = image.shape[:2]
+    keypoints, descriptors = [], []
+    for scale in options.scales:
+        scaled = image if scale == 1 else cv2.resize(
+            image, (max(1, round(width * scale)), max(1, round(height * scale))),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        seen = backbone.input_size(*scaled.shape[:2])[0] / height  # network input pixels per image pixel
+        local_map = backbone.feature_maps(scaled)["local"]
+        features = conv_local_features(local_map, STRIDES["local"] / seen, (height, width))
+        keypoints.append(features.keypoints)
+        descriptors.append(features.descriptors)
+    return LocalFeatures(np.concatenate(keypoints), np.concatenate(descriptors), (height, width))

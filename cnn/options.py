@@ -45,14 +45,23 @@ class ConvLocalOptions:
 
     Attributes:
         backbone: network and input size.
+        scales: image scales the network sees (HOW's multi-scale extraction): the positions of
+            every scale's map are features, keypoints in the pixels of the image as given.
     """
 
     backbone: BackboneOptions = BackboneOptions()
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))  # a list when read from JSON
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"conv feature scales must be positive (got {self.scales})")
 
     @property
     def key(self) -> str:
         """Feature-cache key of these settings."""
-        return f"convlocal-v1-{self.backbone.key}"
+        scales = "" if self.scales == (1.0,) else "-scales" + "-".join(f"{s:g}" for s in self.scales)
+        return f"convlocal-v1-{self.backbone.key}{scales}"
 
     @property
     def image(self) -> ImageOptions:

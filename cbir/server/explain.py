@@ -124,23 +124,28 @@ def _single_word_pairs(query_words: np.ndarray, words: np.ndarray) -> tuple[np.n
 
 
 def _explain_cells(index: RetrievalIndex, prepared: LocalQuery, keypoints, words, size, frame, frame_size) -> dict:
-    stride = float(keypoints[0, 2]) if len(keypoints) else 0.0
     common = np.isin(words, prepared.words)
-    cells = np.c_[keypoints[common, :2] - stride / 2, keypoints[common, :2] + stride / 2] / np.r_[size, size]
-    query_common = np.isin(prepared.words[:, 0], words)
-    query_cells = np.c_[prepared.keypoints[query_common, :2] - stride / 2,
-                        prepared.keypoints[query_common, :2] + stride / 2]
+    cells = _cells(keypoints[common]) / np.r_[size, size]
+    query_cells = _cells(prepared.keypoints[np.isin(prepared.words[:, 0], words)])
     query_boxes = np.c_[_to_frame(query_cells[:, :2], frame, frame_size),
                         _to_frame(query_cells[:, 2:], frame, frame_size)]
     facts = {"kind": "cells", "summary": f"{int(common.sum())} of {len(words)} conv cells carry a word of the query",
              "result_boxes": _rounded(cells[:MAX_PAIRS]), "query_boxes": _rounded(query_boxes[:MAX_PAIRS])}
+    if index.pipeline.build.conv.scales != (1.0,):  # several grids: no window of one map
+        return facts
     score, window = best_window(*index.inverted_file.query_vector(prepared.words), index.inverted_file.idf,
                                 keypoints, words)
     if window is not None:
         y0, x0, y1, x1 = window
-        facts["window"] = _rounded(np.array([x0, y0, x1, y1]) * stride / np.r_[size, size])
+        facts["window"] = _rounded(np.array([x0, y0, x1, y1]) * keypoints[0, 2] / np.r_[size, size])
         facts["summary"] += f"; best window scores {score:.3f}"
     return facts
+
+
+def _cells(keypoints: np.ndarray) -> np.ndarray:
+    """(n, 4) x0, y0, x1, y1 pixels of the conv cells at (n, 4) grid keypoints (their scale is the stride)."""
+    half = keypoints[:, 2:3] / 2
+    return np.c_[keypoints[:, :2] - half, keypoints[:, :2] + half]
 
 
 def _explain_regions(index: GlobalIndex, prepared: GlobalQuery, result: SearchResult, path: str) -> dict:

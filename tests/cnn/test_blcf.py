@@ -67,3 +67,29 @@ def test_signatures_on_conv_words_rank_better_than_plain_blcf(name, blcf_parts, 
     index_dataset(index, ukbench_subset, n_jobs=2, progress=False)
     plain = run_queries(blcf_index, ukbench_subset, progress=False).scores["N-S"]
     assert run_queries(index, ukbench_subset, progress=False).scores["N-S"] >= plain + 0.05
+
+
+def test_multi_scale_words_of_an_image_and_its_half_size_copy_overlap(blcf_parts, data_dir):
+    """With scales (1, 0.5) the image's half-scale map is its half-size copy's full-scale map: the
+    same positions (in each image's pixels) carry the same words, and the two bags share more words
+    than single-scale bags do."""
+    import collections
+
+    import cv2
+
+    from cnn.options import ConvLocalOptions
+    _, whitening, vocabulary, _ = blcf_parts
+    image = load_image(os.path.join(data_dir, "ukbench", "ukbench00008.jpg"), ImageOptions(), color=True)
+    half = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    shared = {}
+    for scales in ((1.0,), (1.0, 0.5)):
+        options = ConvLocalOptions(scales=scales)
+        features = [conv_local_from_image(picture, options) for picture in (image, half)]
+        words = [vocabulary.quantize(whitening.apply(f.descriptors)) for f in features]
+        common = collections.Counter(words[0].tolist()) & collections.Counter(words[1].tolist())
+        shared[scales] = sum(common.values()) / len(words[1])
+    coarse = features[0].keypoints[:, 2] == 32  # the image's half-scale positions: stride 32 of its pixels
+    copy = features[1].keypoints[:, 2] == 16    # the copy's full-scale positions
+    assert np.allclose(features[0].keypoints[coarse, :2], features[1].keypoints[copy, :2] * 2, atol=1)
+    assert np.mean(words[0][coarse] == words[1][copy]) > 0.9
+    assert shared[(1.0, 0.5)] > shared[(1.0,)] + 0.05
