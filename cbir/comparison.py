@@ -46,7 +46,12 @@ def run_method(label: str, index, dataset: Dataset, options=None, progress: bool
     result = run_queries(index, dataset, options, progress=progress)
     per_image = index.info()["bytes_per_image"]
     return MethodRun(label, result, np.asarray(dataset.per_query(result.rankings), np.float64),
-                     sum(v for k, v in per_image.items() if k.startswith(COLLECTION_PARTS)))
+                     sum(v for k, v in per_image.items() if _unsharded(k).startswith(COLLECTION_PARTS)))
+
+
+def _unsharded(key: str) -> str:
+    """A saved array's key without the shard prefix of a sharded index (``shard0001.images.words``)."""
+    return key.split(".", 1)[1] if key.startswith("shard") else key
 
 
 def write_report(directory: str, dataset: Dataset, a: MethodRun, b: MethodRun, image_path: Callable[[str], str],

@@ -191,6 +191,8 @@ def build_distributed(index: RetrievalIndex, paths: Sequence[str], output: str, 
     work = output.rstrip(os.sep) + ".parts"
     template = os.path.join(work, "template")
     index.empty_like().save(template)
+    if n_shards > 1:  # shards are made of whole partitions: at least one partition per shard
+        partition_size = min(partition_size, max(1, -(-len(todo) // n_shards)))
     parts = [todo[start:start + partition_size] for start in range(0, len(todo), partition_size)]
     directories = [os.path.join(work, f"part-{position:05d}") for position in range(len(parts))]
     build = uuid.uuid4().hex[:8]

@@ -174,6 +174,9 @@ class ShardedIndex(SearchableIndex):
         return len(prepared.words) == 0
 
     def _rank(self, prepared: LocalQuery, options: SearchOptions, top_k: int | None, n_jobs: int):
+        if options.hamming is not None and options.hamming.inter_image:
+            raise ValueError("inter-image burstiness weighs each query feature by the images it votes for in the "
+                             "whole collection; a sharded index does not gather those counts: search a merged index")
         files = [shard.inverted_file for shard in self.shards]
         wanted = len(self) if top_k is None else min(top_k, len(self))
         count = max(wanted, options.shortlist)

@@ -117,8 +117,14 @@ def test_cbir_index_on_the_cluster(client, holidays_index, holidays_paths, small
     assert "20 images (20 added) in 2 shards" in capsys.readouterr().out
     assert main(["index", *holidays_paths[20:], "-o", output, "--add", "--scheduler", client.scheduler.address,
                  "--cache", feature_cache_dir]) == 1  # a sharded index grows through add_images, not the cluster
+    assert "cannot be built that way (drop --scheduler)" in capsys.readouterr().err
     assert main(["index", *holidays_paths[:4], "-o", str(tmp_path / "asmk"), "--method", "sift-asmk", "--shards", "2",
-                 "--cache", feature_cache_dir]) == 1  # refused before any work: ASMK* does not shard
+                 "--vocab", str(tmp_path / "vocab"), "--cache", feature_cache_dir]) == 1
+    assert "do not shard" in capsys.readouterr().err  # refused before any work
     built = load_index(output)
     assert built.info()["images_per_shard"] == [12, 8]
+    three = str(tmp_path / "three")  # one default partition would make one shard: partitions shrink to fit
+    assert main(["index", *holidays_paths[:20], "-o", three, "--vocab", str(tmp_path / "vocab"), "--scheduler",
+                 client.scheduler.address, "--shards", "3", "--cache", feature_cache_dir]) == 0
+    assert load_index(three).info()["images_per_shard"] == [7, 7, 6]
     assert len(built) == 20 and built.search(holidays_paths[3], top_k=1)[0].name == os.path.basename(holidays_paths[3])

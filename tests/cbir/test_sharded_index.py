@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex
 from cbir.searchable import load_index
 from cbir.sharded_index import ShardedIndex
@@ -44,6 +45,10 @@ def test_hamming_embedding_shards_rank_as_the_merged_index(holidays_paths, ukben
     merged.remove(holidays_paths[10:12])
     sharded.remove(holidays_paths[10:12])
     assert rankings(sharded, queries, "sift-he-sv-qe") == rankings(merged, queries, "sift-he-sv-qe")
+    he = get_pipeline("sift-he").search
+    inter_image = dataclasses.replace(he, hamming=dataclasses.replace(he.hamming, inter_image=True))
+    with pytest.raises(ValueError, match="inter-image burstiness"):  # its counts span the whole collection
+        sharded.search(queries[0], options=inter_image)
 
 
 def test_after_removing_and_adding_the_shards_share_the_new_statistics(merged, holidays_paths, data_dir):
