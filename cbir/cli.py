@@ -173,6 +173,8 @@ def cmd_index(args) -> None:
                              f"(drop --method {args.method})")
         if args.root is not None:
             raise UsageError(f"{args.output} names its images relative to {index.root}; --add keeps it (drop --root)")
+        if args.shards > 1:
+            raise UsageError(f"--shards splits a new index; --add keeps {args.output} as it is (drop --shards)")
     else:
         pipeline = get_pipeline(args.method or "sift-bow")
         if args.shards > 1 and (pipeline.kind == "fusion" or pipeline.search.diffusion is not None

@@ -128,3 +128,13 @@ def test_cbir_index_on_the_cluster(client, holidays_index, holidays_paths, small
                  client.scheduler.address, "--shards", "3", "--cache", feature_cache_dir]) == 0
     assert load_index(three).info()["images_per_shard"] == [7, 7, 6]
     assert len(built) == 20 and built.search(holidays_paths[3], top_k=1)[0].name == os.path.basename(holidays_paths[3])
+
+
+def test_cbir_index_add_refuses_shards(holidays_paths, small_vocabulary, feature_cache_dir, tmp_path, capsys):
+    save_vocabulary(small_vocabulary, str(tmp_path / "vocab"), "sift-bow")
+    output = str(tmp_path / "index")
+    assert main(["index", *holidays_paths[:3], "-o", output, "--vocab", str(tmp_path / "vocab"),
+                 "--cache", feature_cache_dir]) == 0
+    assert main(["index", *holidays_paths[3:5], "-o", output, "--add", "--shards", "2",
+                 "--cache", feature_cache_dir]) == 1
+    assert "--add keeps" in capsys.readouterr().err and len(load_index(output)) == 3
