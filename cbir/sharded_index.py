@@ -39,7 +39,7 @@ from index.names import ImageNames
 from index.persistence import MANIFEST, IndexFormatError, load_arrays, read_manifest, save_arrays
 from index.ranking import LocalQuery, RankedImage, local_scores, rank_global, rerank_local, shortlist
 from index.search_options import SearchOptions
-from index.shard_views import ShardedDense, ShardedImages, ShardedPostings
+from index.shard_views import ShardedDense, ShardedImages, ShardedPostings, shard_of
 
 SHARDED_VERSION = 1
 
@@ -111,7 +111,7 @@ class ShardedIndex(SearchableIndex):
     def owner(self, slot: int) -> tuple[SearchableIndex, int]:
         """(the shard holding the collection's image ``slot``, the image's slot in that shard)."""
         starts = self._starts()
-        shard = int(np.searchsorted(starts, slot, side="right")) - 1
+        shard = shard_of(starts, slot)
         return self.shards[shard], int(slot - starts[shard])
 
     def share_statistics(self) -> None:

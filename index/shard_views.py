@@ -21,7 +21,28 @@ from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 
 
-class ShardedPostings:
+def shard_of(starts: np.ndarray, slots):
+    """Shard of each collection slot, given the (n_shards + 1,) first slot of each shard and the
+    image count: an int for one slot, an (m,) int64 array for an array of slots."""
+    shards = np.searchsorted(starts, np.asarray(slots, np.int64), side="right") - 1
+    return int(shards) if np.ndim(shards) == 0 else shards
+
+
+class _ShardView:
+    """Stores of several shards read as one: ``parts`` in shard order, ``starts`` (n_shards + 1,)
+    the first collection slot of each, then the image count."""
+
+    def __init__(self, parts: Sequence, sizes: Sequence[int]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + list(sizes))
+
+    def locate(self, slot: int) -> tuple[object, int]:
+        """(the part of the shard owning collection slot ``slot``, the slot there)."""
+        shard = shard_of(self.starts, slot)
+        return self.parts[shard], int(slot - self.starts[shard])
+
+
+class ShardedPostings(_ShardView):
     """The shards' inverted files read as one.
 
     Args:
@@ -29,16 +50,10 @@ class ShardedPostings:
     """
 
     def __init__(self, parts: Sequence[InvertedFile]):
-        self.parts = list(parts)
-        self.starts = np.cumsum([0] + [part.n_images for part in self.parts])
+        super().__init__(parts, [part.n_images for part in parts])
         self.n_words = self.parts[0].n_words
         self.n_images = int(self.starts[-1])
         self.idf = self.parts[0].idf
-
-    def locate(self, slot: int) -> tuple[InvertedFile, int]:
-        """(the inverted file of the shard owning collection slot ``slot``, the slot there)."""
-        shard = int(np.searchsorted(self.starts, slot, side="right")) - 1
-        return self.parts[shard], int(slot - self.starts[shard])
 
     def query_vector(self, words: np.ndarray, weights: np.ndarray | None = None):
         """L2-normalised tf-idf vector of a query under the collection's idf: (unique words, values)."""
@@ -49,7 +64,7 @@ class ShardedPostings:
         return np.concatenate([part.vector_scores(words, values) for part in self.parts])
 
 
-class ShardedImages:
+class ShardedImages(_ShardView):
     """The shards' image stores read as one.
 
     Args:
@@ -57,16 +72,15 @@ class ShardedImages:
     """
 
     def __init__(self, parts: Sequence[ImageStore]):
-        self.parts = list(parts)
-        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+        super().__init__(parts, [len(part) for part in parts])
 
     def features(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """(keypoints (n, 4) float32, words (n,) int32) of collection slot ``slot``, from the shard owning it."""
-        shard = int(np.searchsorted(self.starts, slot, side="right")) - 1
-        return self.parts[shard].features(int(slot - self.starts[shard]))
+        part, local = self.locate(slot)
+        return part.features(local)
 
 
-class ShardedDense:
+class ShardedDense(_ShardView):
     """The shards' dense descriptor indexes read as one (what ``rank_global`` reads but the graph).
 
     Args:
@@ -74,14 +88,10 @@ class ShardedDense:
     """
 
     def __init__(self, parts: Sequence[DenseIndex]):
-        self.parts = list(parts)
-        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+        super().__init__(parts, [len(part) for part in parts])
 
     def __len__(self) -> int:
         return int(self.starts[-1])
-
-    def _locate(self, slots: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.starts, np.asarray(slots, np.int64), side="right") - 1
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(n,) float32 inner products with a (d,) query, shard after shard."""
@@ -90,7 +100,7 @@ class ShardedDense:
     def vectors_of(self, slots: np.ndarray) -> np.ndarray:
         """(len(slots), d) float32 vectors of collection slots ``slots``, each from its shard."""
         slots = np.asarray(slots, np.int64)
-        shards = self._locate(slots)
+        shards = shard_of(self.starts, slots)
         return np.stack([self.parts[shard].vectors_of([slot - self.starts[shard]])[0]
                          for shard, slot in zip(shards, slots)]) if len(slots) else self.parts[0].vectors_of([])
 
@@ -99,4 +109,4 @@ class ShardedDense:
         ``DenseIndex.region_scores``)."""
         slots = np.asarray(slots, np.int64)
         return np.array([self.parts[shard].region_scores(query, [slot - self.starts[shard]])[0]
-                         for shard, slot in zip(self._locate(slots), slots)], np.float32)
+                         for shard, slot in zip(shard_of(self.starts, slots), slots)], np.float32)
