@@ -177,10 +177,10 @@ def cmd_index(args) -> None:
             raise UsageError(f"--shards splits a new index; --add keeps {args.output} as it is (drop --shards)")
     else:
         pipeline = get_pipeline(args.method or "sift-bow")
-        if args.shards > 1 and (pipeline.kind == "fusion" or pipeline.search.diffusion is not None
-                                or pipeline.kind == "local" and pipeline.build.asmk):
-            raise UsageError(f"{pipeline.name} indexes do not shard (fusion, diffusion and ASMK* pipelines do not); "
-                             f"drop --shards")
+        if args.shards > 1:
+            from cbir.sharded_index import UNSHARDABLE, shards_like_merged
+            if not shards_like_merged(pipeline):
+                raise UsageError(f"{pipeline.name} indexes do not shard ({UNSHARDABLE}); drop --shards")
         _warn_if_learned_on_indexed(args, paths)
         index = _new_index(args, pipeline)
         _warn_if_model_saw(args, paths)

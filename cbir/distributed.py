@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from bovw.extraction import ExtractionReport
 from cbir.retrieval_index import RetrievalIndex
 from cbir.searchable import name_map, part_arrays
-from cbir.sharded_index import ShardedIndex, commit_shards, shard_names
+from cbir.sharded_index import UNSHARDABLE, ShardedIndex, commit_shards, shard_names, shards_like_merged
 from index.image_store import ImageStore
 from index.inverted_file import InvertedFile
 from index.names import ImageNames
@@ -177,8 +177,8 @@ def build_distributed(index: RetrievalIndex, paths: Sequence[str], output: str, 
     """
     if len(index) and n_shards != 1:
         raise ValueError("a sharded build starts from an empty index; add to a sharded index with add_images")
-    if n_shards != 1 and index.asmk is not None:
-        raise ValueError(f"{index.pipeline.name} indexes do not shard (ASMK* ranking is not routed across shards)")
+    if n_shards != 1 and not shards_like_merged(index.pipeline):
+        raise ValueError(f"{index.pipeline.name} indexes do not shard ({UNSHARDABLE})")
     paths = [str(p) for p in paths]
     name_of = name_map(paths, names if names is not None or index.root is None else [index.name_for(p) for p in paths])
     report, todo, seen = ExtractionReport(), [], set(index.names)

@@ -44,6 +44,18 @@ from index.shard_views import ShardedDense, ShardedImages, ShardedPostings, shar
 SHARDED_VERSION = 1
 
 
+#: What does not shard, as users are told.
+UNSHARDABLE = "fusion, diffusion and ASMK* pipelines do not"
+
+
+def shards_like_merged(pipeline: Pipeline) -> bool:
+    """Whether indexes of ``pipeline`` rank across shards exactly as one merged index (not fusion, whose
+    parts are searched together; not diffusion, on the whole collection's graph; not ASMK*, whose
+    ranking is not routed across shards)."""
+    return pipeline.kind != "fusion" and pipeline.search.diffusion is None and \
+        not (pipeline.kind == "local" and pipeline.build.asmk)
+
+
 class ShardedIndex(SearchableIndex):
     """Local-feature shards searched as one index, with exactly the merged index's ranking and scores.
 
@@ -69,7 +81,8 @@ class ShardedIndex(SearchableIndex):
         if not isinstance(first, self.SHARD_CLASS):
             raise ValueError(f"a {type(self).__name__} holds {self.SHARD_CLASS.__name__} shards, not "
                              f"{type(first).__name__}")
-        self._refuse_unshardable(first)
+        if not shards_like_merged(first.pipeline):
+            raise ValueError(f"{first.pipeline.name} indexes do not shard ({UNSHARDABLE}); build one merged index")
         for position, shard in enumerate(shards[1:], 1):
             if not first.built_like(shard):
                 raise ValueError(f"shard {position} has another pipeline, root or learned parts than shard 0")
@@ -81,13 +94,6 @@ class ShardedIndex(SearchableIndex):
         self.names = ImageNames([name for shard in self.shards for name in shard.names])
         self._statistics_stale = True
         self.share_statistics()
-
-    @staticmethod
-    def _refuse_unshardable(shard: RetrievalIndex) -> None:
-        """ValueError when ``shard``'s pipeline cannot be ranked across shards."""
-        if shard.asmk is not None:
-            raise ValueError(f"{shard.pipeline.name} indexes do not shard (ASMK* ranking is not routed across "
-                             f"shards); build one merged index")
 
     @classmethod
     def split(cls, index: SearchableIndex, n_shards: int) -> "ShardedIndex":
@@ -273,18 +279,9 @@ class ShardedGlobalIndex(ShardedIndex):
     QUERY_TYPE = GlobalQuery
     SHARD_CLASS = GlobalIndex
 
-    @staticmethod
-    def _refuse_unshardable(shard: GlobalIndex) -> None:
-        if shard.pipeline.search.diffusion is not None:
-            raise ValueError(f"{shard.pipeline.name} diffuses on the whole collection's graph: it does not shard; "
-                             f"build one merged index")
-
     def share_statistics(self) -> None:
         """Nothing to share: inner products of global descriptors need no collection statistics."""
         self._statistics_stale = False
-
-    def prepare_query(self, query, box=None, options: SearchOptions | str | None = None) -> GlobalQuery:
-        return self.shards[0].prepare_query(query, box, self.search_options(options))
 
     def _is_empty_query(self, prepared: GlobalQuery) -> bool:
         return False
