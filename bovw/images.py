@@ -123,8 +123,34 @@ def load_image(path: str, options: ImageOptions = ImageOptions(), color: bool = 
     if not reduced:
         return resize_to_max_side(array, options.max_side)
     # The size a full decode would be resized to: from the declared size, turned upright.
-    upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
-    return cv2.resize(array, _scaled_size(*upright, options.max_side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(array, _scaled_size(*_upright(width, height, orientation), options.max_side),
+                      interpolation=cv2.INTER_AREA)
+
+
+def upright_size(path: str) -> tuple[int, int]:
+    """(width, height) in pixels of an image file as ``load_image`` turns it upright (EXIF orientation),
+    from its header alone: nothing is decoded.
+
+    Raises:
+        ImageReadError: missing file or not an image.
+    """
+    path = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _upright(*img.size, img.getexif().get(ORIENTATION, 1))
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file (no image format Pillow reads)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(path, f"corrupt image header ({exc})") from exc
+
+
+def _upright(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) of an image stored as (width, height) once turned by its EXIF ``orientation``."""
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
 #: EXIF tag of the orientation.

@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from bovw.images import ImageOptions, ImageReadError, load_image, resize_to_max_side
+from bovw.images import ImageOptions, ImageReadError, load_image, resize_to_max_side, upright_size
 from cbir.searchable import parse_box
 from cbir.server.explain import explain
 from cbir.server.served import (IMAGE_SIDES, ServedIndex, encode_jpeg, image_side, jpeg_of, load_served,
@@ -222,9 +222,9 @@ def create_app(served: dict[str, ServedIndex], max_upload_bytes: int = 20 * 2 **
         benchmark_query = served_index.benchmark_query(name)
         path = served_index.path_of(name) if name in served_index.index or benchmark_query is None \
             else benchmark_query.path
-        height, width = load_image(path, ImageOptions(max_side=0), color=False).shape[:2]
-        key, box = os.path.realpath(path).encode(), clipped(box, (width, height))
-        return QuerySession(session_id(key, box), key, f"{served_index.id}/{name}", path, (width, height), box)
+        size = upright_size(path)  # the header: an indexed image was checked when it was indexed
+        key, box = os.path.realpath(path).encode(), clipped(box, size)
+        return QuerySession(session_id(key, box), key, f"{served_index.id}/{name}", path, size, box)
 
     @app.get("/api/queries/{query_id}/results")
     def results(query_id: str, target: str, offset: int = Query(0, ge=0, lt=MAX_RANKED),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bovw.images import ImageOptions, ImageReadError, load_image
+from bovw.images import ImageOptions, ImageReadError, load_image, upright_size
 
 
 @pytest.fixture
@@ -46,6 +46,9 @@ def test_exif_orientation_is_applied(photo, tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     img.save(tmp_path / "rotated.jpg", exif=exif)
     assert load_image(str(tmp_path / "rotated.jpg")).shape == photo.shape[1::-1][:2]
+    assert upright_size(str(tmp_path / "rotated.jpg")) == photo.shape[:2]  # (width, height) of the turned photo
+    with pytest.raises(ImageReadError, match="no such file"):
+        upright_size(str(tmp_path / "missing.jpg"))
 
 
 @pytest.mark.parametrize("make,reason", [
