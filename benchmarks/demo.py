@@ -17,7 +17,7 @@ import numpy as np
 from cbir.build import build_index
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
-from cbir.retrieval_index import load_vocabulary, save_vocabulary
+from cbir.retrieval_index import load_vocabulary_for, save_vocabulary
 from cbir.searchable import load_index
 from index.datasets import holidays, ukbench
 from index.persistence import MANIFEST
@@ -36,13 +36,21 @@ def dataset_index(pipeline, dataset, datasets, other, work, cache, jobs):
         shape = f"{pipeline.build.vocabulary.branching}x{pipeline.build.vocabulary.depth}"
         directory = os.path.join(work, f"index-sift-{shape}{'-he' if pipeline.build.hamming else ''}-{dataset.name}")
     if os.path.exists(os.path.join(directory, MANIFEST)):
-        return load_index(directory, cache_dir=cache)
+        index = load_index(directory, cache_dir=cache)
+        if index.serves(pipeline):
+            return index
+        print(f"{directory} was built otherwise than today's {pipeline.name} (an older engine): building it again")
     if pipeline.kind == "global":
         index = build_index(pipeline, whiten_paths=other.database_paths, cache_dir=cache, n_jobs=jobs)
     else:
         paths = [p for d in datasets for p in d.database_paths]
         vocab_dir = os.path.join(work, f"vocabulary-sift-{shape}")
-        vocabulary = load_vocabulary(vocab_dir) if os.path.exists(os.path.join(vocab_dir, MANIFEST)) else None
+        vocabulary = None
+        if os.path.exists(os.path.join(vocab_dir, MANIFEST)):
+            try:
+                vocabulary = load_vocabulary_for(vocab_dir, pipeline)
+            except ValueError as exc:
+                print(f"{exc}: training it again")
         if vocabulary is None:
             print(f"training a {pipeline.build.vocabulary.n_words}-word vocabulary on {len(paths)} images "
                   f"(Holidays + UKBench)")
@@ -50,7 +58,7 @@ def dataset_index(pipeline, dataset, datasets, other, work, cache, jobs):
         index = build_index(pipeline, vocabulary, train_paths=paths, cache_dir=cache, n_jobs=jobs)
         if vocabulary is None:
             print(f"  {time.perf_counter() - start:.0f} s")
-            save_vocabulary(index.vocabulary, vocab_dir)
+            save_vocabulary(index.vocabulary, vocab_dir, pipeline)
     index_dataset(index, dataset, n_jobs=jobs)
     index.save(directory)
     return index
