@@ -46,6 +46,7 @@ class QuerySession:
         size: (width, height) of the image as given, the frame of ``box``.
         box: (x0, y0, x1, y1) pixels of that image, or None.
         rankings: (index id, pipeline) -> Ranking.
+        frames: index id -> what ``frame`` returns.
     """
 
     id: str
@@ -55,6 +56,7 @@ class QuerySession:
     size: tuple[int, int]
     box: tuple | None = None
     rankings: dict = field(default_factory=dict)
+    frames: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def describe(self) -> dict:
@@ -83,11 +85,14 @@ class QuerySession:
 
     def frame(self, served: ServedIndex) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
         """(normalised part of the query image its keypoints refer to, that part's (width, height)
-        in pixels as extracted) for ``served``'s index."""
-        frame = query_frame(served.index, self.box, self.size)
-        index = getattr(served.index, "local", served.index)
-        extracted = index.query_image(self.source, self.box if frame != (0.0, 0.0, 1.0, 1.0) else None)
-        return frame, (extracted.shape[1], extracted.shape[0])
+        in pixels as extracted) for ``served``'s index (the image is decoded once per index)."""
+        with self._lock:
+            if served.id not in self.frames:
+                frame = query_frame(served.index, self.box, self.size)
+                index = getattr(served.index, "local", served.index)
+                extracted = index.query_image(self.source, self.box if frame != (0.0, 0.0, 1.0, 1.0) else None)
+                self.frames[served.id] = frame, (extracted.shape[1], extracted.shape[0])
+            return self.frames[served.id]
 
 
 def session_id(key: bytes, box) -> str:
