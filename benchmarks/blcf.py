@@ -37,6 +37,8 @@ def parse_args():
     parser.add_argument("--whitening-dim", type=int, help="PCA-whitening dimensions (default: the pipeline's, 256)")
     parser.add_argument("--scales", help="image scales of the conv features, e.g. 1.414,1,0.707 (default: 1; "
                                          "local search needs one scale: leave blcf-ls out of --variants)")
+    parser.add_argument("--max-features", type=int, help="keep the positions of largest activation norm, this many "
+                                                         "per image (HOW's attention; default: all)")
     parser.add_argument("--variants", default="blcf,blcf-ls,blcf-he,blcf-asmk", help="pipelines (comma-separated)")
     parser.add_argument("--jobs", type=int, default=2, help="images processed in parallel")
     parser.add_argument("--name", default="blcf", help="result file name under benchmarks/results")
@@ -55,8 +57,11 @@ def main():
     if args.whitening_dim:
         changes["local_whitening_dim"] = args.whitening_dim
     base = get_pipeline("blcf")
-    if args.scales:
-        changes["conv"] = dataclasses.replace(base.build.conv, scales=tuple(float(s) for s in args.scales.split(",")))
+    conv = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
+    if args.max_features:
+        conv["max_features"] = args.max_features
+    if conv:
+        changes["conv"] = dataclasses.replace(base.build.conv, **conv)
     blcf = dataclasses.replace(base, build=dataclasses.replace(base.build, **changes),
                                search=dataclasses.replace(base.search, **search_changes))
     variants = {name: dataclasses.replace(get_pipeline(name), search=dataclasses.replace(
@@ -68,7 +73,9 @@ def main():
                                local_feature_cache(build, args.cache), n_jobs=args.jobs, verbose=False):
             pass
     lines = [f"Local features: {build.conv.backbone.name} block-11 expansion conv (672-d, stride 16) at image "
-             f"scales {', '.join(f'{s:g}' for s in build.conv.scales)}, "
+             f"scales {', '.join(f'{s:g}' for s in build.conv.scales)}"
+             + (f" (the {build.conv.max_features} of largest activation norm kept per image)"
+                if build.conv.max_features else "") + ", "
              f"PCA-whitened to {build.local_whitening_dim} dims; vocabulary {build.vocabulary.n_words} words "
              f"({build.vocabulary.branching}^{build.vocabulary.depth}), {blcf.search.query_assignments} words per "
              f"query position; whitening and vocabulary learned on the other dataset.", "",

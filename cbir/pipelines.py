@@ -201,8 +201,9 @@ def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options:
         raise ValueError("ASMK* settings are needed exactly for ASMK* indexes")
     if options.asmk is not None and options.expansion is not None:
         raise ValueError("query expansion is not implemented for ASMK* indexes")
-    if options.window_search and (build.conv is None or build.conv.scales != (1.0,)):
-        raise ValueError("window search needs conv-map features on one grid (a single-scale BLCF index)")
+    if options.window_search and (build.conv is None or not build.conv.one_grid):
+        raise ValueError("window search needs every conv-map position of one grid (a single-scale BLCF index "
+                         "without attention selection)")
 
 
 #: Features of every SIFT pipeline: RootSIFT with a detector threshold 8x below OpenCV's 0.04. The

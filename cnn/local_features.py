@@ -32,14 +32,23 @@ def conv_local_features(local_map: np.ndarray, stride: float, image_size: tuple)
     return LocalFeatures(keypoints, descriptors, image_size)
 
 
+def strongest(norms: np.ndarray, count: int | None) -> np.ndarray:
+    """Indices of the ``count`` largest ``norms`` (ties: the earlier first), in increasing order;
+    every index when ``count`` is None or not below ``len(norms)``."""
+    if count is None or count >= len(norms):
+        return np.arange(len(norms))
+    return np.sort(np.argsort(-norms, kind="stable")[:count])
+
+
 def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLocalOptions(),
                           device: str = "auto") -> LocalFeatures:
     """Local conv features of an (h, w, 3) uint8 RGB image at each of ``options.scales``; keypoints
     (x, y and the stride as scale) in its pixels (the stride shrinks accordingly when the image is
-    up-scaled, by a scale above 1 or by the backbone)."""
+    up-scaled, by a scale above 1 or by the backbone). With ``options.max_features``, only the
+    positions of largest activation norm over all scales are kept, in extraction order."""
     backbone = get_backbone(options.backbone, device)
     height, width = image.shape[:2]
-    keypoints, descriptors = [], []
+    keypoints, descriptors, norms = [], [], []
     for scale in options.scales:
         scaled = image if scale == 1 else cv2.resize(
             image, (max(1, round(width * scale)), max(1, round(height * scale))),
@@ -49,4 +58,6 @@ def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLoc
         features = conv_local_features(local_map, STRIDES["local"] / seen, (height, width))
         keypoints.append(features.keypoints)
         descriptors.append(features.descriptors)
-    return LocalFeatures(np.concatenate(keypoints), np.concatenate(descriptors), (height, width))
+        norms.append(np.linalg.norm(local_map.reshape(local_map.shape[0], -1), axis=0))
+    keep = strongest(np.concatenate(norms), options.max_features)
+    return LocalFeatures(np.concatenate(keypoints)[keep], np.concatenate(descriptors)[keep], (height, width))

@@ -47,21 +47,33 @@ class ConvLocalOptions:
         backbone: network and input size.
         scales: image scales the network sees (HOW's multi-scale extraction): the positions of
             every scale's map are features, keypoints in the pixels of the image as given.
+        max_features: keep only this many positions of an image, those whose activation vector
+            has the largest L2 norm over all scales (HOW's attention: strong activations mark
+            the object, weak ones flat background); None keeps every position.
     """
 
     backbone: BackboneOptions = BackboneOptions()
     scales: tuple[float, ...] = (1.0,)
+    max_features: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))  # a list when read from JSON
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"conv feature scales must be positive (got {self.scales})")
+        if self.max_features is not None and self.max_features < 1:
+            raise ValueError(f"max_features must be at least 1 (got {self.max_features})")
+
+    @property
+    def one_grid(self) -> bool:
+        """Every position of one map is a feature (what window search needs)."""
+        return self.scales == (1.0,) and self.max_features is None
 
     @property
     def key(self) -> str:
         """Feature-cache key of these settings."""
         scales = "" if self.scales == (1.0,) else "-scales" + "-".join(f"{s:g}" for s in self.scales)
-        return f"convlocal-v1-{self.backbone.key}{scales}"
+        top = "" if self.max_features is None else f"-top{self.max_features}"
+        return f"convlocal-v1-{self.backbone.key}{scales}{top}"
 
     @property
     def image(self) -> ImageOptions:

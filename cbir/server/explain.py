@@ -131,7 +131,7 @@ def _explain_cells(index: RetrievalIndex, prepared: LocalQuery, keypoints, words
                         _to_frame(query_cells[:, 2:], frame, frame_size)]
     facts = {"kind": "cells", "summary": f"{int(common.sum())} of {len(words)} conv cells carry a word of the query",
              "result_boxes": _rounded(cells[:MAX_PAIRS]), "query_boxes": _rounded(query_boxes[:MAX_PAIRS])}
-    if index.pipeline.build.conv.scales != (1.0,):  # several grids: no window of one map
+    if not index.pipeline.build.conv.one_grid:  # several grids or selected positions: no window of one map
         return facts
     score, window = best_window(*index.inverted_file.query_vector(prepared.words), index.inverted_file.idf,
                                 keypoints, words)

@@ -45,9 +45,13 @@ def test_options_an_index_cannot_apply_are_named():
         check_search_options(local, SearchOptions(region_rerank=10))
     with pytest.raises(ValueError, match="Hamming matching settings are needed exactly"):
         check_search_options(he, SearchOptions())
-    with pytest.raises(ValueError, match="window search needs conv-map features"):
+    with pytest.raises(ValueError, match="window search needs every conv-map position of one grid"):
         check_search_options(local, SearchOptions(window_search=5))
     check_search_options(conv, SearchOptions(window_search=5))
+    for selected in ({"max_features": 100}, {"scales": (1.0, 0.5)}):
+        build = dataclasses.replace(conv, conv=dataclasses.replace(conv.conv, **selected))
+        with pytest.raises(ValueError, match="window search needs every conv-map position of one grid"):
+            check_search_options(build, SearchOptions(window_search=5))
     with pytest.raises(ValueError, match="unknown pipeline 'sift'"):
         get_pipeline("sift")
     expansion = get_pipeline("sift-sv-qe").search.expansion

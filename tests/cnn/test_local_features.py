@@ -5,7 +5,7 @@ import pytest
 
 from bovw.images import ImageOptions, load_image
 from cnn.backbone import BackboneOptions
-from cnn.local_features import ConvLocalOptions, conv_local_features, conv_local_from_image
+from cnn.local_features import ConvLocalOptions, conv_local_features, conv_local_from_image, strongest
 
 
 def test_one_feature_per_cell_in_row_major_order(rng):
@@ -66,3 +66,26 @@ def test_conv_descriptors_survive_the_feature_cache_exactly(tmp_path, rng):
     cache = FeatureCache(str(tmp_path / "cache"), "conv-test")
     cache.put(str(image), features)
     assert np.array_equal(cache.get(str(image)).descriptors, features.descriptors)
+
+
+def test_strongest_keeps_the_largest_norms_in_extraction_order():
+    norms = np.array([0.5, 2.0, 1.0, 2.0, 0.1])
+    assert strongest(norms, 3).tolist() == [1, 2, 3]
+    assert strongest(norms, 1).tolist() == [1]  # a tie goes to the earlier position
+    assert strongest(norms, None).tolist() == strongest(norms, 9).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_attention_selection_keeps_the_strongest_positions_over_all_scales(photo):
+    """Real backbone, scales (1, 0.5): the 100 kept features are the full extraction's features of
+    largest activation norm (recomputed here from the maps), with their keypoints, from both scales."""
+    from cnn.backbone import get_backbone
+    scales = (1.0, 0.5)
+    full = conv_local_from_image(photo, ConvLocalOptions(scales=scales))
+    kept = conv_local_from_image(photo, ConvLocalOptions(scales=scales, max_features=100))
+    norms = np.linalg.norm(get_backbone().feature_maps(photo)["local"].reshape(672, -1), axis=0)
+    assert len(full) == 15 * 20 + 7 * 10 and len(kept) == 100
+    index = [np.flatnonzero(np.all(full.keypoints == k, axis=1))[0] for k in kept.keypoints]
+    assert index == sorted(index) and np.array_equal(full.descriptors[index], kept.descriptors)
+    assert {16.0, 32.0} == set(kept.keypoints[:, 2].tolist())
+    # a kept position of the full-scale map is among that map's 100 strongest
+    assert {i for i in index if i < 300} <= set(np.argsort(-norms)[:100].tolist())
