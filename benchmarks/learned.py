@@ -95,6 +95,7 @@ def main():
         mined = mined_pairs(train, train_paths, args)
         mining_lines.append(f"- {train}: {mined.summary()}; mining {mined.settings.get('build_seconds', 0) + mined.settings.get('query_seconds', 0):.0f} s")
         maps_all, kept, _ = training_maps(mined.images, args.cache, progress=False)
+        maps_all = [m[0] for m in maps_all]  # one scale (gem-ft)
         assert len(kept) == len(mined.images), "some mined images could not be read"
         for number in map(int, args.variants.split(",")):
             label, changes = list(VARIANTS.items())[number]

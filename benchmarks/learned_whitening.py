@@ -27,7 +27,7 @@ from cbir.pipelines import get_pipeline
 from cnn.feature_maps import FeatureMapExtractor
 from cnn.global_descriptors import embed, raw_vectors
 from cnn.pooling import l2_normalize
-from cnn.whitening import PCAWhitening
+from cnn.whitening import PCAWhitening, regional_learned_whitening
 
 
 def parse_args():
@@ -48,7 +48,7 @@ def raw_rows(paths: list[str], method: str, cache: str, jobs: int) -> list[np.nd
     """Per image, the pipeline's raw (L2, unwhitened) rows: (1, 1280) GeM, (r, 1280) R-MAC regions."""
     pipeline = get_pipeline(method)
     extractor = FeatureMapExtractor(pipeline.build.backbone, cache)
-    rows = [raw_vectors(maps["global"], pipeline.build.descriptor)
+    rows = [raw_vectors([maps["global"]], pipeline.build.descriptor)
             for _, maps in iter_features(paths, extractor, None, n_jobs=jobs, verbose=False)]
     if len(rows) != len(paths):
         raise RuntimeError(f"{len(paths) - len(rows)} images could not be read")
@@ -70,19 +70,6 @@ def score(dataset, rows: list[np.ndarray], whitening: PCAWhitening | None, metho
 def image_vectors(rows: list[np.ndarray]) -> np.ndarray:
     """(n, d) one unwhitened vector per image: GeM as is, R-MAC regions summed and L2-normalised."""
     return np.concatenate([l2_normalize(r.sum(axis=0, keepdims=True)) for r in rows])
-
-
-def region_pairs(rows: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
-    """(p, 2) row indices into ``np.concatenate(rows)``: for each image pair, its regions that are
-    each other's nearest region (mutual nearest neighbours by inner product)."""
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-    found = []
-    for i, j in pairs:
-        similarity = rows[i] @ rows[j].T
-        forward, backward = similarity.argmax(axis=1), similarity.argmax(axis=0)
-        mutual = np.flatnonzero(backward[forward] == np.arange(len(forward)))
-        found.append(np.stack([offsets[i] + mutual, offsets[j] + forward[mutual]], axis=1))
-    return np.concatenate(found)
 
 
 def pairs_in(mined: MinedPairs, dataset) -> np.ndarray:
@@ -123,8 +110,7 @@ def main():
             if method == "rmac":
                 yield f"regional Lw (1280 dims, eps {eps_values[0]:g})", \
                     "other set's mined pairs, their mutually nearest regions", \
-                    lambda source: PCAWhitening.learn_from_pairs(
-                        population[source], region_pairs(rows[source], pairs[source]), None, eps_values[0])
+                    lambda source: regional_learned_whitening(rows[source], pairs[source], eps_values[0])
 
         for label, source_label, learn in learners():
             cells, seconds = [], []

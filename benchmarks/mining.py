@@ -86,7 +86,7 @@ def gem_vectors(paths: list[str], cache: str, jobs: int) -> np.ndarray:
     from cnn.global_descriptors import raw_vectors
     pipeline = get_pipeline("gem")
     extractor = FeatureMapExtractor(pipeline.build.backbone, cache)
-    return np.concatenate([raw_vectors(maps["global"], pipeline.build.descriptor)
+    return np.concatenate([raw_vectors([maps["global"]], pipeline.build.descriptor)
                            for _, maps in iter_features(paths, extractor, None, n_jobs=jobs, verbose=False)])
 
 

@@ -138,7 +138,7 @@ def raw_rows(keys: dict[str, str], pipelines: list, cache: str, jobs: int) -> di
     start = time.perf_counter()
     for path, maps in iter_features(list(keys.values()), extractor, None, report, n_jobs=jobs, verbose=False):
         for pipeline in pipelines:
-            rows[pipeline.name][by_path[path]] = raw_vectors(maps["global"], pipeline.build.descriptor)
+            rows[pipeline.name][by_path[path]] = raw_vectors([maps["global"]], pipeline.build.descriptor)
     if report.skipped:
         raise SystemExit(f"unreadable images: {report.summary()}")
     # (the extractor reads its own cache: the report counts every image as extracted)

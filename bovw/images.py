@@ -226,3 +226,13 @@ def resize_to_max_side(array: np.ndarray, max_side: int) -> np.ndarray:
     if max_side <= 0 or max(height, width) <= max_side:
         return array
     return cv2.resize(array, _scaled_size(width, height, max_side), interpolation=cv2.INTER_AREA)
+
+
+def rescale(array: np.ndarray, scale: float) -> np.ndarray:
+    """Resize by ``scale`` (each side rounded, at least 1 pixel): area interpolation down,
+    bilinear up; the array itself at scale 1."""
+    if scale == 1:
+        return array
+    height, width = array.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)

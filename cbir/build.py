@@ -211,10 +211,10 @@ SHIPPED_WHITENINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 
 
 def shipped_whitening(pipeline: Pipeline | str) -> PCAWhitening | None:
-    """The whitening shipped for a global pipeline's descriptor and backbone, or None."""
+    """The whitening shipped for a global pipeline's descriptor and backbone (single scale), or None."""
     build = get_pipeline(pipeline).build
     directory = os.path.join(SHIPPED_WHITENINGS, build.descriptor.method)
-    if not os.path.isdir(directory):
+    if not os.path.isdir(directory) or build.scales != (1.0,):  # learned on single-scale regions
         return None
     meta, arrays = load_arrays(directory, "cbir-shipped-whitening", 1)
     if meta["backbone"] != build.backbone.key or (build.descriptor.whitening_dim or meta["dims"]) != meta["dims"]:

@@ -242,7 +242,7 @@ def _warn_if_model_saw(args, paths: list[str]) -> None:
 
 def cmd_train(args) -> None:
     import numpy as np
-    from cbir.learning import train_model
+    from cbir.learning import PIPELINE_OF_HEAD, train_model
     from cnn.training import TrainingConfig
     complete = os.path.join(args.out, MANIFEST)
     if os.path.exists(complete) and not args.force:
@@ -257,7 +257,7 @@ def cmd_train(args) -> None:
     if len(paths) < 2:
         raise UsageError(f"training needs images of several objects or places; found {len(paths)} image files "
                          f"in {' '.join(args.images)}")
-    config = TrainingConfig(head="gem-fc", init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
+    config = TrainingConfig(head=args.head, init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
                             negatives=args.negatives, hard_negatives=not args.random_negatives,
                             hard_positives=args.hard_positives, epochs=args.epochs, batch=args.batch, lr=args.lr,
                             seed=args.seed, max_tuples=args.max_tuples)
@@ -274,11 +274,15 @@ def cmd_train(args) -> None:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if run.report.skipped:
             _print_report(run.report)
-    history = run.result.history
-    speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
-    print(f"model {args.out}: {run.model.head} head, {len(history)} epochs, {run.result.tuples_seen} tuples"
-          f"{speed}, {run.result.seconds:.0f} s; trained on {run.model.data['images']} images, "
-          f"{run.model.data['pairs']} verified pairs; use it with --method gem-ft --model {args.out}")
+    if run.result is None:
+        done = f"learned in closed form in {run.model.scores['training_seconds']:.0f} s"
+    else:
+        history = run.result.history
+        speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
+        done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
+    print(f"model {args.out}: {run.model.head} head, {done}; trained on {run.model.data['images']} images, "
+          f"{run.model.data['pairs']} verified pairs; use it with --method {PIPELINE_OF_HEAD[args.head]} "
+          f"--model {args.out}")
 
 
 def cmd_remove(args) -> None:
@@ -609,15 +613,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_vocab)
 
-    p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor (gem-ft)",
+    p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor "
+                                     "(gem-ft, rmac-lw)",
                        description="Mine: every image queries the others with sift-he-sv; pairs with enough "
                                    "homography inliers are positives, their connected components the objects. "
-                                   "Train: GeM with a learnable p and an FC layer initialised from learned "
-                                   "whitening, on the cached conv maps, with hard negatives re-mined every epoch. "
-                                   "Resumable: run the same command again after an interruption. Train on other "
-                                   "photos than the ones you will search.")
+                                   "Train (--head gem-fc, for gem-ft): GeM with a learnable p and an FC layer "
+                                   "initialised from learned whitening, on the cached conv maps, with hard negatives "
+                                   "re-mined every epoch. Or learn (--head rmac-lw, for rmac-lw): a whitening of "
+                                   "multi-scale R-MAC regions from the verified pairs, in closed form (the training "
+                                   "options do not apply). Resumable: run the same command again after an "
+                                   "interruption. Train on other photos than the ones you will search.")
     p.add_argument("--images", nargs="+", required=True, help="training image files, folders, or @list.txt")
     p.add_argument("--out", required=True, help="model directory to write (also holds the work of an interrupted run)")
+    p.add_argument("--head", choices=["gem-fc", "rmac-lw"], default="gem-fc",
+                   help="what to learn: gem-fc (trained GeM + FC, for --method gem-ft; default) or rmac-lw "
+                        "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
     p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")
     p.add_argument("--margin", type=float, help="loss margin (default: 0.85 contrastive, 0.1 triplet)")

@@ -84,17 +84,18 @@ class GlobalIndex(SearchableIndex):
 
     @property
     def extractor(self):
-        """The feature-map extractor (built on first use: it imports torch)."""
+        """The head maps at the pipeline's scales (``cnn.feature_maps.MultiScaleMaps``, built on
+        first use: it imports torch)."""
         if self._extractor is None:
-            from cnn.feature_maps import FeatureMapExtractor
-            self._extractor = FeatureMapExtractor(self.pipeline.build.backbone, self.cache_dir, self.device)
+            from cnn.feature_maps import MultiScaleMaps
+            build = self.pipeline.build
+            self._extractor = MultiScaleMaps(build.backbone, build.scales, self.cache_dir, self.device)
         return self._extractor
 
     def describe(self, maps: dict) -> GlobalQuery:
-        """Descriptor of an image from its feature maps."""
+        """Descriptor of an image from its head maps ({'global': [(C, H, W) per scale]})."""
         if self.head is not None:
-            rows = self.head.describe(maps["global"])
-            return GlobalQuery(rows[0], rows)
+            return GlobalQuery(*self.head.describe(maps["global"]))
         config = self.pipeline.build.descriptor
         return GlobalQuery(*embed(raw_vectors(maps["global"], config), self.whitening, config))
 
@@ -116,7 +117,7 @@ class GlobalIndex(SearchableIndex):
         return self.extractor, None, "threads"
 
     def _item_bytes(self, item: dict) -> int:
-        return sum(value.nbytes for value in item.values())
+        return sum(m.nbytes for m in item["global"])
 
     def _add_batch(self, names: list[str], items: list[dict], n_jobs: int) -> None:
         described = [self.describe(maps) for maps in items]
@@ -147,7 +148,7 @@ class GlobalIndex(SearchableIndex):
         if min(image.shape[:2]) < MIN_QUERY_SIDE:
             raise ValueError(f"query region of {image.shape[1]}x{image.shape[0]} pixels is smaller than "
                              f"{MIN_QUERY_SIDE} pixels")
-        return self.describe(self.extractor.backbone.feature_maps(image))
+        return self.describe(self.extractor.of_image(image))
 
     def _is_empty_query(self, prepared: GlobalQuery) -> bool:
         return False

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,8 +24,10 @@ from cbir.pipelines import get_pipeline
 
 logger = logging.getLogger("cbir")
 
-#: The pipeline whose backbone and head a ``cbir train`` model is for.
-TRAINED_PIPELINE = "gem-ft"
+#: The pipeline a ``cbir train`` model of each head kind is for (its backbone, scales and pooling).
+PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw"}
+#: The pipeline of the trained (torch) head.
+TRAINED_PIPELINE = PIPELINE_OF_HEAD["gem-fc"]
 
 
 @dataclass
@@ -34,7 +37,8 @@ class TrainingRun:
     Attributes:
         model: the saved model.
         mined: the verified pairs it trained on.
-        result: the training history (``cnn.training.TrainingResult``).
+        result: the training history (``cnn.training.TrainingResult``; None for ``rmac-lw``,
+            learned in closed form).
         report: the feature-map extraction of the mined images (skipped files).
     """
 
@@ -45,20 +49,22 @@ class TrainingRun:
 
 
 def training_maps(paths: Sequence[str], cache_dir: str | None = None, n_jobs: int = 1,
-                  progress: bool | None = None, device: str = "auto") -> tuple[list[np.ndarray], list[int],
-                                                                               ExtractionReport]:
-    """The backbone's 'global' maps (C, H, W) float16 of the usable images of ``paths``.
+                  progress: bool | None = None, device: str = "auto",
+                  pipeline: str = TRAINED_PIPELINE) -> tuple[list[list[np.ndarray]], list[int], ExtractionReport]:
+    """The backbone's 'global' maps of the usable images of ``paths`` at ``pipeline``'s scales.
 
     Returns:
-        (maps, index in ``paths`` of each map, extraction report).
+        (per image, its (C, H, W) float16 maps, one per scale; index in ``paths`` of each image;
+        extraction report).
     """
-    from cnn.feature_maps import FeatureMapExtractor
-    extractor = FeatureMapExtractor(get_pipeline(TRAINED_PIPELINE).build.backbone, cache_dir, device)
+    from cnn.feature_maps import MultiScaleMaps
+    build = get_pipeline(pipeline).build
+    extractor = MultiScaleMaps(build.backbone, build.scales, cache_dir, device)
     report = ExtractionReport()
     position = {path: i for i, path in enumerate(paths)}
     maps, kept = [], []
     for path, found in iter_features(list(paths), extractor, None, report, n_jobs=n_jobs, verbose=progress):
-        maps.append(found["global"].astype(np.float16))
+        maps.append([m.astype(np.float16) for m in found["global"]])
         kept.append(position[path])
     return maps, kept, report
 
@@ -75,7 +81,8 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
                 shortlist: int | None = None, cache_dir: str | None = None, n_jobs: int = -1,
                 device: str = "auto", progress: bool | None = None, mined=None,
                 vocabulary_config=None) -> TrainingRun:
-    """Mine ``images`` (``cbir.mining.mine_pairs``), train a head on their cached maps, save it to ``out``.
+    """Mine ``images`` (``cbir.mining.mine_pairs``), train a head on their cached maps (``rmac-lw``:
+    learn its regional whitening, in closed form), save it to ``out``.
 
     Args:
         images: the training photos (never the ones to be evaluated); unusable ones are skipped.
@@ -115,27 +122,57 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
                            **mining)
         mined.save(pairs_dir)
     logger.info("mined: %s", mined.summary())
-    maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device)
+    closed_form = config.head == "rmac-lw"
+    pipeline = PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE)
+    maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device, pipeline)
     pairs, components = restrict(mined.pairs, mined.components, kept)
-    if len(pairs) < 2 or len(np.unique(components)) <= config.negatives:
+    if len(pairs) < 2 or (not closed_form and len(np.unique(components)) <= config.negatives):
+        needed = "" if closed_form else f" to train with {config.negatives} negatives per tuple"
         raise ValueError(f"{out}: {len(pairs)} verified pairs in {len(np.unique(components))} components are too "
-                         f"few to train with {config.negatives} negatives per tuple; add photos of more objects "
-                         f"or places, each from several viewpoints")
+                         f"few{needed}; add photos of more objects or places, each from several viewpoints")
     used = [mined.images[i] for i in kept]
-    logger.info("training a %s head on %d images, %d verified pairs (%s loss, %d epochs)", config.head, len(used),
-                len(pairs), config.loss, config.epochs)
-    checkpoint = os.path.join(out, "checkpoint.pt")
-    result = train_head(maps, pairs, components, config, device, checkpoint=checkpoint, progress=progress)
-    backbone = get_pipeline(TRAINED_PIPELINE).build.backbone
-    model = LearnedModel(result.head.kind, backbone.key, backbone_weights_version(backbone.name),
-                         result.head.state_dict(), dataclasses.asdict(config),
-                         {**data_fingerprint(used, pairs, components), "mining": mined.settings},
-                         [dataclasses.asdict(r) for r in result.history],
-                         {"final_loss": result.history[-1].loss if result.history else None,
-                          "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)})
+    backbone = get_pipeline(pipeline).build.backbone
+    data = {**data_fingerprint(used, pairs, components), "mining": mined.settings}
+    if closed_form:
+        logger.info("learning a regional whitening (rmac-lw) from %d verified pairs of %d images", len(pairs),
+                    len(used))
+        result, (state, scores) = None, regional_lw_state(maps, pairs, get_pipeline(pipeline))
+        history = []
+    else:
+        logger.info("training a %s head on %d images, %d verified pairs (%s loss, %d epochs)", config.head,
+                    len(used), len(pairs), config.loss, config.epochs)
+        checkpoint = os.path.join(out, "checkpoint.pt")
+        result = train_head([m[0] for m in maps], pairs, components, config, device, checkpoint=checkpoint,
+                            progress=progress)
+        state, history = result.head.state_dict(), [dataclasses.asdict(r) for r in result.history]
+        scores = {"final_loss": result.history[-1].loss if result.history else None,
+                  "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)}
+    model = LearnedModel(config.head, backbone.key, backbone_weights_version(backbone.name), state,
+                         dataclasses.asdict(config), data, history, scores)
     model.save(out)
-    for leftover in (checkpoint,):
-        if os.path.exists(leftover):
-            os.unlink(leftover)
+    if os.path.exists(os.path.join(out, "checkpoint.pt")):
+        os.unlink(os.path.join(out, "checkpoint.pt"))
     shutil.rmtree(mining_dir, ignore_errors=True)
     return TrainingRun(model, mined, result, report)
+
+
+def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline) -> tuple[dict, dict]:
+    """The ``rmac-lw`` model state: the regional learned whitening (``cnn.whitening.regional_learned_whitening``)
+    of the R-MAC regions, at every scale of ``pipeline``, of images whose verified ``pairs`` are given.
+
+    Args:
+        maps: per image, its (C, H, W) head maps, one per scale.
+        pairs: (m, 2) verified pairs of image numbers.
+
+    Returns:
+        (state: {'mean': (C,), 'projection': (C, C)} float32 tensors, scores: learning facts).
+    """
+    import torch
+
+    from cnn.global_descriptors import raw_vectors
+    from cnn.whitening import regional_learned_whitening
+    start = time.perf_counter()
+    rows = [raw_vectors([m.astype(np.float32) for m in scales], pipeline.build.descriptor) for scales in maps]
+    whitening = regional_learned_whitening(rows, pairs)
+    state = {"mean": torch.from_numpy(whitening.mean), "projection": torch.from_numpy(whitening.projection)}
+    return state, {"regions": int(sum(len(r) for r in rows)), "training_seconds": round(time.perf_counter() - start, 1)}

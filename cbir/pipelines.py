@@ -69,9 +69,10 @@ class LocalBuild:
         return self.extractor.image
 
 
-#: Trained heads a global pipeline can use (``cnn.heads.HEAD_KINDS``; listed here so that this
-#: module does not import torch).
-LEARNED_HEADS = ("gem-fc", "gem")
+#: Trained heads a global pipeline can use, with the pooling each applies to: the torch heads of
+#: ``cnn.heads.HEAD_KINDS`` (listed here so that this module does not import torch) and ``rmac-lw``,
+#: R-MAC with a regional learned whitening computed in closed form from mined pairs.
+LEARNED_HEADS = {"gem-fc": "gem", "gem": "gem", "rmac-lw": "rmac"}
 
 
 @dataclass(frozen=True)
@@ -83,22 +84,29 @@ class GlobalBuild:
         descriptor: pooling and whitening dimensions.
         regions: store each image's whitened R-MAC regions (for region re-ranking).
         learned: the descriptor comes from a trained head of this kind (``gem-fc``: GeM with
-            the trained p, then the trained affine layer, see ``cnn.heads``), taken from a
-            model written by ``cbir train`` and saved with the index; None: pooled as
-            ``descriptor`` says and whitened by a whitening learned on images.
+            the trained p, then the trained affine layer, see ``cnn.heads``; ``rmac-lw``: R-MAC
+            whitened by a regional Lw), taken from a model written by ``cbir train`` and saved
+            with the index; None: pooled as ``descriptor`` says and whitened by a whitening
+            learned on images.
+        scales: image scales the network sees; the pooled vectors (R-MAC: the regions) of every
+            scale make one descriptor (``cnn.global_descriptors.raw_vectors``).
     """
 
     backbone: BackboneOptions = BackboneOptions()
     descriptor: GlobalDescriptorConfig = GlobalDescriptorConfig()
     regions: bool = False
     learned: str | None = None
+    scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))  # a list when read from JSON
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"image scales must be positive (got {self.scales})")
         if self.regions and self.descriptor.method != "rmac":
             raise ValueError("only R-MAC descriptors have regions to store")
-        if self.learned is not None and (self.learned not in LEARNED_HEADS or self.descriptor.method != "gem"):
-            raise ValueError(f"learned heads: {', '.join(LEARNED_HEADS)} (GeM descriptors); got {self.learned!r} "
-                             f"for {self.descriptor.method}")
+        if self.learned is not None and LEARNED_HEADS.get(self.learned) != self.descriptor.method:
+            raise ValueError("learned heads: " + ", ".join(f"{k} ({v})" for k, v in LEARNED_HEADS.items())
+                             + f"; got {self.learned!r} for {self.descriptor.method}")
 
     @property
     def image_options(self) -> ImageOptions:
@@ -237,6 +245,10 @@ BLCF_HE_BUILD = dataclasses.replace(BLCF_BUILD, conv=_MULTI_SCALE_CONV, hamming=
 #: BLCF's multi-scale conv words with ASMK*: residuals aggregated per (image, word).
 BLCF_ASMK_BUILD = dataclasses.replace(BLCF_BUILD, conv=_MULTI_SCALE_CONV, asmk=True)
 
+#: Image scales of the multi-scale global descriptors: the scales of the multi-scale conv words
+#: (rmac-ms: Holidays-811 mAP 0.788 -> 0.806, UKBench-1000 N-S 3.944 -> 3.960, benchmarks/RESULTS.md).
+_GLOBAL_SCALES = (1.414, 1.0, 0.707)
+
 _VERIFY = VerificationConfig()
 #: alpha-QE of global descriptors (benchmarks/RESULTS.md, "Ranking refinement").
 _GLOBAL_QE = ExpansionConfig(max_results=2, alpha=3.0)
@@ -287,6 +299,11 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
              GlobalBuild(descriptor=GlobalDescriptorConfig("gem", whitening_dim=512))),
     Pipeline("rmac", "EfficientNet-Lite0 head map, R-MAC (3 scales, regions whitened then summed)",
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"))),
+    Pipeline("rmac-ms", "rmac from image scales 1.414, 1 and 0.707: the regions of the three head maps whitened "
+             "and summed", GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), scales=_GLOBAL_SCALES)),
+    Pipeline("rmac-lw", "rmac-ms whitened by a regional learned whitening (Lw) from pairs that sift-he-sv verified "
+             "in unlabelled training photos (cbir train --head rmac-lw)",
+             GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), learned="rmac-lw", scales=_GLOBAL_SCALES)),
     Pipeline("rmac-rr", "rmac + re-ranking of the top 100 by best region match",
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac"), regions=True), SearchOptions(region_rerank=100)),
     Pipeline("crow", "EfficientNet-Lite0 head map, CroW weighting, L2-PCAw(512)-L2",

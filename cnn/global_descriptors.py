@@ -7,6 +7,7 @@ are summed and L2-normalised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -38,23 +39,30 @@ class GlobalDescriptorConfig:
             raise ValueError(f"unknown pooling {self.method!r}; known: {', '.join(METHODS)}")
 
 
-def raw_vectors(feature_map: np.ndarray, config: GlobalDescriptorConfig) -> np.ndarray:
-    """L2-normalised pooled vectors before whitening.
+def raw_vectors(feature_maps: Sequence[np.ndarray], config: GlobalDescriptorConfig) -> np.ndarray:
+    """L2-normalised pooled vectors before whitening, from the maps of one image at one or more
+    scales (cirtorch's multi-scale description: one vector per scale, summed).
 
     Args:
-        feature_map: (C, H, W) float32 activations.
+        feature_maps: (C, H_s, W_s) float32 activations per scale.
 
     Returns:
-        (1, C) for SPoC/MAC/GeM/CroW; (r, C) region vectors for R-MAC.
+        (1, C) for SPoC/MAC/GeM/CroW (the L2-normalised sum of the scales' L2-normalised vectors);
+        (r, C) region vectors for R-MAC, the regions of every scale in turn.
     """
     if config.method == "rmac":
-        regions = pooling.rmac_regions(feature_map.shape[1], feature_map.shape[2], config.rmac_levels)
-        return l2_normalize(pooling.region_mac(feature_map, regions))
+        return np.concatenate([l2_normalize(pooling.region_mac(m, pooling.rmac_regions(m.shape[1], m.shape[2],
+                                                                                       config.rmac_levels)))
+                               for m in feature_maps])
+    vectors = l2_normalize(np.stack([pooled(m, config) for m in feature_maps]))
+    return vectors if len(vectors) == 1 else l2_normalize(vectors.sum(axis=0, keepdims=True))
+
+
+def pooled(feature_map: np.ndarray, config: GlobalDescriptorConfig) -> np.ndarray:
+    """(C, H, W) activations -> (C,) vector pooled by ``config.method`` (not R-MAC)."""
     if config.method == "gem":
-        vector = pooling.gem(feature_map, config.gem_p)
-    else:
-        vector = getattr(pooling, config.method)(feature_map)
-    return l2_normalize(vector[None, :])
+        return pooling.gem(feature_map, config.gem_p)
+    return getattr(pooling, config.method)(feature_map)
 
 
 def embed(raw: np.ndarray, whitening: PCAWhitening | None,

@@ -14,7 +14,7 @@ with one line naming the file: another format or version, an edited manifest, a 
 that does not match its recorded SHA-256, and a model trained on another backbone or
 backbone-weights version than the one asked for.
 
-``LearnedHead`` is the numpy form used at search time (GeM with the learned p, then the
+``LearnedHead`` is the numpy form used at search time (GeM with the learned p or R-MAC, then the
 learned affine layer, then L2): an index carries it as a saved part, so a saved index
 needs neither torch nor the model directory to be searched.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnn.pooling import gem, l2_normalize
+from cnn.global_descriptors import GlobalDescriptorConfig, embed, raw_vectors
 from cnn.whitening import PCAWhitening
 from index.persistence import MANIFEST, IndexFormatError, read_manifest, write_manifest
 
@@ -35,6 +35,8 @@ FORMAT = "cbir-learned-model"
 VERSION = 1
 #: Version of ``LearnedHead.state_dict`` (an index part).
 HEAD_STATE_VERSION = 1
+#: Tensors a model's state holds, per head kind.
+STATE_KEYS = {"gem": {"pool.p"}, "gem-fc": {"pool.p", "mean", "projection"}, "rmac-lw": {"mean", "projection"}}
 
 
 class ModelFormatError(IndexFormatError):
@@ -52,19 +54,20 @@ def backbone_weights_version(name: str = "efficientnet-lite0") -> str:
 
 @dataclass
 class LearnedHead:
-    """A trained head as numbers: GeM with exponent ``p`` -> L2 -> ``whitening`` (the learned
-    affine layer, ``l2((x - mean) @ projection)``; None: L2 only).
+    """A trained head as numbers: GeM with exponent ``p`` (kinds ``gem-fc``, ``gem``) or R-MAC
+    regions (``rmac-lw``), at the pipeline's scales, -> L2 -> ``whitening`` (the learned affine
+    layer, ``l2((x - mean) @ projection)``, R-MAC: of each region, then summed and L2; None: L2 only).
 
     Attributes:
-        kind: ``gem-fc`` or ``gem``.
-        p: the learned GeM exponent.
+        kind: ``gem-fc``, ``gem`` or ``rmac-lw``.
+        p: the learned GeM exponent (None for ``rmac-lw``).
         whitening: the learned affine layer.
         model_id: the model's fingerprint (first 16 hex digits of its state's SHA-256).
         backbone: the backbone key the head was trained on (``BackboneOptions.key``).
     """
 
     kind: str
-    p: float
+    p: float | None
     whitening: PCAWhitening | None
     model_id: str
     backbone: str
@@ -73,10 +76,14 @@ class LearnedHead:
     def output_dim(self) -> int | None:
         return self.whitening.output_dim if self.whitening is not None else None
 
-    def describe(self, global_map: np.ndarray) -> np.ndarray:
-        """(C, H, W) activations -> (1, k) unit-norm descriptor row."""
-        vector = l2_normalize(gem(global_map, self.p)[None, :])
-        return self.whitening.apply(vector) if self.whitening is not None else vector
+    @property
+    def pooling(self) -> GlobalDescriptorConfig:
+        """The pooling this head applies."""
+        return GlobalDescriptorConfig("rmac") if self.kind == "rmac-lw" else GlobalDescriptorConfig("gem", self.p)
+
+    def describe(self, global_maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(C, H, W) activations per scale -> (descriptor (k,) unit norm, whitened rows (r, k))."""
+        return embed(raw_vectors(global_maps, self.pooling), self.whitening, self.pooling)
 
     def state_dict(self) -> tuple[dict, dict]:
         meta = {"kind": "learned-head", "version": HEAD_STATE_VERSION, "head": self.kind, "p": self.p,
@@ -90,7 +97,8 @@ class LearnedHead:
         if meta.get("kind") != "learned-head" or meta.get("version") != HEAD_STATE_VERSION:
             raise ValueError(f"not a version-{HEAD_STATE_VERSION} learned head")
         whitening = PCAWhitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
-        return cls(meta["head"], float(meta["p"]), whitening, meta["model_id"], meta["backbone"])
+        p = None if meta["p"] is None else float(meta["p"])
+        return cls(meta["head"], p, whitening, meta["model_id"], meta["backbone"])
 
 
 @dataclass
@@ -98,7 +106,7 @@ class LearnedModel:
     """A trained model: its head's state and what it was trained on.
 
     Attributes:
-        head: head kind (``gem-fc``, ``gem``).
+        head: head kind (``gem-fc``, ``gem``, ``rmac-lw``).
         backbone: ``BackboneOptions.key`` of the maps it was trained on.
         weights_version: version of the backbone-weights package.
         state: the head's ``state_dict`` (name -> torch tensor).
@@ -125,8 +133,8 @@ class LearnedModel:
         state = {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
                  for name, value in self.state.items()}
         whitening = PCAWhitening(state["mean"], state["projection"]) if "projection" in state else None
-        return LearnedHead(self.head, float(np.asarray(state["pool.p"]).reshape(-1)[0]), whitening,
-                           self.model_id, self.backbone)
+        p = float(np.asarray(state["pool.p"]).reshape(-1)[0]) if "pool.p" in state else None
+        return LearnedHead(self.head, p, whitening, self.model_id, self.backbone)
 
     def save(self, directory: str) -> None:
         """Atomically write the model directory (replacing a model already there)."""
@@ -210,8 +218,8 @@ class LearnedModel:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (torch raises several types for foreign files)
             raise ModelFormatError(f"{state_path}: unreadable weights ({exc.__class__.__name__})") from None
-        if not isinstance(state, dict) or "pool.p" not in state:
-            raise ModelFormatError(f"{state_path}: not a head state_dict")
+        if not isinstance(state, dict) or not STATE_KEYS.get(meta["head"], {"?"}) <= set(state):
+            raise ModelFormatError(f"{state_path}: not the state_dict of a {meta['head']} head")
         return cls(meta["head"], model_backbone, weights, state, meta.get("settings", {}), meta.get("data", {}),
                    meta.get("history", []), meta.get("scores", {}), digest[:16])
 

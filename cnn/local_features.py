@@ -8,10 +8,10 @@ and re-ranking code then treat it like any other local feature.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from bovw.features import LocalFeatures
+from bovw.images import rescale
 from cnn.backbone import get_backbone
 from cnn.options import STRIDES, ConvLocalOptions
 from cnn.pooling import l2_normalize
@@ -50,9 +50,7 @@ def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLoc
     height, width = image.shape[:2]
     keypoints, descriptors, norms = [], [], []
     for scale in options.scales:
-        scaled = image if scale == 1 else cv2.resize(
-            image, (max(1, round(width * scale)), max(1, round(height * scale))),
-            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        scaled = rescale(image, scale)
         seen = backbone.input_size(*scaled.shape[:2])[0] / height  # network input pixels per image pixel
         local_map = backbone.feature_maps(scaled)["local"]
         features = conv_local_features(local_map, STRIDES["local"] / seen, (height, width))

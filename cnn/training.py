@@ -29,6 +29,8 @@ from cnn.whitening import PCAWhitening
 
 logger = logging.getLogger("cbir")
 
+#: Heads learned in closed form from the mined pairs rather than trained here.
+CLOSED_FORM_HEADS = ("rmac-lw",)
 #: Version of the checkpoint layout (``save_checkpoint``).
 CHECKPOINT_VERSION = 1
 
@@ -38,7 +40,9 @@ class TrainingConfig:
     """How a head is trained (saved in the model's manifest).
 
     Attributes:
-        head: ``gem-fc`` (GeM with learnable p, then an affine layer) or ``gem`` (p only).
+        head: ``gem-fc`` (GeM with learnable p, then an affine layer), ``gem`` (p only), or
+            ``rmac-lw`` (R-MAC with a regional learned whitening, learned in closed form by
+            ``cbir.learning.train_model``: no torch training, the other settings do not apply).
         init: what the affine layer starts from, learned on the training images:
             ``lw`` (learned whitening from the verified pairs) or ``pca`` (PCA whitening).
         dim: output dimensions of the affine layer.
@@ -77,8 +81,8 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"unknown head {self.head!r}; known: {', '.join(HEAD_KINDS)}")
+        if self.head not in HEAD_KINDS + CLOSED_FORM_HEADS:
+            raise ValueError(f"unknown head {self.head!r}; known: {', '.join(HEAD_KINDS + CLOSED_FORM_HEADS)}")
         if self.loss not in DEFAULT_MARGINS:
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(DEFAULT_MARGINS)}")
         if self.init not in ("lw", "pca"):
@@ -179,6 +183,8 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
     Returns:
         the head (on the CPU, eval mode) and the per-epoch history.
     """
+    if config.head in CLOSED_FORM_HEADS:
+        raise ValueError(f"a {config.head} head is learned in closed form (cbir.learning.train_model), not trained")
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     components = np.asarray(components, np.int64)
     if len(components) != len(maps):

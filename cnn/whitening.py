@@ -120,3 +120,37 @@ class PCAWhitening:
         if meta.get("kind") != "pca-whitening" or meta.get("version") != STATE_VERSION:
             raise ValueError(f"not a version-{STATE_VERSION} PCA whitening")
         return cls(arrays["mean"], arrays["projection"], meta.get("method", "pca"))
+
+
+def mutual_nearest_rows(rows: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """Row pairs for a regional Lw: for each matching image pair, its region vectors that are each
+    other's nearest (by inner product).
+
+    Args:
+        rows: per image, (r_i, d) L2-normalised region vectors.
+        pairs: (m, 2) matching image numbers.
+
+    Returns:
+        (p, 2) int64 indices into ``np.concatenate(rows)``.
+    """
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    found = [np.zeros((0, 2), np.int64)]
+    for i, j in np.asarray(pairs, np.int64).reshape(-1, 2):
+        similarity = rows[i] @ rows[j].T
+        forward, backward = similarity.argmax(axis=1), similarity.argmax(axis=0)
+        mutual = np.flatnonzero(backward[forward] == np.arange(len(forward)))
+        found.append(np.stack([offsets[i] + mutual, offsets[j] + forward[mutual]], axis=1))
+    return np.concatenate(found)
+
+
+def regional_learned_whitening(rows: list[np.ndarray], pairs: np.ndarray, eps: float = 1e-2) -> PCAWhitening:
+    """Lw of R-MAC region vectors (all dimensions kept): the pair differences are those of the
+    mutually nearest regions of each matching image pair, the PCA step runs over every region
+    (``PCAWhitening.learn_from_pairs``).
+
+    Args:
+        rows: per image, (r_i, d) L2-normalised region vectors.
+        pairs: (m, 2) matching image numbers.
+        eps: eigenvalue floor, as in ``learn_from_pairs``.
+    """
+    return PCAWhitening.learn_from_pairs(np.concatenate(rows), mutual_nearest_rows(rows, pairs), None, eps)

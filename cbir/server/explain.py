@@ -149,17 +149,22 @@ def _cells(keypoints: np.ndarray) -> np.ndarray:
 
 
 def _explain_regions(index: GlobalIndex, prepared: GlobalQuery, result: SearchResult, path: str) -> dict:
+    whitening = index.whitening
     if index.head is not None:
-        return {"kind": "none", "summary": "a trained head describes whole images only; no region view"}
-    feature_map = index.extractor(path, store=False)["global"]
-    _, height, width = feature_map.shape
-    regions = pooling.rmac_regions(height, width, index.pipeline.build.descriptor.rmac_levels)
-    raw = pooling.l2_normalize(pooling.region_mac(feature_map, regions))
-    rows = index.whitening.apply(raw) if index.whitening is not None else raw
+        if index.head.pooling.method != "rmac":
+            return {"kind": "none", "summary": "a trained GeM head describes whole images only; no region view"}
+        whitening = index.head.whitening
+    raw, boxes = [], []
+    for feature_map in index.extractor(path, store=False)["global"]:  # one per scale
+        _, height, width = feature_map.shape
+        regions = pooling.rmac_regions(height, width, index.pipeline.build.descriptor.rmac_levels)
+        raw.append(pooling.l2_normalize(pooling.region_mac(feature_map, regions)))
+        y0, x0, y1, x1 = regions.T
+        boxes.append(np.stack([x0 / width, y0 / height, x1 / width, y1 / height], axis=1))
+    raw, boxes = np.concatenate(raw), np.concatenate(boxes)
+    rows = whitening.apply(raw) if whitening is not None else raw
     scores = rows @ prepared.descriptor
     best = np.argsort(-scores, kind="stable")[:TOP_REGIONS]
-    y0, x0, y1, x1 = regions[best].T
-    boxes = np.stack([x0 / width, y0 / height, x1 / width, y1 / height], axis=1)
     return {"kind": "regions", "summary": f"best R-MAC region of the result scores {scores[best[0]]:.3f} "
                                           f"with the query (whole image: {result.score:.3f})",
-            "result_boxes": _rounded(boxes), "scores": _rounded(scores[best])}
+            "result_boxes": _rounded(boxes[best]), "scores": _rounded(scores[best])}

@@ -51,7 +51,7 @@ def test_gem_ft_without_a_model_and_a_model_for_another_pipeline_are_refused(tra
     assert "needs a trained model: train one with cbir train" in capsys.readouterr().err
     assert main(["index", str(training_folder), "-o", str(tmp_path / "i"), "--method", "gem", "--model",
                  str(tmp_path / "nowhere"), "--cache", ""]) == 1
-    assert "uses no trained model; --model is for gem-ft" in capsys.readouterr().err
+    assert "uses no trained model; --model is for rmac-lw, gem-ft" in capsys.readouterr().err
 
 
 def test_too_few_verified_pairs_say_how_many_were_found(tmp_path, capsys, data_dir):

@@ -82,3 +82,20 @@ def test_real_backbone_maps_survive_the_cache(images, tmp_path):
         assert np.allclose(maps[name], direct[name], rtol=1e-3, atol=1e-3)
     cached = FeatureMapExtractor(cache_dir=str(tmp_path / "cache"))(images[0])
     assert np.array_equal(cached["local"], maps["local"])
+
+
+def test_multi_scale_maps_share_the_single_scale_cache_and_decode_once(fake, images, tmp_path, monkeypatch):
+    """Scales (1, 0.5): the scale-1 maps are the single-scale extractor's cache entries, the other scale
+    gets its own; an image is decoded once for all of its scales, and not at all once cached."""
+    from cnn.feature_maps import MultiScaleMaps
+    cache_dir = str(tmp_path / "cache")
+    single = FeatureMapExtractor(cache_dir=cache_dir)(images[0])
+    half = FakeBackbone().feature_maps(FeatureMapExtractor(scale=0.5).image(images[0]))["global"]
+    decoded = []
+    original = FeatureMapExtractor.decode
+    monkeypatch.setattr(FeatureMapExtractor, "decode", lambda self, path: decoded.append(path) or original(self, path))
+    maps = MultiScaleMaps(scales=(1.0, 0.5), cache_dir=cache_dir)(images[0])["global"]
+    assert np.array_equal(maps[0], single["global"]) and fake.calls == 2 and decoded == [images[0]]
+    assert np.allclose(maps[1], half, rtol=1e-3, atol=0) and not np.allclose(maps[1], maps[0])
+    again = MultiScaleMaps(scales=(1.0, 0.5), cache_dir=cache_dir)(images[0])["global"]
+    assert fake.calls == 2 and decoded == [images[0]] and all(np.array_equal(a, b) for a, b in zip(again, maps))

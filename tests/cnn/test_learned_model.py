@@ -113,3 +113,36 @@ def test_gem_ft_index_applies_the_head_saves_it_and_needs_the_model_only_to_buil
         build_index("gem", model=loaded.head)
     with pytest.raises(BuildError, match="takes its whitening from the trained model"):
         build_index("gem-ft", model=loaded.head, whiten_paths=paths[:3])
+
+
+def test_rmac_lw_learns_a_regional_whitening_in_closed_form_and_indexes_at_three_scales(training_maps, tmp_path):
+    """The rmac-lw model: Lw of the mutually nearest R-MAC regions (1.414, 1 and 0.707 scales) of the
+    pairs; its index describes images with it, finds each UKBench object's views and reloads alike."""
+    from cbir.learning import regional_lw_state, training_maps as multi_scale_maps
+    from cbir.pipelines import get_pipeline
+    from cnn.global_descriptors import embed, raw_vectors
+    _, paths, pairs, labels = training_maps
+    cache = str(tmp_path / "cache")
+    maps, kept, _ = multi_scale_maps(paths, cache, device="cpu", pipeline="rmac-lw")
+    assert kept == list(range(40)) and [m.shape[1] for m in maps[0]] == [10, 7, 5]  # 240-px rows at 3 scales, stride 32
+    state, scores = regional_lw_state(maps, pairs, get_pipeline("rmac-lw"))
+    assert scores["regions"] > 40 * 3 * 10 and state["projection"].shape == (1280, 1280)
+    model = LearnedModel("rmac-lw", BackboneOptions().key, backbone_weights_version(), state, {},
+                         data_fingerprint(paths, pairs, labels))
+    model.save(str(tmp_path / "model"))
+    with pytest.raises(ValueError, match="learned in closed form"):
+        train_head([m[0] for m in maps], pairs, labels, TrainingConfig(head="rmac-lw"), "cpu")
+    index = build_index("rmac-lw", model=str(tmp_path / "model"), cache_dir=cache)
+    index.add_images(paths, [os.path.basename(p) for p in paths], progress=False)
+    head = index.head
+    descriptor, _ = embed(raw_vectors([m.astype(np.float32) for m in maps[7]], head.pooling), head.whitening,
+                          head.pooling)
+    assert np.allclose(index.dense.vectors[7], descriptor, atol=1e-3)  # cached maps are float16
+    same_object = [np.mean([labels[paths.index(os.path.join(os.path.dirname(paths[0]), h.name))] == labels[q]
+                            for h in index.search(paths[q], top_k=4)]) for q in range(40)]
+    assert np.mean(same_object) >= 0.85
+    index.save(str(tmp_path / "index"))
+    loaded = load_index(str(tmp_path / "index"))
+    assert [h.name for h in loaded.search(paths[5], top_k=4)] == [h.name for h in index.search(paths[5], top_k=4)]
+    with pytest.raises(BuildError, match="needs a gem-fc head; the model holds a rmac-lw one"):
+        build_index("gem-ft", model=str(tmp_path / "model"))
