@@ -411,7 +411,8 @@ def cmd_info(args) -> None:
         model = LearnedModel.load(args.path)
         head = model.inference_head()
         facts = {"format": "cbir-learned-model", "head": model.head, "backbone": model.backbone,
-                 "weights_version": model.weights_version, "model_id": model.model_id, "gem_p": round(head.p, 4),
+                 "weights_version": model.weights_version, "model_id": model.model_id,
+                 "gem_p": None if head.p is None else round(head.p, 4),
                  "dim": head.output_dim, "settings": model.settings,
                  "data": {k: v for k, v in model.data.items() if k != "image_digests"},
                  "epochs": len(model.history), "scores": model.scores}

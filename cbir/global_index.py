@@ -205,6 +205,6 @@ class GlobalIndex(SearchableIndex):
         return {"descriptor_dim": self.dense.dim, "regions": int(len(self.dense.regions)),
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
                 "learned_head": None if self.head is None else {
-                    "kind": self.head.kind, "p": round(self.head.p, 4), "dim": self.head.output_dim,
-                    "model_id": self.head.model_id},
+                    "kind": self.head.kind, "p": None if self.head.p is None else round(self.head.p, 4),
+                    "dim": self.head.output_dim, "model_id": self.head.model_id},
                 "diffusion_graph": graph or "none (built by the first diffusion search)"}

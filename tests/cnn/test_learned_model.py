@@ -144,5 +144,6 @@ def test_rmac_lw_learns_a_regional_whitening_in_closed_form_and_indexes_at_three
     index.save(str(tmp_path / "index"))
     loaded = load_index(str(tmp_path / "index"))
     assert [h.name for h in loaded.search(paths[5], top_k=4)] == [h.name for h in index.search(paths[5], top_k=4)]
+    assert loaded.info()["learned_head"] == {"kind": "rmac-lw", "p": None, "dim": 1280, "model_id": model.model_id}
     with pytest.raises(BuildError, match="needs a gem-fc head; the model holds a rmac-lw one"):
         build_index("gem-ft", model=str(tmp_path / "model"))
