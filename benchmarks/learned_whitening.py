@@ -24,7 +24,7 @@ from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_res
 from bovw.extraction import iter_features
 from cbir.mining import DEFAULT_MIN_INLIERS, MinedPairs
 from cbir.pipelines import get_pipeline
-from cnn.feature_maps import FeatureMapExtractor
+from cnn.feature_maps import MultiScaleMaps
 from cnn.global_descriptors import embed, raw_vectors
 from cnn.pooling import l2_normalize
 from cnn.whitening import PCAWhitening, regional_learned_whitening
@@ -40,15 +40,17 @@ def parse_args():
     parser.add_argument("--eps", default="0.01,0.1,0.001", help="Lw eigenvalue floors (first: the default row)")
     parser.add_argument("--jobs", type=int, default=2, help="feature-map threads")
     parser.add_argument("--methods", default="gem,rmac", help="descriptors compared")
+    parser.add_argument("--scales", default="1", help="image scales of the descriptors, e.g. 1.414,1,0.707")
     parser.add_argument("--name", default="learned_whitening", help="result file name under benchmarks/results")
     return parser.parse_args()
 
 
-def raw_rows(paths: list[str], method: str, cache: str, jobs: int) -> list[np.ndarray]:
-    """Per image, the pipeline's raw (L2, unwhitened) rows: (1, 1280) GeM, (r, 1280) R-MAC regions."""
+def raw_rows(paths: list[str], method: str, cache: str, jobs: int, scales: tuple[float, ...]) -> list[np.ndarray]:
+    """Per image, the pipeline's raw (L2, unwhitened) rows at ``scales``: (1, 1280) GeM (the scales'
+    vectors summed), (r, 1280) R-MAC regions (of every scale)."""
     pipeline = get_pipeline(method)
-    extractor = FeatureMapExtractor(pipeline.build.backbone, cache)
-    rows = [raw_vectors([maps["global"]], pipeline.build.descriptor)
+    extractor = MultiScaleMaps(pipeline.build.backbone, scales, cache)
+    rows = [raw_vectors(maps["global"], pipeline.build.descriptor)
             for _, maps in iter_features(paths, extractor, None, n_jobs=jobs, verbose=False)]
     if len(rows) != len(paths):
         raise RuntimeError(f"{len(paths) - len(rows)} images could not be read")
@@ -83,15 +85,17 @@ def main():
     args = parse_args()
     datasets = benchmark_datasets(args.data)
     eps_values = [float(e) for e in args.eps.split(",")]
+    scales = tuple(float(v) for v in args.scales.split(","))
     mined = {name: MinedPairs.load(os.path.join(args.mined, name)).at_threshold(args.threshold) for name in datasets}
     pairs = {name: pairs_in(mined[name], datasets[name]) for name in datasets}
-    lines = [f"Pairs: mined by `sift-he-sv` at T = {args.threshold} inliers "
+    lines = [f"Descriptors from the image at scales {args.scales}. "
+             f"Pairs: mined by `sift-he-sv` at T = {args.threshold} inliers "
              + ", ".join(f"{name} {len(p)} pairs" for name, p in pairs.items()) + " (no label used).", "",
              "| descriptor | whitening | learned on | Holidays-811 mAP | UKBench-1000 N-S | learning s (H / U) |",
              "|---|---|---|---|---|---|"]
     for method in args.methods.split(","):
         dim = get_pipeline(method).build.descriptor.whitening_dim
-        rows = {name: raw_rows(d.database_paths, method, args.cache, args.jobs) for name, d in datasets.items()}
+        rows = {name: raw_rows(d.database_paths, method, args.cache, args.jobs, scales) for name, d in datasets.items()}
         vectors = {name: image_vectors(r) for name, r in rows.items()}
         population = {name: np.concatenate(r) for name, r in rows.items()}
 
