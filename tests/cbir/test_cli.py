@@ -66,7 +66,7 @@ def test_user_mistakes_end_in_one_line_and_an_exit_code(image_folder, tmp_path, 
     for extra, code, message in ((["--box", "1,2,3"], 1, "a box is four numbers"),
                                  (["--box", "300,10,20,40"], 1, "is empty"),
                                  (["--top-k", "0"], 2, "--top-k must be at least 1"),
-                                 (["--window-search", "10"], 1, "window search needs conv-map features"),
+                                 (["--window-search", "10"], 1, "window search needs every conv-map position of one grid"),
                                  (["--search", "sift-he"], 1, "'sift-he' is built differently")):
         assert main(["query", query, "--index", index, "--cache", ""] + extra) == code
         err = capsys.readouterr().err

@@ -129,7 +129,7 @@ def test_search_options_change_per_call_without_another_index(built_index, ukben
     assert [r.name for r in built_index.search(query, top_k=5, options=hard)][0] == ukbench_subset.queries[9].name
     with pytest.raises(ValueError, match="built differently"):
         built_index.search(query, options="sift-he")
-    with pytest.raises(ValueError, match="window search needs conv-map features"):
+    with pytest.raises(ValueError, match="window search needs every conv-map position of one grid"):
         built_index.search(query, options=dataclasses.replace(hard, window_search=10))
     with pytest.raises(ValueError, match="top_k must be at least 1"):
         built_index.search(query, top_k=0)
