@@ -615,19 +615,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vocab)
 
     p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor "
-                                     "(gem-ft, rmac-lw)",
+                                     "(gem-ft, netvlad-ft, rmac-lw)",
                        description="Mine: every image queries the others with sift-he-sv; pairs with enough "
                                    "homography inliers are positives, their connected components the objects. "
                                    "Train (--head gem-fc, for gem-ft): GeM with a learnable p and an FC layer "
                                    "initialised from learned whitening, on the cached conv maps, with hard negatives "
-                                   "re-mined every epoch. Or learn (--head rmac-lw, for rmac-lw): a whitening of "
+                                   "re-mined every epoch (--head netvlad, for netvlad-ft: NetVLAD with 16 "
+                                   "clusters instead of GeM). Or learn (--head rmac-lw, for rmac-lw): a whitening of "
                                    "multi-scale R-MAC regions from the verified pairs, in closed form (the training "
                                    "options do not apply). Resumable: run the same command again after an "
                                    "interruption. Train on other photos than the ones you will search.")
     p.add_argument("--images", nargs="+", required=True, help="training image files, folders, or @list.txt")
     p.add_argument("--out", required=True, help="model directory to write (also holds the work of an interrupted run)")
-    p.add_argument("--head", choices=["gem-fc", "rmac-lw"], default="gem-fc",
-                   help="what to learn: gem-fc (trained GeM + FC, for --method gem-ft; default) or rmac-lw "
+    p.add_argument("--head", choices=["gem-fc", "netvlad", "rmac-lw"], default="gem-fc",
+                   help="what to learn: gem-fc (trained GeM + FC, for --method gem-ft; default), netvlad "
+                        "(trained NetVLAD + FC, for --method netvlad-ft) or rmac-lw "
                         "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
     p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")

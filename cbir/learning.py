@@ -25,7 +25,7 @@ from cbir.pipelines import get_pipeline
 logger = logging.getLogger("cbir")
 
 #: The pipeline a ``cbir train`` model of each head kind is for (its backbone, scales and pooling).
-PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw"}
+PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw", "netvlad": "netvlad-ft"}
 #: The pipeline of the trained (torch) head.
 TRAINED_PIPELINE = PIPELINE_OF_HEAD["gem-fc"]
 

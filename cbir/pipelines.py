@@ -71,8 +71,9 @@ class LocalBuild:
 
 #: Trained heads a global pipeline can use, with the pooling each applies to: the torch heads of
 #: ``cnn.heads.HEAD_KINDS`` (listed here so that this module does not import torch) and ``rmac-lw``,
-#: R-MAC with a regional learned whitening computed in closed form from mined pairs.
-LEARNED_HEADS = {"gem-fc": "gem", "gem": "gem", "rmac-lw": "rmac"}
+#: R-MAC with a regional learned whitening computed in closed form from mined pairs. None: the head
+#: aggregates the map itself (NetVLAD), the build's ``descriptor`` is not used.
+LEARNED_HEADS = {"gem-fc": "gem", "gem": "gem", "rmac-lw": "rmac", "netvlad": None}
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class GlobalBuild:
         regions: store each image's whitened R-MAC regions (for region re-ranking).
         learned: the descriptor comes from a trained head of this kind (``gem-fc``: GeM with
             the trained p, then the trained affine layer, see ``cnn.heads``; ``rmac-lw``: R-MAC
-            whitened by a regional Lw), taken from a model written by ``cbir train`` and saved
-            with the index; None: pooled as ``descriptor`` says and whitened by a whitening
-            learned on images.
+            whitened by a regional Lw; ``netvlad``: NetVLAD and its affine layer, ``descriptor``
+            unused), taken from a model written by ``cbir train`` and saved with the index; None:
+            pooled as ``descriptor`` says and whitened by a whitening learned on images.
         scales: image scales the network sees; the pooled vectors (R-MAC: the regions) of every
             scale make one descriptor (``cnn.global_descriptors.raw_vectors``).
     """
@@ -104,8 +105,8 @@ class GlobalBuild:
             raise ValueError(f"image scales must be positive (got {self.scales})")
         if self.regions and self.descriptor.method != "rmac":
             raise ValueError("only R-MAC descriptors have regions to store")
-        if self.learned is not None and LEARNED_HEADS.get(self.learned) != self.descriptor.method:
-            raise ValueError("learned heads: " + ", ".join(f"{k} ({v})" for k, v in LEARNED_HEADS.items())
+        if self.learned is not None and LEARNED_HEADS.get(self.learned, "") not in (None, self.descriptor.method):
+            raise ValueError("learned heads: " + ", ".join(f"{k} ({v or 'any'})" for k, v in LEARNED_HEADS.items())
                              + f"; got {self.learned!r} for {self.descriptor.method}")
 
     @property
@@ -314,6 +315,10 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
     Pipeline("gem-ft", "EfficientNet-Lite0 head map, GeM with a trained p, trained FC layer (initialised from "
              "learned whitening) -> L2; the head comes from a model trained by cbir train (--model)",
              GlobalBuild(descriptor=GlobalDescriptorConfig("gem"), learned="gem-fc")),
+    Pipeline("netvlad-ft", "EfficientNet-Lite0 head map, trained NetVLAD (16 clusters initialised by k-means of the "
+             "positions) and FC layer (initialised from learned whitening) -> L2; the head comes from a model "
+             "trained by cbir train --head netvlad (--model)",
+             GlobalBuild(learned="netvlad")),
     Pipeline("rmac-qe", "rmac + alpha query expansion with the top results (alpha-QE)",
              GlobalBuild(descriptor=GlobalDescriptorConfig("rmac")), SearchOptions(expansion=_GLOBAL_QE)),
     Pipeline("rmac-diffusion", "rmac + diffusion on the collection's mutual kNN graph",

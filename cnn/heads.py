@@ -3,6 +3,7 @@
 ``GemHead``: a (B, C, H, W) activation map -> GeM pooling with a learnable exponent p
 -> L2 -> optional affine layer ``(x - mean) @ projection`` initialised from a whitening
 (PCA or learned whitening, Radenovic et al. 2018's "Lw" FC initialisation) -> L2.
+``NetVladHead``: NetVLAD (Arandjelovic et al., CVPR 2016) -> the same affine layer -> L2.
 Normalisations follow cirtorch: ``x / (||x|| + eps)``.
 
 The affine layer is kept as (mean, projection) rather than (weight, bias): the same
@@ -18,12 +19,27 @@ from torch import nn
 from cnn.whitening import PCAWhitening
 
 #: Head kinds this module can build (saved in a model's manifest).
-HEAD_KINDS = ("gem-fc", "gem")
+HEAD_KINDS = ("gem-fc", "gem", "netvlad")
+#: NetVLAD's assignment sharpness at initialisation (the paper's alpha).
+NETVLAD_ALPHA = 100.0
 
 
-def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Rows of (B, d) divided by their L2 norm + eps (cirtorch's ``L2N``)."""
-    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps)
+def l2n(x: torch.Tensor, eps: float = 1e-6, dim: int = -1) -> torch.Tensor:
+    """``x`` divided by its L2 norm over ``dim`` + eps (cirtorch's ``L2N``; rows of (B, d) by default)."""
+    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + eps)
+
+
+def affine_parameters(module: nn.Module, whitening: PCAWhitening, input_dim: int, learn: bool) -> None:
+    """Give ``module`` the affine layer ``(x - mean) @ projection`` of ``whitening`` as ``mean`` (d,) and
+    ``projection`` (d, k): parameters when ``learn``, buffers otherwise."""
+    if whitening.input_dim != input_dim:
+        raise ValueError(f"whitening takes {whitening.input_dim} dims, the head gives {input_dim}")
+    for name, value in (("mean", whitening.mean), ("projection", whitening.projection)):
+        tensor = torch.from_numpy(np.array(value, np.float32))
+        if learn:
+            setattr(module, name, nn.Parameter(tensor))
+        else:
+            module.register_buffer(name, tensor)
 
 
 class GeM(nn.Module):
@@ -67,15 +83,7 @@ class GemHead(nn.Module):
         self.channels = channels
         self.pool = GeM(p, learn_p)
         if whitening is not None:
-            if whitening.input_dim != channels:
-                raise ValueError(f"whitening takes {whitening.input_dim} dims, the maps have {channels} channels")
-            mean = torch.from_numpy(np.array(whitening.mean, np.float32))
-            projection = torch.from_numpy(np.array(whitening.projection, np.float32))
-            if learn_whitening:
-                self.mean, self.projection = nn.Parameter(mean), nn.Parameter(projection)
-            else:
-                self.register_buffer("mean", mean)
-                self.register_buffer("projection", projection)
+            affine_parameters(self, whitening, channels, learn_whitening)
         else:
             self.mean = self.projection = None
 
@@ -105,22 +113,83 @@ class GemHead(nn.Module):
         return state
 
 
+class NetVladHead(nn.Module):
+    """NetVLAD -> L2 -> affine ``(x - mean) @ projection`` -> L2.
+
+    Each position's C-vector is L2-normalised, softly assigned to K clusters by a 1x1 conv
+    (``softmax_k(weight_k . x + bias_k)``, initialised as ``softmax(alpha (2 c_k . x - ||c_k||^2))``),
+    its residuals to the centroids ``c_k`` are summed per cluster with those weights, each
+    cluster's sum is L2-normalised (intra-normalisation), then the whole (K * C) vector.
+
+    Args:
+        centroids: (K, C) initial cluster centres (k-means of L2-normalised positions).
+        whitening: initial affine layer, mean (K * C,) and projection (K * C, k); None: no affine
+            layer, the head outputs the VLAD vector (K * C dims: what the whitening is learned from).
+        alpha: assignment sharpness at initialisation.
+        learn_whitening: train the affine layer (False: keep it as initialised).
+    """
+
+    kind = "netvlad"
+
+    def __init__(self, centroids: np.ndarray, whitening: PCAWhitening | None, alpha: float = NETVLAD_ALPHA,
+                 learn_whitening: bool = True):
+        super().__init__()
+        centroids = torch.from_numpy(np.array(centroids, np.float32))
+        self.clusters, self.channels = centroids.shape
+        self.centroids = nn.Parameter(centroids)
+        self.assign_weight = nn.Parameter(2.0 * alpha * centroids)
+        self.assign_bias = nn.Parameter(-alpha * centroids.pow(2).sum(dim=1))
+        if whitening is not None:
+            affine_parameters(self, whitening, self.clusters * self.channels, learn_whitening)
+        else:
+            self.mean = self.projection = None
+
+    @property
+    def output_dim(self) -> int:
+        return self.projection.shape[1] if self.projection is not None else self.clusters * self.channels
+
+    def vlad(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) activations -> (B, K * C) unit-norm, intra-normalised VLAD vectors."""
+        x = l2n(maps.flatten(2), dim=1)  # (B, C, N)
+        logits = torch.einsum("kc,bcn->bkn", self.assign_weight, x) + self.assign_bias[:, None]
+        soft = torch.softmax(logits, dim=1)  # (B, K, N)
+        residuals = soft @ x.transpose(1, 2) - soft.sum(dim=2, keepdim=True) * self.centroids  # (B, K, C)
+        return l2n(l2n(residuals).flatten(1))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) activations -> (B, k) unit-norm descriptors."""
+        x = self.vlad(maps)
+        return x if self.projection is None else l2n((x - self.mean) @ self.projection)
+
+
+def gem_exponent(head: nn.Module) -> torch.Tensor | None:
+    """The GeM exponent p (1,) of a ``GemHead``; None for heads without one."""
+    return head.pool.p if isinstance(head, GemHead) else None
+
+
 def build_head(kind: str, channels: int = 1280, p: float = 3.0, learn_p: bool = True,
-               whitening: PCAWhitening | None = None) -> GemHead:
-    """A head of ``kind`` (``gem-fc`` needs ``whitening`` to start from; ``gem`` has none)."""
+               whitening: PCAWhitening | None = None, centroids: np.ndarray | None = None) -> nn.Module:
+    """A head of ``kind`` (``gem-fc`` needs ``whitening`` to start from, ``gem`` has none; ``netvlad``
+    needs ``centroids`` (K, C) and a ``whitening`` of K * C dims)."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"unknown head {kind!r}; known: {', '.join(HEAD_KINDS)}")
-    if kind == "gem-fc" and whitening is None:
-        raise ValueError("a gem-fc head starts from a whitening (mean, projection)")
+    if kind in ("gem-fc", "netvlad") and whitening is None:
+        raise ValueError(f"a {kind} head starts from a whitening (mean, projection)")
+    if kind == "netvlad":
+        if centroids is None or centroids.shape[1] != channels:
+            raise ValueError(f"a netvlad head starts from centroids of {channels} dims")
+        return NetVladHead(centroids, whitening)
     return GemHead(channels, p, learn_p, whitening if kind == "gem-fc" else None)
 
 
-def head_from_state(kind: str, state: dict[str, torch.Tensor], channels: int = 1280) -> GemHead:
-    """A head of ``kind`` holding a ``state_dict`` written by ``GemHead.state_dict()``."""
+def head_from_state(kind: str, state: dict[str, torch.Tensor], channels: int = 1280) -> nn.Module:
+    """A head of ``kind`` holding a ``state_dict`` written by its ``state_dict()``."""
     whitening = None
-    if kind == "gem-fc":
+    if kind in ("gem-fc", "netvlad"):
         whitening = PCAWhitening(state["mean"].numpy(), state["projection"].numpy())
-    head = build_head(kind, channels, float(state["pool.p"].reshape(-1)[0]), True, whitening)
+    centroids = state["centroids"].numpy() if kind == "netvlad" else None
+    p = float(state["pool.p"].reshape(-1)[0]) if "pool.p" in state else 3.0
+    head = build_head(kind, channels, p, True, whitening, centroids)
     head.load_state_dict(state, strict=True)
     return head
 

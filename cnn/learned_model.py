@@ -14,8 +14,8 @@ with one line naming the file: another format or version, an edited manifest, a 
 that does not match its recorded SHA-256, and a model trained on another backbone or
 backbone-weights version than the one asked for.
 
-``LearnedHead`` is the numpy form used at search time (GeM with the learned p or R-MAC, then the
-learned affine layer, then L2): an index carries it as a saved part, so a saved index
+``LearnedHead`` is the numpy form used at search time (GeM with the learned p, R-MAC or NetVLAD, then
+the learned affine layer, then L2): an index carries it as a saved part, so a saved index
 needs neither torch nor the model directory to be searched.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnn.global_descriptors import GlobalDescriptorConfig, embed, raw_vectors
+from cnn.pooling import l2_normalize
 from cnn.whitening import PCAWhitening
 from index.persistence import MANIFEST, IndexFormatError, read_manifest, write_manifest
 
@@ -36,7 +37,10 @@ VERSION = 1
 #: Version of ``LearnedHead.state_dict`` (an index part).
 HEAD_STATE_VERSION = 1
 #: Tensors a model's state holds, per head kind.
-STATE_KEYS = {"gem": {"pool.p"}, "gem-fc": {"pool.p", "mean", "projection"}, "rmac-lw": {"mean", "projection"}}
+STATE_KEYS = {"gem": {"pool.p"}, "gem-fc": {"pool.p", "mean", "projection"}, "rmac-lw": {"mean", "projection"},
+              "netvlad": {"centroids", "assign_weight", "assign_bias", "mean", "projection"}}
+#: The NetVLAD layer's arrays (``LearnedHead.vlad``).
+VLAD_KEYS = ("centroids", "assign_weight", "assign_bias")
 
 
 class ModelFormatError(IndexFormatError):
@@ -54,16 +58,19 @@ def backbone_weights_version(name: str = "efficientnet-lite0") -> str:
 
 @dataclass
 class LearnedHead:
-    """A trained head as numbers: GeM with exponent ``p`` (kinds ``gem-fc``, ``gem``) or R-MAC
-    regions (``rmac-lw``), at the pipeline's scales, -> L2 -> ``whitening`` (the learned affine
-    layer, ``l2((x - mean) @ projection)``, R-MAC: of each region, then summed and L2; None: L2 only).
+    """A trained head as numbers: GeM with exponent ``p`` (kinds ``gem-fc``, ``gem``), R-MAC
+    regions (``rmac-lw``) or NetVLAD (``netvlad``, see ``netvlad_vector``), at the pipeline's scales,
+    -> L2 -> ``whitening`` (the learned affine layer, ``l2((x - mean) @ projection)``, R-MAC: of each
+    region, then summed and L2; None: L2 only).
 
     Attributes:
-        kind: ``gem-fc``, ``gem`` or ``rmac-lw``.
-        p: the learned GeM exponent (None for ``rmac-lw``).
+        kind: ``gem-fc``, ``gem``, ``rmac-lw`` or ``netvlad``.
+        p: the learned GeM exponent (None for ``rmac-lw`` and ``netvlad``).
         whitening: the learned affine layer.
         model_id: the model's fingerprint (first 16 hex digits of its state's SHA-256).
         backbone: the backbone key the head was trained on (``BackboneOptions.key``).
+        vlad: the NetVLAD layer (``netvlad``; None otherwise): 'centroids' and 'assign_weight' (K, C),
+            'assign_bias' (K,) float32.
     """
 
     kind: str
@@ -71,18 +78,26 @@ class LearnedHead:
     whitening: PCAWhitening | None
     model_id: str
     backbone: str
+    vlad: dict[str, np.ndarray] | None = None
 
     @property
     def output_dim(self) -> int | None:
         return self.whitening.output_dim if self.whitening is not None else None
 
     @property
-    def pooling(self) -> GlobalDescriptorConfig:
-        """The pooling this head applies."""
+    def pooling(self) -> GlobalDescriptorConfig | None:
+        """The pooling this head applies (None: NetVLAD, not a pooling of ``cnn.global_descriptors``)."""
+        if self.kind == "netvlad":
+            return None
         return GlobalDescriptorConfig("rmac") if self.kind == "rmac-lw" else GlobalDescriptorConfig("gem", self.p)
 
     def describe(self, global_maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(C, H, W) activations per scale -> (descriptor (k,) unit norm, whitened rows (r, k))."""
+        """(C, H, W) activations per scale -> (descriptor (k,) unit norm, whitened rows (r, k)); NetVLAD:
+        the unit-norm sum of the scales' VLAD vectors, whitened, one row."""
+        if self.kind == "netvlad":
+            vectors = np.stack([netvlad_vector(m, **self.vlad) for m in global_maps])
+            rows = self.whitening.apply(l2_normalize(vectors.sum(axis=0, keepdims=True)))
+            return rows[0], rows
         return embed(raw_vectors(global_maps, self.pooling), self.whitening, self.pooling)
 
     def state_dict(self) -> tuple[dict, dict]:
@@ -90,7 +105,7 @@ class LearnedHead:
                 "model_id": self.model_id, "backbone": self.backbone}
         arrays = {} if self.whitening is None else {"mean": self.whitening.mean,
                                                     "projection": self.whitening.projection}
-        return meta, arrays
+        return meta, {**arrays, **(self.vlad or {})}
 
     @classmethod
     def from_state_dict(cls, meta: dict, arrays: dict) -> "LearnedHead":
@@ -98,7 +113,8 @@ class LearnedHead:
             raise ValueError(f"not a version-{HEAD_STATE_VERSION} learned head")
         whitening = PCAWhitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
         p = None if meta["p"] is None else float(meta["p"])
-        return cls(meta["head"], p, whitening, meta["model_id"], meta["backbone"])
+        vlad = {name: np.asarray(arrays[name], np.float32) for name in VLAD_KEYS} if meta["head"] == "netvlad" else None
+        return cls(meta["head"], p, whitening, meta["model_id"], meta["backbone"], vlad)
 
 
 @dataclass
@@ -106,7 +122,7 @@ class LearnedModel:
     """A trained model: its head's state and what it was trained on.
 
     Attributes:
-        head: head kind (``gem-fc``, ``gem``, ``rmac-lw``).
+        head: head kind (``gem-fc``, ``gem``, ``rmac-lw``, ``netvlad``).
         backbone: ``BackboneOptions.key`` of the maps it was trained on.
         weights_version: version of the backbone-weights package.
         state: the head's ``state_dict`` (name -> torch tensor).
@@ -134,7 +150,8 @@ class LearnedModel:
                  for name, value in self.state.items()}
         whitening = PCAWhitening(state["mean"], state["projection"]) if "projection" in state else None
         p = float(np.asarray(state["pool.p"]).reshape(-1)[0]) if "pool.p" in state else None
-        return LearnedHead(self.head, p, whitening, self.model_id, self.backbone)
+        vlad = {name: state[name].astype(np.float32) for name in VLAD_KEYS} if self.head == "netvlad" else None
+        return LearnedHead(self.head, p, whitening, self.model_id, self.backbone, vlad)
 
     def save(self, directory: str) -> None:
         """Atomically write the model directory (replacing a model already there)."""
@@ -222,6 +239,31 @@ class LearnedModel:
             raise ModelFormatError(f"{state_path}: not the state_dict of a {meta['head']} head")
         return cls(meta["head"], model_backbone, weights, state, meta.get("settings", {}), meta.get("data", {}),
                    meta.get("history", []), meta.get("scores", {}), digest[:16])
+
+
+def netvlad_vector(feature_map: np.ndarray, centroids: np.ndarray, assign_weight: np.ndarray,
+                   assign_bias: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """NetVLAD of one (C, H, W) activation map (numpy; ``cnn.heads.NetVladHead.vlad`` without torch).
+
+    Args:
+        feature_map: (C, H, W) activations.
+        centroids: (K, C) cluster centres.
+        assign_weight: (K, C) and assign_bias: (K,): the soft assignment ``softmax_k(w_k . x + b_k)``.
+        eps: added to every norm (cirtorch's ``x / (||x|| + eps)``).
+
+    Returns:
+        (K * C,) float32: residuals to the centroids summed with the assignment weights over the
+        L2-normalised positions, L2-normalised per cluster, then as a whole.
+    """
+    x = np.asarray(feature_map, np.float32).reshape(feature_map.shape[0], -1)  # (C, N)
+    x = x / (np.linalg.norm(x, axis=0, keepdims=True) + eps)
+    logits = assign_weight @ x + assign_bias[:, None]  # (K, N)
+    soft = np.exp(logits - logits.max(axis=0, keepdims=True))
+    soft /= soft.sum(axis=0, keepdims=True)
+    residuals = soft @ x.T - soft.sum(axis=1, keepdims=True) * centroids  # (K, C)
+    residuals /= np.linalg.norm(residuals, axis=1, keepdims=True) + eps
+    vector = residuals.ravel()
+    return vector / (np.linalg.norm(vector) + eps)
 
 
 def _sha256(path: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cnn.heads import HEAD_KINDS, GemHead, MapBank, build_head
+from cnn.heads import HEAD_KINDS, MapBank, NetVladHead, build_head, gem_exponent
 from cnn.losses import DEFAULT_MARGINS, tuple_loss
 from cnn.tuples import epoch_tuples
 from cnn.whitening import PCAWhitening
@@ -40,13 +40,15 @@ class TrainingConfig:
     """How a head is trained (saved in the model's manifest).
 
     Attributes:
-        head: ``gem-fc`` (GeM with learnable p, then an affine layer), ``gem`` (p only), or
+        head: ``gem-fc`` (GeM with learnable p, then an affine layer), ``gem`` (p only), ``netvlad``
+            (NetVLAD of ``clusters`` clusters initialised by k-means, then an affine layer), or
             ``rmac-lw`` (R-MAC with a regional learned whitening, learned in closed form by
             ``cbir.learning.train_model``: no torch training, the other settings do not apply).
         init: what the affine layer starts from, learned on the training images:
             ``lw`` (learned whitening from the verified pairs) or ``pca`` (PCA whitening).
         dim: output dimensions of the affine layer.
         p: initial GeM exponent.
+        clusters: NetVLAD's K (its VLAD vector has K * C dims).
         loss: ``contrastive`` or ``triplet``.
         margin: the loss margin (None: 0.85 contrastive, 0.1 triplet).
         negatives: N negatives per tuple.
@@ -67,6 +69,7 @@ class TrainingConfig:
     init: str = "lw"
     dim: int = 512
     p: float = 3.0
+    clusters: int = 16
     loss: str = "contrastive"
     margin: float | None = None
     negatives: int = 5
@@ -87,8 +90,8 @@ class TrainingConfig:
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(DEFAULT_MARGINS)}")
         if self.init not in ("lw", "pca"):
             raise ValueError(f"unknown initialisation {self.init!r}; known: lw, pca")
-        if self.epochs < 0 or self.batch < 1 or self.negatives < 1:
-            raise ValueError("epochs must be >= 0, batch and negatives >= 1")
+        if self.epochs < 0 or self.batch < 1 or self.negatives < 1 or self.clusters < 1:
+            raise ValueError("epochs must be >= 0, batch, negatives and clusters >= 1")
 
     @property
     def loss_margin(self) -> float:
@@ -98,21 +101,21 @@ class TrainingConfig:
 @dataclass
 class EpochRecord:
     """What one epoch did: mean loss, tuples, seconds (tuple mining included), tuples per second
-    (of the optimisation steps), and the GeM p at its end."""
+    (of the optimisation steps), and the GeM p at its end (None: the head has none)."""
 
     epoch: int
     loss: float
     tuples: int
     seconds: float
     tuples_per_s: float
-    p: float
+    p: float | None
 
 
 @dataclass
 class TrainingResult:
     """The trained head and its history."""
 
-    head: GemHead
+    head: torch.nn.Module
     history: list[EpochRecord] = field(default_factory=list)
 
     @property
@@ -143,13 +146,66 @@ def pooled_gem(maps: list[np.ndarray], p: float = 3.0) -> np.ndarray:
 def initial_whitening(maps: list[np.ndarray], pairs: np.ndarray, config: TrainingConfig) -> PCAWhitening:
     """The affine layer's start, learned on the training images' GeM vectors (p = ``config.p``):
     learned whitening from the verified pairs (``lw``) or PCA whitening (``pca``)."""
-    vectors = pooled_gem(maps, config.p)
+    return learn_whitening(pooled_gem(maps, config.p), pairs, config)
+
+
+def learn_whitening(vectors: np.ndarray, pairs: np.ndarray, config: TrainingConfig) -> PCAWhitening:
+    """``config.init``'s whitening of (n, d) vectors to ``config.dim`` dims: ``lw`` from the verified
+    ``pairs`` (m, 2) or ``pca``."""
     if config.init == "lw":
         learn_from_pairs = getattr(PCAWhitening, "learn_from_pairs", None)
         if learn_from_pairs is None:
             raise ValueError("learned whitening (init='lw') needs PCAWhitening.learn_from_pairs; use init='pca'")
         return learn_from_pairs(vectors, np.asarray(pairs), config.dim)
     return PCAWhitening.learn(vectors, config.dim)
+
+
+def span_whitening(vectors: np.ndarray, pairs: np.ndarray, config: TrainingConfig, eps: float = 1e-6) -> PCAWhitening:
+    """``learn_whitening`` of (n, d) vectors with n << d (NetVLAD's K * C dims), learned in the span of the
+    centred vectors (r <= n - 1 dims, found from their n x n Gram matrix) and lifted back to d dims.
+
+    The pairs' differences and the population's deviations lie in that span, so Lw and PCA find the
+    same directions as in d dims, without a d x d eigen-decomposition.
+    """
+    x = np.asarray(vectors, np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    values, vectors_n = np.linalg.eigh(centred @ centred.T)
+    keep = values > eps * values[-1]
+    basis = centred.T @ (vectors_n[:, keep] / np.sqrt(values[keep]))  # (d, r) orthonormal columns
+    inner = learn_whitening(centred @ basis, pairs, config)
+    return PCAWhitening(mean + basis @ inner.mean, basis @ inner.projection, inner.method)
+
+
+def position_centroids(maps: list[np.ndarray], clusters: int, seed: int, per_image: int = 64) -> np.ndarray:
+    """(clusters, C) k-means centres (faiss, one thread: repeatable) of L2-normalised conv positions,
+    ``per_image`` of each (C, H, W) map drawn with ``default_rng(seed)``: NetVLAD's initial centroids."""
+    from bovw.kmeans import faiss_threads, kmeans
+    from cnn.pooling import l2_normalize
+    rng = np.random.default_rng(seed)
+    samples = []
+    for m in maps:
+        positions = np.asarray(m, np.float32).reshape(m.shape[0], -1).T
+        samples.append(positions[rng.choice(len(positions), min(per_image, len(positions)), replace=False)])
+    with faiss_threads(1):
+        return kmeans(l2_normalize(np.concatenate(samples)), clusters, seed, max_points_per_centroid=1024)
+
+
+def initial_head(maps: list[np.ndarray], bank: MapBank, pairs: np.ndarray, config: TrainingConfig,
+                 whitening: PCAWhitening | None = None) -> torch.nn.Module:
+    """The head before training: GeM (p = ``config.p``) with ``initial_whitening``, or NetVLAD with
+    ``position_centroids`` and a ``span_whitening`` of its VLAD vectors of the ``bank``'s images.
+    ``whitening``: the affine layer's start instead (gem-fc, netvlad)."""
+    channels = maps[0].shape[0]
+    if config.head == "netvlad":
+        centroids = position_centroids(maps, config.clusters, config.seed)
+        if whitening is None:
+            vectors = bank.describe_all(NetVladHead(centroids, None).to(bank.device))
+            whitening = span_whitening(vectors, pairs, config)
+        return build_head("netvlad", channels, whitening=whitening, centroids=centroids)
+    if config.head == "gem-fc" and whitening is None:
+        whitening = initial_whitening(maps, pairs, config)
+    return build_head(config.head, channels, config.p, True, whitening if config.head == "gem-fc" else None)
 
 
 def resolve(device: str) -> torch.device:
@@ -161,7 +217,7 @@ def resolve(device: str) -> torch.device:
 def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray,
                config: TrainingConfig = TrainingConfig(), device: str = "auto",
                whitening: PCAWhitening | None = None, checkpoint: str | None = None,
-               progress: bool | None = None, on_epoch: Callable[[EpochRecord, GemHead], None] | None = None,
+               progress: bool | None = None, on_epoch: Callable[[EpochRecord, torch.nn.Module], None] | None = None,
                cpu_threads: int = 1) -> TrainingResult:
     """Train a head on the cached maps of a training collection.
 
@@ -171,7 +227,7 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
         components: (n,) component of each image (negatives come from other components).
         config: the settings.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        whitening: start of the affine layer (None: ``initial_whitening`` computes it).
+        whitening: start of the affine layer (None: learned on the training images, see ``initial_head``).
         checkpoint: a file to save the state to after every epoch and to resume from when it
             holds a run of the same settings and data (None: no checkpoint).
         progress: progress bar per epoch (None: only on a terminal).
@@ -190,32 +246,39 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
     if len(components) != len(maps):
         raise ValueError(f"{len(maps)} maps but {len(components)} component labels")
     torch.manual_seed(config.seed)
-    if config.head == "gem-fc" and whitening is None:
-        whitening = initial_whitening(maps, pairs, config)
-    head = build_head(config.head, maps[0].shape[0], config.p, True, whitening if config.head == "gem-fc" else None)
     target = resolve(device)
-    head.to(target)
-    optimizer = torch.optim.Adam(_parameter_groups(head, config), lr=config.lr, weight_decay=config.weight_decay)
-    fingerprint = _run_key(config, maps, pairs, components)
-    history: list[EpochRecord] = []
-    start_epoch = 0
-    if checkpoint and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint)
-        if state["run_key"] == fingerprint:
-            head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = [EpochRecord(**record) for record in state["history"]]
-            start_epoch = int(state["epoch"])
-            logger.info("resuming training at epoch %d of %d from %s", start_epoch + 1, config.epochs, checkpoint)
-        else:
-            logger.info("%s holds another run (settings or data differ): starting afresh", checkpoint)
     bank = MapBank(maps, target)
+    fingerprint = _run_key(config, maps, pairs, components)
     from cnn.backbone import _torch_threads
     with _torch_threads(cpu_threads if target.type == "cpu" else 0):
+        head = initial_head(maps, bank, pairs, config, whitening).to(target)
+        optimizer = torch.optim.Adam(_parameter_groups(head, config), lr=config.lr,
+                                     weight_decay=config.weight_decay)
+        history, start_epoch = _resume(checkpoint, fingerprint, head, optimizer, config)
         _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint,
                       fingerprint, progress, on_epoch)
     head.to("cpu").eval()
     return TrainingResult(head, history)
+
+
+def _resume(checkpoint: str | None, fingerprint: str, head: torch.nn.Module, optimizer,
+            config: TrainingConfig) -> tuple[list[EpochRecord], int]:
+    """Load the state of ``checkpoint`` into ``head`` and ``optimizer`` when it holds the run ``fingerprint``.
+
+    Returns:
+        (the history so far, the epoch to start at); ([], 0) without such a checkpoint.
+    """
+    if not (checkpoint and os.path.exists(checkpoint)):
+        return [], 0
+    state = load_checkpoint(checkpoint)
+    if state["run_key"] != fingerprint:
+        logger.info("%s holds another run (settings or data differ): starting afresh", checkpoint)
+        return [], 0
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    start_epoch = int(state["epoch"])
+    logger.info("resuming training at epoch %d of %d from %s", start_epoch + 1, config.epochs, checkpoint)
+    return [EpochRecord(**record) for record in state["history"]], start_epoch
 
 
 def _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint, fingerprint,
@@ -231,17 +294,18 @@ def _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch,
             on_epoch(record, head)
 
 
-def _parameter_groups(head: GemHead, config: TrainingConfig) -> list[dict]:
+def _parameter_groups(head: torch.nn.Module, config: TrainingConfig) -> list[dict]:
     groups = []
-    if isinstance(head.pool.p, torch.nn.Parameter):
-        groups.append({"params": [head.pool.p], "lr": config.lr * config.p_lr_factor, "weight_decay": 0.0})
-    rest = [parameter for name, parameter in head.named_parameters() if name != "pool.p"]
+    p = gem_exponent(head)
+    if isinstance(p, torch.nn.Parameter):
+        groups.append({"params": [p], "lr": config.lr * config.p_lr_factor, "weight_decay": 0.0})
+    rest = [parameter for parameter in head.parameters() if parameter is not p]
     if rest:
         groups.append({"params": rest})
     return groups
 
 
-def _run_epoch(head: GemHead, bank: MapBank, optimizer, pairs: np.ndarray, components: np.ndarray,
+def _run_epoch(head: torch.nn.Module, bank: MapBank, optimizer, pairs: np.ndarray, components: np.ndarray,
                config: TrainingConfig, epoch: int, progress: bool | None) -> EpochRecord:
     started = time.perf_counter()
     rng = np.random.default_rng([config.seed, epoch])
@@ -252,6 +316,7 @@ def _run_epoch(head: GemHead, bank: MapBank, optimizer, pairs: np.ndarray, compo
     head.train()
     steps_started = time.perf_counter()
     total, count = 0.0, 0
+    p = gem_exponent(head)
     bar = tqdm(total=len(tuples), desc=f"epoch {epoch + 1}/{config.epochs}", unit="tuple",
                disable=None if progress is None else not progress, leave=False)
     for start in range(0, len(tuples), config.batch):
@@ -268,16 +333,17 @@ def _run_epoch(head: GemHead, bank: MapBank, optimizer, pairs: np.ndarray, compo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():  # GeM needs p >= 1 (a mean at least); cirtorch has no such clamp but never goes there
-            head.pool.p.clamp_(min=1.0)
+        if p is not None:
+            with torch.no_grad():  # GeM needs p >= 1 (a mean at least); cirtorch has no such clamp but never goes there
+                p.clamp_(min=1.0)
         total += loss.item() * t
         count += t
         bar.update(t)
-        bar.set_postfix(loss=f"{total / count:.4f}", p=f"{head.pool.p.item():.2f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", **({} if p is None else {"p": f"{p.item():.2f}"}))
     bar.close()
     ended = time.perf_counter()
     return EpochRecord(epoch + 1, total / max(count, 1), count, ended - started,
-                       count / max(ended - steps_started, 1e-9), head.pool.p.item())
+                       count / max(ended - steps_started, 1e-9), None if p is None else p.item())
 
 
 def _run_key(config: TrainingConfig, maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray) -> str:
