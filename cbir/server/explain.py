@@ -151,8 +151,9 @@ def _cells(keypoints: np.ndarray) -> np.ndarray:
 def _explain_regions(index: GlobalIndex, prepared: GlobalQuery, result: SearchResult, path: str) -> dict:
     whitening = index.whitening
     if index.head is not None:
-        if index.head.pooling.method != "rmac":
-            return {"kind": "none", "summary": "a trained GeM head describes whole images only; no region view"}
+        if index.head.pooling is None or index.head.pooling.method != "rmac":
+            return {"kind": "none", "summary": f"a trained {index.head.kind} head describes whole images only; "
+                                              "no region view"}
         whitening = index.head.whitening
     raw, boxes = [], []
     for feature_map in index.extractor(path, store=False)["global"]:  # one per scale
