@@ -20,6 +20,10 @@ Three modes:
 ``--evaluate DIR`` (here, CPU): Holidays-811 mAP of the fine-tuned backbone + trained head
     against the off-the-shelf backbone + the same initial head (Lw, no training), in one run.
 
+``--evaluate-rmac DIR`` (here, CPU): rmac-ft, the ``rmac-lw`` descriptor (multi-scale R-MAC, regional Lw
+    from the UKBench mined pairs) with its regions pooled from the fine-tuned backbone, against the
+    off-the-shelf one.
+
 Honest split: trained on UKBench mined pairs only, evaluated on Holidays.
 """
 from __future__ import annotations
@@ -346,6 +350,58 @@ def holidays_map(dataset, descriptors: np.ndarray) -> float:
     return value
 
 
+def rmac_rows(backbone, paths: list[str], scales: tuple[float, ...]) -> list[np.ndarray]:
+    """Per image, its (r, 1280) L2-normalised R-MAC region vectors at ``scales`` (the pipeline's
+    ``raw_vectors``) from ``backbone``'s head maps."""
+    from bovw.images import ImageOptions, load_image, rescale
+    from cnn.global_descriptors import GlobalDescriptorConfig, raw_vectors
+    config = GlobalDescriptorConfig("rmac")
+    rows = []
+    for path in paths:
+        image = load_image(path, ImageOptions(max_side=backbone.options.max_side), color=True)
+        rows.append(raw_vectors([backbone.feature_maps(rescale(image, s))["global"] for s in scales], config))
+    return rows
+
+
+def evaluate_rmac(args) -> None:
+    """rmac-ft: ``rmac-lw`` (R-MAC at its scales, regional Lw from the UKBench mined pairs) with the regions
+    pooled from the fine-tuned backbone, against the same on the off-the-shelf one, Holidays-811 mAP."""
+    from benchmarks.common import write_result
+    from cbir.pipelines import get_pipeline
+    from cnn.backbone import Backbone
+    from cnn.global_descriptors import embed
+    from cnn.options import BackboneOptions
+    from cnn.whitening import regional_learned_whitening
+    from index.datasets import holidays
+    torch.set_num_threads(args.threads)
+    dataset = holidays(os.path.join(args.data, "holidays"))
+    with open(os.path.join(GPU_DIR, "mined.json")) as handle:
+        train_paths = [os.path.join(args.data, "ukbench", name) for name in json.load(handle)["names"]]
+    pairs = np.load(os.path.join(GPU_DIR, "pairs.npy"))
+    build = get_pipeline("rmac-lw").build
+    lines = [f"rmac-ft: R-MAC regions at image scales {build.scales} (the rmac-lw pipeline's), regional Lw learned "
+             f"on the UKBench-1000 images' {len(pairs)} mined pairs through the same network; evaluated on "
+             f"Holidays-811 (honest split). Command: `python -m benchmarks.finetune_whole --evaluate-rmac "
+             f"{args.evaluate_rmac} --name {args.name}`.", "",
+             "| backbone | Holidays-811 mAP | seconds |", "|---|---|---|"]
+    for label, delta in (("off-the-shelf Lite0 (= rmac-lw)", None),
+                         (f"fine-tuned Lite0 ({args.evaluate_rmac})", "backbone_delta.pt")):
+        started = time.perf_counter()
+        backbone = Backbone(BackboneOptions(), device="cpu", cpu_threads=0)
+        if delta:
+            load_delta(backbone.net, torch.load(os.path.join(args.evaluate_rmac, delta), map_location="cpu",
+                                                weights_only=True))
+        backbone.eval()
+        whitening = regional_learned_whitening(rmac_rows(backbone, train_paths, build.scales), pairs)
+        descriptors = np.stack([embed(rows, whitening, build.descriptor)[0]
+                                for rows in rmac_rows(backbone, dataset.database_paths, build.scales)])
+        value = holidays_map(dataset, descriptors)
+        lines.append(f"| {label} | {value:.4f} | {time.perf_counter() - started:.0f} |")
+        print(lines[-1], flush=True)
+    if args.name:
+        print(f"written to {write_result(args.name, chr(10).join(lines))}")
+
+
 def evaluate(args) -> None:
     from benchmarks.common import write_result
     from cnn.backbone import Backbone
@@ -429,6 +485,8 @@ def parse_args():
     mode.add_argument("--train", action="store_true",
                       help="fine-tune (GPU machine; on the CPU with a large --from-block)")
     mode.add_argument("--evaluate", metavar="DIR", help="folder with backbone_delta.pt, heads.pt, log.json")
+    mode.add_argument("--evaluate-rmac", metavar="DIR", help="rmac-ft: rmac-lw's R-MAC and regional Lw from the "
+                                                             "fine-tuned backbone in DIR (backbone_delta.pt)")
     parser.add_argument("--mined", default="/tmp/h14mined/ukbench", help="MinedPairs save of UKBench")
     parser.add_argument("--min-inliers", type=int, default=10)
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the re-encoded images")
@@ -467,6 +525,8 @@ def main():
         prepare(args)
     elif args.train:
         train(args)
+    elif args.evaluate_rmac:
+        evaluate_rmac(args)
     else:
         evaluate(args)
 
