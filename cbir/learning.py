@@ -102,7 +102,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
     """
     from cbir.mining import MinedPairs, mine_pairs
     from cnn.learned_model import LearnedModel, backbone_weights_version, data_fingerprint
-    from cnn.training import TrainingConfig, train_head
+    from cnn.training import CLOSED_FORM_HEADS, TrainingConfig, train_head
     config = config or TrainingConfig()
     images = [str(p) for p in images]
     os.makedirs(out, exist_ok=True)
@@ -122,7 +122,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
                            **mining)
         mined.save(pairs_dir)
     logger.info("mined: %s", mined.summary())
-    closed_form = config.head == "rmac-lw"
+    closed_form = config.head in CLOSED_FORM_HEADS
     pipeline = PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE)
     maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device, pipeline)
     pairs, components = restrict(mined.pairs, mined.components, kept)
