@@ -54,7 +54,13 @@ def raw_vectors(feature_maps: Sequence[np.ndarray], config: GlobalDescriptorConf
         return np.concatenate([l2_normalize(pooling.region_mac(m, pooling.rmac_regions(m.shape[1], m.shape[2],
                                                                                        config.rmac_levels)))
                                for m in feature_maps])
-    vectors = l2_normalize(np.stack([pooled(m, config) for m in feature_maps]))
+    return sum_of_scales(np.stack([pooled(m, config) for m in feature_maps]))
+
+
+def sum_of_scales(vectors: np.ndarray) -> np.ndarray:
+    """(s, d) one vector per scale -> (1, d): their L2-normalised sum after each is L2-normalised (one
+    scale: just normalised)."""
+    vectors = l2_normalize(vectors)
     return vectors if len(vectors) == 1 else l2_normalize(vectors.sum(axis=0, keepdims=True))
 
 

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnn.global_descriptors import GlobalDescriptorConfig, embed, raw_vectors
-from cnn.pooling import l2_normalize
+from cnn.global_descriptors import GlobalDescriptorConfig, embed, raw_vectors, sum_of_scales
 from cnn.whitening import PCAWhitening
 from index.persistence import MANIFEST, IndexFormatError, read_manifest, write_manifest
 
@@ -95,8 +94,7 @@ class LearnedHead:
         """(C, H, W) activations per scale -> (descriptor (k,) unit norm, whitened rows (r, k)); NetVLAD:
         the unit-norm sum of the scales' VLAD vectors, whitened, one row."""
         if self.kind == "netvlad":
-            vectors = np.stack([netvlad_vector(m, **self.vlad) for m in global_maps])
-            rows = self.whitening.apply(l2_normalize(vectors.sum(axis=0, keepdims=True)))
+            rows = self.whitening.apply(sum_of_scales(np.stack([netvlad_vector(m, **self.vlad) for m in global_maps])))
             return rows[0], rows
         return embed(raw_vectors(global_maps, self.pooling), self.whitening, self.pooling)
 
@@ -111,10 +109,14 @@ class LearnedHead:
     def from_state_dict(cls, meta: dict, arrays: dict) -> "LearnedHead":
         if meta.get("kind") != "learned-head" or meta.get("version") != HEAD_STATE_VERSION:
             raise ValueError(f"not a version-{HEAD_STATE_VERSION} learned head")
+        return cls.from_arrays(meta["head"], meta["p"], arrays, meta["model_id"], meta["backbone"])
+
+    @classmethod
+    def from_arrays(cls, kind: str, p: float | None, arrays: dict, model_id: str, backbone: str) -> "LearnedHead":
+        """The head of ``kind`` from its numpy arrays ('mean', 'projection', NetVLAD's ``VLAD_KEYS``)."""
         whitening = PCAWhitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
-        p = None if meta["p"] is None else float(meta["p"])
-        vlad = {name: np.asarray(arrays[name], np.float32) for name in VLAD_KEYS} if meta["head"] == "netvlad" else None
-        return cls(meta["head"], p, whitening, meta["model_id"], meta["backbone"], vlad)
+        vlad = {name: np.asarray(arrays[name], np.float32) for name in VLAD_KEYS} if kind == "netvlad" else None
+        return cls(kind, None if p is None else float(p), whitening, model_id, backbone, vlad)
 
 
 @dataclass
@@ -148,10 +150,8 @@ class LearnedModel:
         """The numpy head an index applies at search time."""
         state = {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
                  for name, value in self.state.items()}
-        whitening = PCAWhitening(state["mean"], state["projection"]) if "projection" in state else None
-        p = float(np.asarray(state["pool.p"]).reshape(-1)[0]) if "pool.p" in state else None
-        vlad = {name: state[name].astype(np.float32) for name in VLAD_KEYS} if self.head == "netvlad" else None
-        return LearnedHead(self.head, p, whitening, self.model_id, self.backbone, vlad)
+        p = np.asarray(state["pool.p"]).reshape(-1)[0] if "pool.p" in state else None
+        return LearnedHead.from_arrays(self.head, p, state, self.model_id, self.backbone)
 
     def save(self, directory: str) -> None:
         """Atomically write the model directory (replacing a model already there)."""
