@@ -18,7 +18,7 @@ from bovw.hamming import HammingConfig
 from bovw.images import ImageOptions
 from bovw.vocabulary import VocabularyConfig
 from cnn.global_descriptors import GlobalDescriptorConfig
-from cnn.options import BackboneOptions, ConvLocalOptions
+from cnn.options import BackboneOptions, ConvLocalOptions, image_scales
 from index.asmk import AsmkConfig
 from index.persistence import dataclass_from_dict
 from index.search_options import DiffusionConfig, ExpansionConfig, FusionConfig, SearchOptions
@@ -100,9 +100,7 @@ class GlobalBuild:
     scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))  # a list when read from JSON
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"image scales must be positive (got {self.scales})")
+        object.__setattr__(self, "scales", image_scales(self.scales))
         if self.regions and self.descriptor.method != "rmac":
             raise ValueError("only R-MAC descriptors have regions to store")
         if self.learned is not None and LEARNED_HEADS.get(self.learned, "") not in (None, self.descriptor.method):

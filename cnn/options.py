@@ -17,6 +17,15 @@ STRIDES = {"local": 16, "global": 32}
 CHANNELS = {"local": 672, "global": 1280}
 
 
+def image_scales(scales) -> tuple[float, ...]:
+    """Image scales as a tuple of floats (a list when read from JSON); ValueError unless there is at
+    least one and all are positive."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"image scales must be positive (got {scales})")
+    return scales
+
+
 @dataclass(frozen=True)
 class BackboneOptions:
     """How images go through the network (what changes the feature maps, nothing else).
@@ -57,9 +66,7 @@ class ConvLocalOptions:
     max_features: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))  # a list when read from JSON
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"conv feature scales must be positive (got {self.scales})")
+        object.__setattr__(self, "scales", image_scales(self.scales))
         if self.max_features is not None and self.max_features < 1:
             raise ValueError(f"max_features must be at least 1 (got {self.max_features})")
 
