@@ -385,13 +385,12 @@ class ResultWriter:
 def _draw(index, query, box, prepared, results, args, many: bool) -> None:
     """Write the query beside its top results, inlier matches drawn, as a PNG."""
     import cv2
-    from cbir.sharded_index import ShardedIndex
     from cbir.visualize import draw_results
     if index.KIND != "local":
         raise UsageError("--draw needs a local-feature index (matches are drawn)")
     shown = results[:args.draw_top]
     paths = [index.path_of(r.name) for r in shown]
-    owners = [index.owner(r.slot) if isinstance(index, ShardedIndex) else (index, r.slot) for r in shown]
+    owners = [index.owner(r.slot) for r in shown]
     picture = draw_results(index.extracted_query_image(query, box), prepared.keypoints, shown,
                            [p if os.path.isfile(p) else None for p in paths],
                            [owner.images.features(slot)[0] for owner, slot in owners],

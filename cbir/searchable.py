@@ -194,6 +194,11 @@ class SearchableIndex:
         """Subclass-specific facts for ``info()``."""
         return {}
 
+    def owner(self, slot: int) -> tuple["SearchableIndex", int]:
+        """(the index holding image ``slot``, the image's slot there): this index itself; a sharded
+        index names the shard."""
+        return self, slot
+
     def empty_like(self) -> "SearchableIndex":
         """An empty index with this one's pipeline, learned parts (shared, not copied), cache and root."""
         raise NotImplementedError

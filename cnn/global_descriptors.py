@@ -64,6 +64,17 @@ def sum_of_scales(vectors: np.ndarray) -> np.ndarray:
     return vectors if len(vectors) == 1 else l2_normalize(vectors.sum(axis=0, keepdims=True))
 
 
+def rmac_boxes(feature_maps: Sequence[np.ndarray], levels: int) -> np.ndarray:
+    """(r, 4) x0, y0, x1, y1 of each R-MAC region of ``raw_vectors`` (same order), as fractions of
+    its scale's map."""
+    boxes = []
+    for feature_map in feature_maps:
+        _, height, width = feature_map.shape
+        y0, x0, y1, x1 = pooling.rmac_regions(height, width, levels).T
+        boxes.append(np.stack([x0 / width, y0 / height, x1 / width, y1 / height], axis=1))
+    return np.concatenate(boxes)
+
+
 def pooled(feature_map: np.ndarray, config: GlobalDescriptorConfig) -> np.ndarray:
     """(C, H, W) activations -> (C,) vector pooled by ``config.method`` (not R-MAC)."""
     if config.method == "gem":

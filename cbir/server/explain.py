@@ -23,8 +23,7 @@ import numpy as np
 from cbir.fusion_index import FusionIndex, FusionQuery
 from cbir.global_index import GlobalIndex, GlobalQuery
 from cbir.retrieval_index import RetrievalIndex
-from cbir.sharded_index import ShardedIndex
-from cnn import pooling
+from cnn.global_descriptors import GlobalDescriptorConfig, embed, raw_vectors, rmac_boxes
 from index.ranking import LocalQuery
 from index.results import SearchResult
 from index.window_search import best_window
@@ -53,9 +52,9 @@ def explain(index, prepared, result: SearchResult, result_path: str, frame: tupl
         ``result_points`` ((m, 2) lists), ``outline`` (4 corners in the result), ``result_boxes``
         and ``query_boxes`` ((m, 4) x0, y0, x1, y1 lists), ``scores``.
     """
-    if isinstance(index, ShardedIndex):  # the shard holding the image explains it (shards share the idf)
-        shard, slot = index.owner(result.slot)
-        return explain(shard, prepared, dataclasses.replace(result, slot=slot), result_path, frame, frame_size)
+    owner, slot = index.owner(result.slot)
+    if owner is not index:  # the shard holding the image explains it (shards share the idf)
+        return explain(owner, prepared, dataclasses.replace(result, slot=slot), result_path, frame, frame_size)
     if isinstance(index, FusionIndex):
         assert isinstance(prepared, FusionQuery)
         if result.matches is not None:
@@ -155,15 +154,10 @@ def _explain_regions(index: GlobalIndex, prepared: GlobalQuery, result: SearchRe
             return {"kind": "none", "summary": f"a trained {index.head.kind} head describes whole images only; "
                                               "no region view"}
         whitening = index.head.whitening
-    raw, boxes = [], []
-    for feature_map in index.extractor(path, store=False)["global"]:  # one per scale
-        _, height, width = feature_map.shape
-        regions = pooling.rmac_regions(height, width, index.pipeline.build.descriptor.rmac_levels)
-        raw.append(pooling.l2_normalize(pooling.region_mac(feature_map, regions)))
-        y0, x0, y1, x1 = regions.T
-        boxes.append(np.stack([x0 / width, y0 / height, x1 / width, y1 / height], axis=1))
-    raw, boxes = np.concatenate(raw), np.concatenate(boxes)
-    rows = whitening.apply(raw) if whitening is not None else raw
+    maps = index.extractor(path, store=False)["global"]  # one per scale
+    regions = GlobalDescriptorConfig("rmac", rmac_levels=index.pipeline.build.descriptor.rmac_levels)
+    _, rows = embed(raw_vectors(maps, regions), whitening, regions)
+    boxes = rmac_boxes(maps, regions.rmac_levels)
     scores = rows @ prepared.descriptor
     best = np.argsort(-scores, kind="stable")[:TOP_REGIONS]
     return {"kind": "regions", "summary": f"best R-MAC region of the result scores {scores[best[0]]:.3f} "
