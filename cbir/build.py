@@ -253,7 +253,7 @@ def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
             raise BuildError(f"pipeline {pipeline.name!r} uses global descriptors: it takes no vocabulary")
         if pipeline.build.learned is not None and model is None:
             raise BuildError(f"pipeline {pipeline.name!r} needs a trained model: train one with cbir train "
-                             f"--images FOLDER --out MODEL, then give --model MODEL")
+                             f"--images FOLDER --head {pipeline.build.learned} --out MODEL, then give --model MODEL")
         head = learned_head(model, pipeline) if model is not None else None
         return GlobalIndex(pipeline, whitening, cache_dir, head=head)
     if model is not None:
