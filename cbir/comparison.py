@@ -17,6 +17,7 @@ import numpy as np
 
 from bovw.images import ImageOptions, ImageReadError, load_image
 from cbir.evaluate import EvaluationResult, run_queries
+from cbir.visualize import fit_height, stack_rows
 from index.datasets import Dataset
 
 #: Saved arrays that hold the collection (the rest are learned parts: vocabulary, embeddings, whitening).
@@ -132,17 +133,13 @@ def strip(path: str, dataset: Dataset, query: int, runs: tuple[MethodRun, ...], 
         tiles += [_tile(image_path(n), height, GREEN if n in positives else GREY if n in junk else RED,
                         f"{i}. {os.path.basename(n)}") for i, n in enumerate(ranking, 1)]
         rows.append(np.concatenate(tiles, axis=1))
-    width = max(r.shape[1] for r in rows)
-    picture = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
-                              for r in rows], axis=0)
-    cv2.imwrite(path, np.ascontiguousarray(picture[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    cv2.imwrite(path, np.ascontiguousarray(stack_rows(rows, 255)[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def _tile(path: str, height: int, color: tuple[int, int, int], label: str, border: int = 5) -> np.ndarray:
     """(height + 18, w, 3) uint8 RGB: the image scaled to ``height`` inside a ``color`` frame, a label under it."""
     try:
-        image = load_image(path, ImageOptions(max_side=2 * height), color=True)
-        image = cv2.resize(image, (max(1, round(image.shape[1] * height / image.shape[0])), height))
+        image, _ = fit_height(load_image(path, ImageOptions(max_side=2 * height), color=True), height)
     except ImageReadError:
         image = np.full((height, height, 3), 200, np.uint8)
     framed = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=color)

@@ -9,9 +9,17 @@ import numpy as np
 from bovw.images import ImageOptions, ImageReadError, load_image
 
 
-def _panel(image: np.ndarray, height: int) -> tuple[np.ndarray, float]:
+def fit_height(image: np.ndarray, height: int) -> tuple[np.ndarray, float]:
+    """(the image resized to ``height`` pixels, aspect kept; the scale applied)."""
     scale = height / image.shape[0]
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), height)), scale
+
+
+def stack_rows(rows: list[np.ndarray], fill: int = 0) -> np.ndarray:
+    """(h_i, w_i, 3) rows one under the other, each padded on the right with ``fill`` to the widest."""
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=fill)
+                           for r in rows], axis=0)
 
 
 def draw_results(query_image: np.ndarray, query_keypoints: np.ndarray, results, result_paths: list[str | None],
@@ -30,7 +38,7 @@ def draw_results(query_image: np.ndarray, query_keypoints: np.ndarray, results, 
     Returns:
         (rows * row_height, w, 3) uint8 RGB picture.
     """
-    left, q_scale = _panel(query_image, row_height)
+    left, q_scale = fit_height(query_image, row_height)
     rows = []
     for result, path, keypoints in zip(results, result_paths, result_keypoints):
         try:
@@ -39,7 +47,7 @@ def draw_results(query_image: np.ndarray, query_keypoints: np.ndarray, results, 
             right_image = None
         if right_image is None:
             right_image = np.full((row_height, row_height, 3), 128, np.uint8)
-        right, r_scale = _panel(right_image, row_height)
+        right, r_scale = fit_height(right_image, row_height)
         row = np.concatenate([left, right], axis=1).copy()
         if result.matches is not None:
             for qi, di in result.matches:
@@ -52,5 +60,4 @@ def draw_results(query_image: np.ndarray, query_keypoints: np.ndarray, results, 
         rows.append(row)
     if not rows:
         return left
-    width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    return stack_rows(rows)
