@@ -389,8 +389,8 @@ def evaluate_rmac(args) -> None:
         started = time.perf_counter()
         backbone = Backbone(BackboneOptions(), device="cpu", cpu_threads=0)
         if delta:
-            load_delta(backbone.net, torch.load(os.path.join(args.evaluate_rmac, delta), map_location="cpu",
-                                                weights_only=True))
+            path = os.path.join(args.evaluate_rmac, delta)
+            load_delta(backbone.net, torch.load(path, weights_only=True, map_location="cpu"))
         backbone.eval()
         whitening = regional_learned_whitening(rmac_rows(backbone, train_paths, build.scales), pairs)
         descriptors = np.stack([embed(rows, whitening, build.descriptor)[0]

