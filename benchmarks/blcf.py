@@ -18,13 +18,11 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, OTHER, benchmark_datasets, write_result
 from bovw.extraction import iter_features
-from bovw.hamming import HammingEmbedding
 from bovw.vocabulary import VocabularyConfig
-from cbir.build import learn_local_whitening, local_descriptors, train_vocabulary
+from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
-from index.asmk import AsmkEmbedding
 
 
 def parse_args():
@@ -112,11 +110,8 @@ def main():
 def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:
     """The Hamming embedding and the ASMK* binarisation of BLCF's whitened conv features of ``train``."""
     descriptors, _ = local_descriptors(train, blcf, args.cache, args.jobs, progress=False)
-    descriptors = whitening.apply(descriptors)
-    words = vocabulary.quantize(descriptors, beam=blcf.build.beam, n_jobs=args.jobs)
-    seed = blcf.build.hamming_seed
-    return {"hamming": HammingEmbedding.learn(descriptors, words, vocabulary.n_words, seed),
-            "asmk": AsmkEmbedding.learn(descriptors, words, vocabulary.centers[-1], seed)}
+    return {"hamming": hamming_from(descriptors, blcf, vocabulary, args.jobs, whitening),
+            "asmk": asmk_from(descriptors, blcf, vocabulary, args.jobs, whitening)}
 
 
 if __name__ == "__main__":

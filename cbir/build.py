@@ -141,7 +141,7 @@ def learn_hamming(paths: Sequence[str], pipeline: Pipeline | str, vocabulary: Vo
                   whitening: PCAWhitening | None = None) -> tuple[HammingEmbedding, ExtractionReport]:
     """Learn a Hamming embedding's per-word medians from the descriptors of ``paths``."""
     descriptors, report = local_descriptors(paths, pipeline, cache_dir, n_jobs, progress)
-    return _hamming_from(descriptors, _local_pipeline(pipeline), vocabulary, n_jobs, whitening), report
+    return hamming_from(descriptors, _local_pipeline(pipeline), vocabulary, n_jobs, whitening), report
 
 
 def _local_whitening_from(descriptors: np.ndarray, pipeline: Pipeline, max_descriptors: int = 200_000,
@@ -171,15 +171,15 @@ def _quantized(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: Vocabula
     return descriptors, vocabulary.quantize(descriptors, beam=pipeline.build.beam, n_jobs=n_jobs)
 
 
-def _hamming_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
-                  whitening: PCAWhitening | None) -> HammingEmbedding:
+def hamming_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
+                 whitening: PCAWhitening | None) -> HammingEmbedding:
     """``learn_hamming`` on (n, d) descriptors already extracted."""
     descriptors, words = _quantized(descriptors, pipeline, vocabulary, n_jobs, whitening)
     return HammingEmbedding.learn(descriptors, words, vocabulary.n_words, pipeline.build.hamming_seed)
 
 
-def _asmk_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
-               whitening: PCAWhitening | None) -> AsmkEmbedding:
+def asmk_from(descriptors: np.ndarray, pipeline: Pipeline, vocabulary: VocabularyTree, n_jobs: int,
+              whitening: PCAWhitening | None) -> AsmkEmbedding:
     """The ASMK* binarisation (``index.asmk``) learned on (n, d) descriptors already extracted."""
     descriptors, words = _quantized(descriptors, pipeline, vocabulary, n_jobs, whitening)
     return AsmkEmbedding.learn(descriptors, words, vocabulary.centers[-1], pipeline.build.hamming_seed)
@@ -338,6 +338,6 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         config = vocabulary_config or build.vocabulary
         logger.info("training a %d-word vocabulary on %d images", config.n_words, len(train_paths))
         vocabulary = _vocabulary_from(training, pipeline, config, progress, whitening)
-    hamming = _hamming_from(training, pipeline, vocabulary, n_jobs, whitening) if build.hamming else None
-    asmk = _asmk_from(training, pipeline, vocabulary, n_jobs, whitening) if build.asmk else None
+    hamming = hamming_from(training, pipeline, vocabulary, n_jobs, whitening) if build.hamming else None
+    asmk = asmk_from(training, pipeline, vocabulary, n_jobs, whitening) if build.asmk else None
     return empty_index(pipeline, vocabulary, whitening, hamming, cache_dir, asmk=asmk)
