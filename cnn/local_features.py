@@ -1,6 +1,6 @@
 """Local convolutional features for BLCF (Mohedano et al., ICMR 2016).
 
-Every spatial position of the stride-16 map is a local feature: its descriptor
+Every spatial position of a conv map (by default block 11's expansion, stride 16) is a local feature: its descriptor
 is the activation vector there (L2-normalised here; PCA whitening and the second
 L2 come from the index's learned whitening), its keypoint the position's centre
 in pixels, with the stride as scale and angle 0. The vocabulary, inverted file
@@ -13,7 +13,7 @@ import numpy as np
 from bovw.features import LocalFeatures
 from bovw.images import rescale
 from cnn.backbone import get_backbone
-from cnn.options import STRIDES, ConvLocalOptions
+from cnn.options import LOCAL_LAYERS, ConvLocalOptions
 from cnn.pooling import l2_normalize
 
 
@@ -47,13 +47,14 @@ def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLoc
     up-scaled, by a scale above 1 or by the backbone). With ``options.max_features``, only the
     positions of largest activation norm over all scales are kept, in extraction order."""
     backbone = get_backbone(options.backbone, device)
+    stride = LOCAL_LAYERS[options.layer][2]
     height, width = image.shape[:2]
     keypoints, descriptors, norms = [], [], []
     for scale in options.scales:
         scaled = rescale(image, scale)
         seen = backbone.input_size(*scaled.shape[:2])[0] / height  # network input pixels per image pixel
-        local_map = backbone.feature_maps(scaled)["local"]
-        features = conv_local_features(local_map, STRIDES["local"] / seen, (height, width))
+        local_map = backbone.feature_maps(scaled, options.layer)["local"]
+        features = conv_local_features(local_map, stride / seen, (height, width))
         keypoints.append(features.keypoints)
         descriptors.append(features.descriptors)
         norms.append(np.linalg.norm(local_map.reshape(local_map.shape[0], -1), axis=0))

@@ -11,10 +11,18 @@ import numpy as np
 
 from bovw.images import ImageOptions
 
-#: Stride in pixels of each exposed map.
-STRIDES = {"local": 16, "global": 32}
-#: Channels of each exposed map.
+#: Channels of each exposed map (BLCF's 'local' map at its default layer).
 CHANNELS = {"local": 672, "global": 1280}
+#: Layers of EfficientNet-Lite0 that can give BLCF's local features: (block index, or None for
+#: the head conv; ``expand`` for the block's expansion conv after BN + ReLU6, ``output`` for the
+#: block's output, its projection plus skip; stride in pixels; channels).
+LOCAL_LAYERS = {
+    "block11-expand": (11, "expand", 16, 672),  # the default: stand-in for VGG16 conv5_1
+    "block10": (10, "output", 16, 112),  # last block at stride 16
+    "block15": (15, "output", 32, 320),  # last block, the head conv's input
+    "head": (None, "output", 32, 1280),  # the head conv after BN + ReLU6 (the global map)
+}
+DEFAULT_LOCAL_LAYER = "block11-expand"
 
 
 def image_scales(scales) -> tuple[float, ...]:
@@ -59,14 +67,18 @@ class ConvLocalOptions:
         max_features: keep only this many positions of an image, those whose activation vector
             has the largest L2 norm over all scales (HOW's attention: strong activations mark
             the object, weak ones flat background); None keeps every position.
+        layer: the map whose positions are the features, a key of ``LOCAL_LAYERS``.
     """
 
     backbone: BackboneOptions = BackboneOptions()
     scales: tuple[float, ...] = (1.0,)
     max_features: int | None = None
+    layer: str = DEFAULT_LOCAL_LAYER
 
     def __post_init__(self):
         object.__setattr__(self, "scales", image_scales(self.scales))
+        if self.layer not in LOCAL_LAYERS:
+            raise ValueError(f"unknown conv layer {self.layer!r}; known: {', '.join(LOCAL_LAYERS)}")
         if self.max_features is not None and self.max_features < 1:
             raise ValueError(f"max_features must be at least 1 (got {self.max_features})")
 
@@ -80,7 +92,8 @@ class ConvLocalOptions:
         """Feature-cache key of these settings."""
         scales = "" if self.scales == (1.0,) else "-scales" + "-".join(f"{s:g}" for s in self.scales)
         top = "" if self.max_features is None else f"-top{self.max_features}"
-        return f"convlocal-v1-{self.backbone.key}{scales}{top}"
+        layer = "" if self.layer == DEFAULT_LOCAL_LAYER else f"-{self.layer}"
+        return f"convlocal-v1-{self.backbone.key}{layer}{scales}{top}"
 
     @property
     def image(self) -> ImageOptions:

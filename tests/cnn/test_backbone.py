@@ -8,7 +8,7 @@ from bovw.images import ImageOptions, load_image
 torch = pytest.importorskip("torch")
 
 from cnn.backbone import Backbone  # noqa: E402
-from cnn.options import CHANNELS, BackboneOptions  # noqa: E402
+from cnn.options import CHANNELS, LOCAL_LAYERS, BackboneOptions  # noqa: E402
 
 # ImageNet classes of natural landscapes: alp, cliff, promontory, lakeside, seashore, valley, volcano.
 LANDSCAPE = {970, 972, 976, 975, 978, 979, 980}
@@ -35,6 +35,18 @@ def test_feature_map_shapes_and_strides(backbone, data_dir):
     # stride 32; the network's static "same" padding floors the odd 7.5 rows
     assert maps["global"].shape == (CHANNELS["global"], 7, 10)
     assert maps["local"].min() >= 0 and maps["local"].max() <= 6  # after ReLU6
+
+
+def test_each_local_layer_has_its_channels_and_stride_and_the_head_is_the_global_map(backbone, data_dir):
+    image = load_image(os.path.join(data_dir, "ukbench", "ukbench00000.jpg"), ImageOptions(), color=True)
+    default = backbone.feature_maps(image)
+    for layer, (_, _, stride, channels) in LOCAL_LAYERS.items():
+        local = backbone.feature_maps(image, layer)["local"]
+        assert local.shape[0] == channels and abs(local.shape[2] - 320 / stride) < 1, layer
+    np.testing.assert_array_equal(backbone.feature_maps(image, "head")["local"], default["global"])
+    np.testing.assert_array_equal(backbone.feature_maps(image, "block11-expand")["local"], default["local"])
+    # block 15's output feeds the head conv: not ReLU6-bounded, unlike the expansion and head maps
+    assert backbone.feature_maps(image, "block15")["local"].min() < 0
 
 
 def test_unknown_backbone_is_refused():

@@ -89,3 +89,14 @@ def test_attention_selection_keeps_the_strongest_positions_over_all_scales(photo
     assert {16.0, 32.0} == set(kept.keypoints[:, 2].tolist())
     # a kept position of the full-scale map is among that map's 100 strongest
     assert {i for i in index if i < 300} <= set(np.argsort(-norms)[:100].tolist())
+
+
+def test_a_stride_32_layer_gives_keypoints_on_its_own_grid_and_a_distinct_cache_key(photo):
+    """The head map as BLCF's layer: 7x10 positions of the 1280-d map, keypoints at stride 32."""
+    options = ConvLocalOptions(layer="head")
+    features = conv_local_from_image(photo, options)
+    assert len(features) == 7 * 10 and features.descriptors.shape[1] == 1280
+    assert tuple(features.keypoints[0]) == (16, 16, 32, 0)
+    assert options.key != ConvLocalOptions().key
+    with pytest.raises(ValueError, match="unknown conv layer 'conv5'"):
+        ConvLocalOptions(layer="conv5")
