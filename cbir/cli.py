@@ -19,8 +19,10 @@ from bovw.extraction import ExtractionReport
 from bovw.images import ImageReadError
 from index.persistence import MANIFEST, IndexFormatError, read_manifest
 
-#: ``cbir train``'s learning rate (cnn.training.TrainingConfig's default, without importing torch).
+#: ``cbir train``'s learning rates of the head and of tuned backbone blocks (cnn.training.TrainingConfig's
+#: defaults, without importing torch).
 TRAIN_DEFAULT_LR = 1e-4
+TRAIN_DEFAULT_BACKBONE_LR = 1e-5
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 logger = logging.getLogger("cbir")
 
@@ -260,7 +262,8 @@ def cmd_train(args) -> None:
     config = TrainingConfig(head=args.head, init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
                             negatives=args.negatives, hard_negatives=not args.random_negatives,
                             hard_positives=args.hard_positives, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                            seed=args.seed, max_tuples=args.max_tuples)
+                            seed=args.seed, max_tuples=args.max_tuples, from_block=args.from_block,
+                            backbone_lr=args.backbone_lr, lr_decay=args.lr_decay)
     vocabulary = None
     if args.branching or args.depth:
         from bovw.vocabulary import VocabularyConfig
@@ -280,7 +283,8 @@ def cmd_train(args) -> None:
         history = run.result.history
         speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
         done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
-    print(f"model {args.out}: {run.model.head} head, {done}; trained on {run.model.data['images']} images, "
+    tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..15"
+    print(f"model {args.out}: {run.model.head} head{tuned}, {done}; trained on {run.model.data['images']} images, "
           f"{run.model.data['pairs']} verified pairs; use it with --method {PIPELINE_OF_HEAD[args.head]} "
           f"--model {args.out}")
 
@@ -412,7 +416,7 @@ def cmd_info(args) -> None:
         facts = {"format": "cbir-learned-model", "head": model.head, "backbone": model.backbone,
                  "weights_version": model.weights_version, "model_id": model.model_id,
                  "gem_p": None if head.p is None else round(head.p, 4),
-                 "dim": head.output_dim, "settings": model.settings,
+                 "dim": head.output_dim, "tuned_from_block": model.from_block, "settings": model.settings,
                  "data": {k: v for k, v in model.data.items() if k != "image_digests"},
                  "epochs": len(model.history), "scores": model.scores}
     elif manifest.get("format") == "cbir-vocabulary":
@@ -619,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "homography inliers are positives, their connected components the objects. "
                                    "Train (--head gem-fc, for gem-ft): GeM with a learnable p and an FC layer "
                                    "initialised from learned whitening, on the cached conv maps, with hard negatives "
-                                   "re-mined every epoch (--head netvlad, for netvlad-ft: NetVLAD with 16 "
+                                   "re-mined every epoch (--from-block N: with the backbone's blocks N..15 and head "
+                                   "conv, on their inputs computed once; --head netvlad, for netvlad-ft: NetVLAD with 16 "
                                    "clusters instead of GeM). Or learn (--head rmac-lw, for rmac-lw): a whitening of "
                                    "multi-scale R-MAC regions from the verified pairs, in closed form (the training "
                                    "options do not apply). Resumable: run the same command again after an "
@@ -640,7 +645,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=["lw", "pca"], default="lw",
                    help="FC initialisation: learned whitening from the pairs (default) or PCA whitening")
     p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512)")
-    p.add_argument("--lr", type=float, default=TRAIN_DEFAULT_LR, help="Adam learning rate (default %(default)g)")
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULT_LR,
+                   help="Adam learning rate of the head (default %(default)g; GeM's p: 10x)")
+    p.add_argument("--from-block", type=int, choices=range(16), metavar="N",
+                   help="also train the backbone's blocks N..15 and its head conv (gem-fc head; BatchNorm frozen): "
+                        "the frozen stem and blocks 0..N-1 run once per training image and their output is kept "
+                        "in memory. 11: the stride-32 stages (~7 tuples/s on one CPU core), 15: the last block, "
+                        "0: the whole network (meant for a GPU, --device auto). Default: the head only, on cached "
+                        "maps. The model then holds the tuned blocks, and gem-ft describes images through them")
+    p.add_argument("--backbone-lr", type=float, default=TRAIN_DEFAULT_BACKBONE_LR,
+                   help="Adam learning rate of the backbone blocks trained with --from-block (default %(default)g)")
+    p.add_argument("--lr-decay", type=float, default=1.0,
+                   help="learning rates multiplied by this after every epoch (default 1: constant)")
     p.add_argument("--batch", type=int, default=32, help="tuples per step (default 32)")
     p.add_argument("--max-tuples", type=int, help="tuples per epoch at most (default: every verified pair, both ways)")
     p.add_argument("--min-inliers", type=int, help="homography inliers that make a positive pair (default: mining's)")

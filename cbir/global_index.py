@@ -51,7 +51,9 @@ class GlobalIndex(SearchableIndex):
         cache_dir: feature-map cache folder.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``, for extraction.
         head: the trained head of a pipeline with a ``learned`` build (``gem-ft``), from a model
-            (``LearnedModel.inference_head()``); saved with the index, applied without torch.
+            (``LearnedModel.inference_head()``); saved with the index, applied without torch. A head
+            with tuned backbone weights (``cbir train --from-block``) brings them: images are then
+            described through the tuned network (cached apart from the ImageNet one's maps).
     """
 
     FORMAT = "cbir-global-index"
@@ -85,11 +87,13 @@ class GlobalIndex(SearchableIndex):
     @property
     def extractor(self):
         """The head maps at the pipeline's scales (``cnn.feature_maps.MultiScaleMaps``, built on
-        first use: it imports torch)."""
+        first use: it imports torch), through the head's tuned backbone when it has one."""
         if self._extractor is None:
             from cnn.feature_maps import MultiScaleMaps
             build = self.pipeline.build
-            self._extractor = MultiScaleMaps(build.backbone, build.scales, self.cache_dir, self.device)
+            tuned = self.head.tuned if self.head is not None else None
+            options = build.backbone if tuned is None else tuned.options(build.backbone)
+            self._extractor = MultiScaleMaps(options, build.scales, self.cache_dir, self.device)
         return self._extractor
 
     def describe(self, maps: dict) -> GlobalQuery:
@@ -206,5 +210,6 @@ class GlobalIndex(SearchableIndex):
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
                 "learned_head": None if self.head is None else {
                     "kind": self.head.kind, "p": None if self.head.p is None else round(self.head.p, 4),
-                    "dim": self.head.output_dim, "model_id": self.head.model_id},
+                    "dim": self.head.output_dim, "model_id": self.head.model_id,
+                    "tuned_from_block": None if self.head.tuned is None else self.head.tuned.from_block},
                 "diffusion_graph": graph or "none (built by the first diffusion search)"}

@@ -1,4 +1,5 @@
-"""``cbir train`` as a function: mine verified pairs in a folder, train a head, save the model.
+"""``cbir train`` as a function: mine verified pairs in a folder, train a head (and with
+``TrainingConfig.from_block`` the backbone's last blocks, ``cnn.tuning``), save the model.
 
 The model directory doubles as the work folder of an interrupted run: ``mining/`` holds
 the resumable mining (index, features, queries done), ``pairs/`` the mined pairs once
@@ -102,7 +103,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
     """
     from cbir.mining import MinedPairs, mine_pairs
     from cnn.learned_model import LearnedModel, backbone_weights_version, data_fingerprint
-    from cnn.training import CLOSED_FORM_HEADS, TrainingConfig, train_head
+    from cnn.training import CLOSED_FORM_HEADS, TrainingConfig
     config = config or TrainingConfig()
     images = [str(p) for p in images]
     os.makedirs(out, exist_ok=True)
@@ -139,21 +140,38 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         result, (state, scores) = None, regional_lw_state(maps, pairs, get_pipeline(pipeline))
         history = []
     else:
-        logger.info("training a %s head on %d images, %d verified pairs (%s loss, %d epochs)", config.head,
+        tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..15"
+        logger.info("training a %s head%s on %d images, %d verified pairs (%s loss, %d epochs)", config.head, tuned,
                     len(used), len(pairs), config.loss, config.epochs)
-        checkpoint = os.path.join(out, "checkpoint.pt")
-        result = train_head([m[0] for m in maps], pairs, components, config, device, checkpoint=checkpoint,
-                            progress=progress)
+        result = _train(used, [m[0] for m in maps], pairs, components, config, device, os.path.join(out, "checkpoint.pt"),
+                        progress, backbone)
         state, history = result.head.state_dict(), [dataclasses.asdict(r) for r in result.history]
         scores = {"final_loss": result.history[-1].loss if result.history else None,
                   "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)}
     model = LearnedModel(config.head, backbone.key, backbone_weights_version(backbone.name), state,
-                         dataclasses.asdict(config), data, history, scores)
+                         dataclasses.asdict(config), data, history, scores, tuned=result and result.tuned,
+                         from_block=config.from_block)
     model.save(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")):
         os.unlink(os.path.join(out, "checkpoint.pt"))
     shutil.rmtree(mining_dir, ignore_errors=True)
     return TrainingRun(model, mined, result, report)
+
+
+def _train(paths: list[str], maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray, config, device: str,
+           checkpoint: str, progress: bool | None, backbone):
+    """The head trained on the cached (C, H, W) ``maps`` of ``paths`` (``cnn.training.train_head``), or with
+    ``config.from_block`` blocks of the ``backbone`` too, on the decoded images (``cnn.tuning.train_network``,
+    the FC layer starting from the same whitening of the cached maps as the head alone)."""
+    from cnn.training import initial_whitening, train_head
+    if config.from_block is None:
+        return train_head(maps, pairs, components, config, device, checkpoint=checkpoint, progress=progress)
+    from cnn.feature_maps import FeatureMapExtractor
+    from cnn.tuning import train_network
+    decode = FeatureMapExtractor(backbone).image
+    whitening = initial_whitening(maps, pairs, config) if config.head == "gem-fc" else None
+    return train_network([decode(p) for p in paths], pairs, components, config, device, whitening, checkpoint,
+                         progress, options=backbone)
 
 
 def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline) -> tuple[dict, dict]:

@@ -8,10 +8,15 @@ file installed with it; nothing is downloaded) and are read with
   expansion conv of block 11 after BN + ReLU6, 672 channels at stride 16, the
   stand-in for VGG16 conv5_1 used by BLCF;
 - ``global``: the head conv after BN + ReLU6, 1280 channels at stride 32.
+
+``BackboneOptions.tuned`` names fine-tuned weights of the last blocks (``cbir train
+--from-block``), registered in the process (``register_tuned``) by the model or index that
+holds them; the ImageNet weights of those blocks are replaced by them (``load_tuned``).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -28,6 +33,11 @@ from cnn.options import DEFAULT_LOCAL_LAYER, LOCAL_LAYERS, BackboneOptions
 #: oneDNN at its first use, so setting it after ``import torch`` works; a value
 #: the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+#: Blocks of Lite0 are ``net._blocks[0..LAST_BLOCK]``.
+LAST_BLOCK = 15
+#: Fine-tuned weights by digest (``register_tuned``): (first tuned block, state_dict).
+_TUNED: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
 
 #: Serialises changes of torch's process-wide thread count (see ``_torch_threads``).
 _THREADS_LOCK = threading.Lock()
@@ -74,6 +84,87 @@ def _weights_path(name: str) -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def run_from(net: torch.nn.Module, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """EfficientNet-Lite from the input of block ``start`` to the input of block ``stop`` (None: to the
+    'global' map, the head conv after BN + ReLU6, as ``Backbone.forward``).
+
+    Args:
+        net: the EfficientNet-Lite of a ``Backbone``.
+        x: (B, C, h, w) float input of block ``start``; for 0, the preprocessed image (B, 3, H, W).
+        start: first block run (0: the stem too).
+        stop: first block not run.
+
+    Returns:
+        (B, C', h', w') input of block ``stop``, or (B, 1280, ~H/32, ~W/32) 'global' map when ``stop`` is None.
+    """
+    if start == 0:
+        x = net._swish(net._bn0(net._conv_stem(x)))
+    for block in net._blocks[start:stop]:
+        x = block(x)
+    return x if stop is not None else net._swish(net._bn1(net._conv_head(x)))
+
+
+def tuned_prefixes(start: int) -> tuple[str, ...]:
+    """``state_dict`` name prefixes of what ``cbir train --from-block start`` trains: blocks
+    ``start``..LAST_BLOCK and the head conv (with their BatchNorm), the stem too when 0."""
+    if not 0 <= start <= LAST_BLOCK:
+        raise ValueError(f"the first tuned block must be in 0..{LAST_BLOCK} (got {start})")
+    stem = ("_conv_stem.", "_bn0.") if start == 0 else ()
+    return stem + tuple(f"_blocks.{i}." for i in range(start, LAST_BLOCK + 1)) + ("_conv_head.", "_bn1.")
+
+
+def tuned_state(net: torch.nn.Module, start: int) -> dict[str, torch.Tensor]:
+    """float32 CPU copies of the ``state_dict`` entries of blocks ``start``.. and the head conv."""
+    prefixes = tuned_prefixes(start)
+    return {name: value.detach().float().cpu().clone() for name, value in net.state_dict().items()
+            if name.startswith(prefixes)}
+
+
+def load_tuned(net: torch.nn.Module, state: dict[str, torch.Tensor], start: int) -> None:
+    """Replace the weights of blocks ``start``.. and the head conv of ``net`` by ``state`` (a ``tuned_state``).
+
+    Raises:
+        ValueError: ``state`` is not exactly those tensors of this network, with their shapes.
+    """
+    current = net.state_dict()
+    check_tuned(current, state, start)
+    net.load_state_dict({name: value.to(current[name].dtype) for name, value in state.items()}, strict=False)
+
+
+def check_tuned(reference: dict[str, torch.Tensor], state: dict, start: int) -> None:
+    """Raise ValueError unless ``state`` holds exactly the tensors of blocks ``start``.. and the head conv
+    of the network whose ``state_dict`` is ``reference``, with their shapes."""
+    expected = {name for name in reference if name.startswith(tuned_prefixes(start))}
+    if set(state) != expected:
+        odd = sorted(set(state) ^ expected)
+        raise ValueError(f"not the weights of blocks {start}..{LAST_BLOCK} of this backbone ({len(odd)} tensors "
+                         f"differ, e.g. {odd[0]!r})")
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(reference[name].shape):
+            raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, the backbone's "
+                             f"{tuple(reference[name].shape)}")
+
+
+def imagenet_state(name: str = "efficientnet-lite0") -> dict[str, torch.Tensor]:
+    """The ImageNet ``state_dict`` of backbone ``name`` (offline, ``weights_only=True``)."""
+    return torch.load(_weights_path(name), map_location="cpu", weights_only=True)
+
+
+def register_tuned(options: BackboneOptions, start: int, arrays: dict[str, np.ndarray],
+                   digest: str) -> BackboneOptions:
+    """Make fine-tuned weights known to this process; returns ``options`` naming them (``tuned=digest``),
+    which ``get_backbone`` then builds with them.
+
+    Args:
+        options: the backbone they were tuned from.
+        start: the first tuned block.
+        arrays: ``tuned_state`` as numpy arrays (name -> float32 array).
+        digest: their content digest (``cnn.learned_model.tuned_digest``).
+    """
+    _TUNED[digest] = (start, {name: torch.from_numpy(np.array(value, copy=True)) for name, value in arrays.items()})
+    return dataclasses.replace(options, tuned=digest)
+
+
 class Backbone(torch.nn.Module):
     """EfficientNet-Lite with its ImageNet weights; ``forward`` returns the exposed maps.
 
@@ -90,8 +181,12 @@ class Backbone(torch.nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
         self.options = options
         self.net = EfficientNet.from_name(options.name)
-        state = torch.load(_weights_path(options.name), map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state, strict=True)
+        self.net.load_state_dict(imagenet_state(options.name), strict=True)
+        if options.tuned:
+            if options.tuned not in _TUNED:
+                raise ValueError(f"tuned backbone weights {options.tuned} are not loaded (open the model or index "
+                                 f"that holds them)")
+            load_tuned(self.net, _TUNED[options.tuned][1], _TUNED[options.tuned][0])
         self.net.eval()
         self.device = resolve_device(device)
         self.cpu_threads = cpu_threads if self.device.type == "cpu" else 0
@@ -152,5 +247,6 @@ class Backbone(torch.nn.Module):
 
 @functools.lru_cache(maxsize=4)
 def get_backbone(options: BackboneOptions = BackboneOptions(), device: str = "auto") -> Backbone:
-    """One shared Backbone per options and device (the weights are loaded once per process)."""
+    """One shared Backbone per options and device (the weights are loaded once per process; one per
+    tuned model, its ``options.tuned`` digest registered first)."""
     return Backbone(options, device)

@@ -162,9 +162,9 @@ class NetVladHead(nn.Module):
         return x if self.projection is None else l2n((x - self.mean) @ self.projection)
 
 
-def gem_exponent(head: nn.Module) -> torch.Tensor | None:
-    """The GeM exponent p (1,) of a ``GemHead``; None for heads without one."""
-    return head.pool.p if isinstance(head, GemHead) else None
+def gem_exponent(module: nn.Module) -> torch.Tensor | None:
+    """The GeM exponent p (1,) of a ``GemHead`` (or of the one inside ``module``); None without one."""
+    return next((m.pool.p for m in module.modules() if isinstance(m, GemHead)), None)
 
 
 def build_head(kind: str, channels: int = 1280, p: float = 3.0, learn_p: bool = True,
@@ -201,13 +201,15 @@ class MapBank:
     image indices is then pooled group by group.
 
     Args:
-        maps: n arrays (C, H, W) float32/float16.
+        maps: n arrays (C, H, W) float32/float16 (or uint8 images (3, H, W), ``cnn.tuning``).
         device: where the tensors live.
         dtype: storage dtype (float32 default; float16 halves memory, computed in float32).
+        batch: images per pass of ``describe_all``.
     """
 
-    def __init__(self, maps: list[np.ndarray], device: torch.device | str = "cpu", dtype=torch.float32):
-        self.n = len(maps)
+    def __init__(self, maps: list[np.ndarray], device: torch.device | str = "cpu", dtype=torch.float32,
+                 batch: int = 256):
+        self.n, self.batch = len(maps), batch
         self.device = torch.device(device)
         shapes: dict[tuple, list[int]] = {}
         for i, m in enumerate(maps):
@@ -216,7 +218,7 @@ class MapBank:
         self.group_of = np.empty(self.n, np.int64)
         self.row_of = np.empty(self.n, np.int64)
         for g, (shape, members) in enumerate(shapes.items()):
-            stacked = torch.from_numpy(np.stack([np.asarray(maps[i], np.float32) for i in members]))
+            stacked = torch.from_numpy(np.stack([np.asarray(maps[i]) for i in members]))
             self.groups.append(stacked.to(device=self.device, dtype=dtype))
             self.group_of[members] = g
             self.row_of[members] = np.arange(len(members))
@@ -237,10 +239,10 @@ class MapBank:
         return in_input_order(results, order)
 
     @torch.no_grad()
-    def describe_all(self, head: nn.Module, batch: int = 256) -> np.ndarray:
-        """(n, k) float32 descriptors of every image (no gradient)."""
-        parts = [self.forward(head, np.arange(start, min(start + batch, self.n)))
-                 for start in range(0, self.n, batch)]
+    def describe_all(self, head: nn.Module) -> np.ndarray:
+        """(n, k) float32 descriptors of every image (no gradient), ``batch`` images at a time."""
+        parts = [self.forward(head, np.arange(start, min(start + self.batch, self.n)))
+                 for start in range(0, self.n, self.batch)]
         return torch.cat(parts).float().cpu().numpy()
 
 

@@ -44,16 +44,21 @@ class BackboneOptions:
             larger images are down-scaled to it).
         upscale: also up-scale smaller images to ``max_side`` (conv maps of small
             photos are otherwise only a few cells wide).
+        tuned: content digest (16 hex digits) of fine-tuned weights of the last blocks that replace
+            the ImageNet ones (``cbir train --from-block``; the weights themselves are registered in
+            the process with ``cnn.backbone.register_tuned``); None: the ImageNet weights.
     """
 
     name: str = "efficientnet-lite0"
     max_side: int = 1024
     upscale: bool = False
+    tuned: str | None = None
 
     @property
     def key(self) -> str:
         """Changes whenever the feature maps would."""
-        return f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
+        return (f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
+                + (f"-tuned{self.tuned}" if self.tuned else ""))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ tuples (``cnn.tuples.epoch_tuples``: verified positives, hard negatives re-mined
 current descriptors), then Adam steps over batches of tuples. Deterministic given a seed
 on the CPU: the epoch's randomness comes from ``default_rng([seed, epoch])`` and nothing in
 the head is random, so a run resumed from an epoch checkpoint continues exactly as an
-uninterrupted one. The backbone is not trained here (its maps are inputs); a head has no
-BatchNorm, and ``freeze_batchnorm`` keeps the backbone's frozen when a caller trains it.
+uninterrupted one. The backbone is not trained here (its maps are inputs): ``cnn.tuning``
+trains its last blocks with the head through the same loop (``fit``), BatchNorm frozen
+(``freeze_batchnorm``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ class TrainingConfig:
         batch: tuples per Adam step.
         lr: Adam learning rate (the affine layer); p gets ``lr * p_lr_factor``.
         p_lr_factor: p's learning rate multiplier (cirtorch: 10).
+        from_block: also train the backbone's blocks ``from_block``..15 and its head conv (``cnn.tuning``;
+            0: the whole network, meant for a GPU); None: the head only, on cached maps.
+        backbone_lr: Adam learning rate of the trained backbone blocks (smaller than the head's).
+        lr_decay: every learning rate is multiplied by this after each epoch (1: constant).
         weight_decay: Adam's L2 penalty (0: with Adam, a penalty alone moves every weight by ~lr a step
             once the loss is 0, which lowered Holidays mAP from 0.773 to 0.766 in a run with a margin met).
         max_tuples: tuples per epoch at most (None: all).
@@ -79,6 +84,9 @@ class TrainingConfig:
     batch: int = 32
     lr: float = 1e-4
     p_lr_factor: float = 10.0
+    from_block: int | None = None
+    backbone_lr: float = 1e-5
+    lr_decay: float = 1.0
     weight_decay: float = 0.0
     max_tuples: int | None = None
     seed: int = 0
@@ -92,6 +100,11 @@ class TrainingConfig:
             raise ValueError(f"unknown initialisation {self.init!r}; known: lw, pca")
         if self.epochs < 0 or self.batch < 1 or self.negatives < 1 or self.clusters < 1:
             raise ValueError("epochs must be >= 0, batch, negatives and clusters >= 1")
+        if self.from_block is not None and not (0 <= self.from_block <= 15 and self.head in ("gem-fc", "gem")):
+            raise ValueError(f"from_block must be in 0..15 and the head gem-fc or gem (got {self.from_block} "
+                             f"with {self.head})")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1] (got {self.lr_decay})")
 
     @property
     def loss_margin(self) -> float:
@@ -113,10 +126,12 @@ class EpochRecord:
 
 @dataclass
 class TrainingResult:
-    """The trained head and its history."""
+    """The trained head and its history; with ``cnn.tuning``, the trained backbone blocks
+    (``cnn.backbone.tuned_state``: name -> float32 tensor, of blocks ``TrainingConfig.from_block``..)."""
 
     head: torch.nn.Module
     history: list[EpochRecord] = field(default_factory=list)
+    tuned: dict | None = None
 
     @property
     def tuples_seen(self) -> int:
@@ -248,17 +263,28 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
     torch.manual_seed(config.seed)
     target = resolve(device)
     bank = MapBank(maps, target)
-    fingerprint = _run_key(config, maps, pairs, components)
     from cnn.backbone import _torch_threads
     with _torch_threads(cpu_threads if target.type == "cpu" else 0):
         head = initial_head(maps, bank, pairs, config, whitening).to(target)
-        optimizer = torch.optim.Adam(_parameter_groups(head, config), lr=config.lr,
-                                     weight_decay=config.weight_decay)
-        history, start_epoch = _resume(checkpoint, fingerprint, head, optimizer, config)
-        _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint,
-                      fingerprint, progress, on_epoch)
+        history = fit(head, bank, pairs, components, config, _run_key(config, maps, pairs, components), checkpoint,
+                      progress, on_epoch)
     head.to("cpu").eval()
     return TrainingResult(head, history)
+
+
+def fit(module: torch.nn.Module, bank: MapBank, pairs: np.ndarray, components: np.ndarray, config: TrainingConfig,
+        fingerprint: str, checkpoint: str | None = None, progress: bool | None = None,
+        on_epoch: Callable[[EpochRecord, torch.nn.Module], bool | None] | None = None) -> list[EpochRecord]:
+    """The epochs of ``config`` (resumed from ``checkpoint`` when it holds the run ``fingerprint``): Adam on
+    ``module`` (a head, or ``cnn.tuning.TunedNetwork``), ``bank`` giving its inputs by image number.
+
+    ``on_epoch`` is called after every epoch with its record and the module; returning True stops the
+    training there. Returns the history (resumed epochs included)."""
+    optimizer = torch.optim.Adam(_parameter_groups(module, config), lr=config.lr, weight_decay=config.weight_decay)
+    history, start_epoch = _resume(checkpoint, fingerprint, module, optimizer, config)
+    _train_epochs(module, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint,
+                  fingerprint, progress, on_epoch)
+    return history
 
 
 def _resume(checkpoint: str | None, fingerprint: str, head: torch.nn.Module, optimizer,
@@ -284,22 +310,30 @@ def _resume(checkpoint: str | None, fingerprint: str, head: torch.nn.Module, opt
 def _train_epochs(head, bank, optimizer, pairs, components, config, start_epoch, history, checkpoint, fingerprint,
                   progress, on_epoch) -> None:
     for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * config.lr_decay ** epoch
         record = _run_epoch(head, bank, optimizer, pairs, components, config, epoch, progress)
         history.append(record)
         if checkpoint:
             save_checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, "run_key": fingerprint, "epoch": epoch + 1,
                                          "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                                          "history": [dataclasses.asdict(r) for r in history]})
-        if on_epoch is not None:
-            on_epoch(record, head)
+        if on_epoch is not None and on_epoch(record, head):
+            break
 
 
-def _parameter_groups(head: torch.nn.Module, config: TrainingConfig) -> list[dict]:
+def _parameter_groups(module: torch.nn.Module, config: TrainingConfig) -> list[dict]:
+    """Adam's groups: GeM's p (``lr * p_lr_factor``), the backbone's trained parameters of a
+    ``cnn.tuning.TunedNetwork`` (``backbone_lr``), the rest of the head (``lr``)."""
     groups = []
-    p = gem_exponent(head)
+    p = gem_exponent(module)
     if isinstance(p, torch.nn.Parameter):
         groups.append({"params": [p], "lr": config.lr * config.p_lr_factor, "weight_decay": 0.0})
-    rest = [parameter for parameter in head.parameters() if parameter is not p]
+    backbone = [q for q in module.stages.parameters() if q.requires_grad] if hasattr(module, "stages") else []
+    if backbone:
+        groups.append({"params": backbone, "lr": config.backbone_lr})
+    taken = {id(q) for q in backbone} | {id(p)}
+    rest = [q for q in module.parameters() if q.requires_grad and id(q) not in taken]
     if rest:
         groups.append({"params": rest})
     return groups
