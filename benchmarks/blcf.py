@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -21,9 +22,11 @@ from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig
 from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
+from cbir.mining import MinedPairs
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 from cnn.options import LOCAL_LAYERS
+from cnn.whitening import PCAWhitening, mutual_nearest_rows
 
 
 def parse_args():
@@ -40,6 +43,9 @@ def parse_args():
                                                          "per image (HOW's attention; default: all)")
     parser.add_argument("--layer", choices=LOCAL_LAYERS, help="conv map whose positions are the features "
                                                              "(default: the pipeline's, block11-expand)")
+    parser.add_argument("--local-lw", metavar="MINED", help="learned whitening of the conv features instead of PCA "
+                        "whitening: from the mutually nearest positions of the other set's verified pairs, read "
+                        "from MINED/<set> (cbir.mining.MinedPairs saves, e.g. MINED/ukbench for Holidays)")
     parser.add_argument("--variants", default="blcf,blcf-ls,blcf-he,blcf-asmk", help="pipelines (comma-separated)")
     parser.add_argument("--jobs", type=int, default=2, help="images processed in parallel")
     parser.add_argument("--name", default="blcf", help="result file name under benchmarks/results")
@@ -89,7 +95,8 @@ def main():
     for name, dataset in datasets.items():
         start = time.perf_counter()
         train = datasets[OTHER[name]].database_paths
-        whitening, _ = learn_local_whitening(train, blcf, args.cache, progress=False)
+        whitening = local_learned_whitening(train, blcf, os.path.join(args.local_lw, OTHER[name]), args) \
+            if args.local_lw else learn_local_whitening(train, blcf, args.cache, progress=False)[0]
         vocabulary, _ = train_vocabulary(train, blcf, cache_dir=args.cache, progress=False, whitening=whitening)
         learn_s = time.perf_counter() - start
         signatures = signatures_learned(train, blcf, vocabulary, whitening, args)
@@ -111,6 +118,23 @@ def main():
                          f"{store:,.0f} |")
             print(lines[-1], flush=True)
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
+
+
+def local_learned_whitening(train: list[str], blcf, mined_dir: str, args, population: int = 200_000):
+    """Lw (``PCAWhitening.learn_from_pairs``) of ``train``'s conv features: the matching pairs are the
+    mutually nearest positions of each verified image pair of ``mined_dir`` (images matched to
+    ``train`` by file name), the PCA step runs over ``population`` positions sampled from all."""
+    mined = MinedPairs.load(mined_dir)
+    features = {os.path.basename(path): f.descriptors for path, f in iter_features(
+        train, functools.partial(read_local_features, blcf.build), local_feature_cache(blcf.build, args.cache),
+        n_jobs=args.jobs, verbose=False)}
+    rows = [features[os.path.basename(path)] for path in mined.images]
+    matched = mutual_nearest_rows(rows, mined.pairs)
+    everything = np.concatenate(rows)
+    sample = np.random.default_rng(0).choice(len(everything), min(population, len(everything)), replace=False)
+    print(f"local Lw: {len(matched):,} mutually nearest positions of {len(mined.pairs):,} verified pairs", flush=True)
+    return PCAWhitening.learn_from_pairs(everything[matched.ravel()], np.arange(2 * len(matched)).reshape(-1, 2),
+                                         blcf.build.local_whitening_dim, population=everything[sample])
 
 
 def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:
