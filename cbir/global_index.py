@@ -211,5 +211,5 @@ class GlobalIndex(SearchableIndex):
                 "learned_head": None if self.head is None else {
                     "kind": self.head.kind, "p": None if self.head.p is None else round(self.head.p, 4),
                     "dim": self.head.output_dim, "model_id": self.head.model_id,
-                    "tuned_from_block": None if self.head.tuned is None else self.head.tuned.from_block},
+                    **({} if self.head.tuned is None else {"tuned_from_block": self.head.tuned.from_block})},
                 "diffusion_graph": graph or "none (built by the first diffusion search)"}

@@ -26,7 +26,6 @@ needs neither torch nor the model directory to be searched. A head with tuned ba
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import uuid

@@ -58,7 +58,7 @@ class BackboneOptions:
     def key(self) -> str:
         """Changes whenever the feature maps would."""
         return (f"{self.name}-v1-side{self.max_side}" + ("-upscaled" if self.upscale else "")
-                + (f"-tuned{self.tuned}" if self.tuned else ""))
+                + (f"-tuned-{self.tuned}" if self.tuned else ""))
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,8 @@ def test_a_tampered_or_foreign_model_is_refused_naming_the_file(trained, tmp_pat
         LearnedModel.load(tampered)
     newer = str(tmp_path / "newer")
     shutil.copytree(directory, newer)
-    edit_manifest(newer, lambda m: m.update(version=2))
-    with pytest.raises(ModelFormatError, match="model format version 2 cannot be read"):
+    edit_manifest(newer, lambda m: m.update(version=3))
+    with pytest.raises(ModelFormatError, match="model format version 3 cannot be read"):
         LearnedModel.load(newer)
     with pytest.raises(ModelFormatError, match="missing"):
         LearnedModel.load(str(tmp_path / "nowhere"))

@@ -2,6 +2,7 @@
 photos: a few steps lower the loss and repeat given the seed; the tuned weights save and reload
 bit for bit and a tampered or foreign file is refused; a gem-ft index of the tuned model describes
 images through the tuned blocks, its cache entries apart from the ImageNet network's."""
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from cbir.build import build_index
+from cbir.searchable import load_index
 from cnn.backbone import imagenet_state, tuned_prefixes
 from cnn.feature_maps import FeatureMapExtractor
 from cnn.learned_model import LearnedModel, ModelFormatError, backbone_weights_version, data_fingerprint
@@ -88,8 +90,7 @@ def test_tuned_weights_reload_bit_for_bit_and_a_tampered_or_foreign_file_is_refu
     weights["_conv_head.weight"] = torch.zeros(640, 320, 1, 1)
     torch.save(weights, os.path.join(foreign, file))
     manifest = json.load(open(os.path.join(foreign, MANIFEST)))
-    from cnn.learned_model import _sha256
-    manifest["meta"]["tuned"]["sha256"] = _sha256(os.path.join(foreign, file))
+    manifest["meta"]["tuned"]["sha256"] = hashlib.sha256(open(os.path.join(foreign, file), "rb").read()).hexdigest()
     manifest["checksum"] = manifest_checksum(manifest)
     json.dump(manifest, open(os.path.join(foreign, MANIFEST), "w"))
     with pytest.raises(ModelFormatError, match="_conv_head.weight' has shape .*tuned for another backbone"):
@@ -113,7 +114,6 @@ def test_a_tuned_index_describes_through_the_tuned_blocks_and_caches_apart(tuned
     assert len(os.listdir(cache)) == 2  # one cache folder per extractor key: tuned maps kept apart
     saved = str(tmp_path / "index")
     tuned_index.save(saved)
-    from cbir.searchable import load_index
     reloaded = load_index(saved, cache_dir=str(tmp_path / "empty"))
     assert reloaded.head.tuned.digest == tuned_index.head.tuned.digest
     assert np.allclose(reloaded.prepare_query(paths[3]).descriptor, a[3], atol=1e-5)
