@@ -1,5 +1,6 @@
 """Training the backbone's last blocks with the head (``cbir train --from-block``) on real UKBench
-photos: a few steps lower the loss and repeat given the seed; the tuned weights save and reload
+photos: a few steps lower the loss, and an interrupted run resumes to the weights of an uninterrupted
+one (runs repeat given the seed); the tuned weights save and reload
 bit for bit and a tampered or foreign file is refused; a gem-ft index of the tuned model describes
 images through the tuned blocks, its cache entries apart from the ImageNet network's."""
 import hashlib
@@ -60,13 +61,18 @@ def test_a_few_steps_on_blocks_14_15_lower_the_loss_and_change_only_those_blocks
     assert torch.equal(result.tuned["_bn1.running_mean"], original["_bn1.running_mean"])  # BatchNorm frozen
 
 
-def test_the_same_seed_gives_the_same_weights(photos, tuned):
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(photos, tuned, tmp_path):
     images, _, pairs, labels = photos
-    config = TrainingConfig(**{**CONFIG.__dict__, "epochs": 1})
-    a = train_network(images, pairs, labels, config, "cpu", progress=False)
-    b = train_network(images, pairs, labels, config, "cpu", progress=False)
-    assert all(torch.equal(a.tuned[k], b.tuned[k]) for k in a.tuned)
-    assert a.history[0].loss == tuned[1].history[0].loss
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    first = train_network(images, pairs, labels, TrainingConfig(**{**CONFIG.__dict__, "epochs": 2}), "cpu",
+                          checkpoint=checkpoint, progress=False)
+    assert len(first.history) == 2
+    resumed = train_network(images, pairs, labels, CONFIG, "cpu", checkpoint=checkpoint, progress=False)
+    assert [r.epoch for r in resumed.history] == [1, 2, 3]
+    uninterrupted = tuned[1]  # the same seed, all 3 epochs in one run: training repeats bit for bit
+    assert all(torch.equal(resumed.tuned[k], uninterrupted.tuned[k]) for k in uninterrupted.tuned)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.head.state_dict().values(),
+                                                 uninterrupted.head.state_dict().values()))
 
 
 def test_tuned_weights_reload_bit_for_bit_and_a_tampered_or_foreign_file_is_refused(tuned, tmp_path):
