@@ -114,10 +114,11 @@ def tuned_prefixes(start: int) -> tuple[str, ...]:
 
 
 def tuned_state(net: torch.nn.Module, start: int) -> dict[str, torch.Tensor]:
-    """float32 CPU copies of the ``state_dict`` entries of blocks ``start``.. and the head conv."""
+    """CPU copies of the ``state_dict`` entries of blocks ``start``.. and the head conv (float32; BatchNorm's
+    integer step counters as they are)."""
     prefixes = tuned_prefixes(start)
-    return {name: value.detach().float().cpu().clone() for name, value in net.state_dict().items()
-            if name.startswith(prefixes)}
+    return {name: (value.detach().float() if value.is_floating_point() else value.detach()).cpu().clone()
+            for name, value in net.state_dict().items() if name.startswith(prefixes)}
 
 
 def load_tuned(net: torch.nn.Module, state: dict[str, torch.Tensor], start: int) -> None:
@@ -158,7 +159,7 @@ def register_tuned(options: BackboneOptions, start: int, arrays: dict[str, np.nd
     Args:
         options: the backbone they were tuned from.
         start: the first tuned block.
-        arrays: ``tuned_state`` as numpy arrays (name -> float32 array).
+        arrays: ``tuned_state`` as numpy arrays (name -> array).
         digest: their content digest (``cnn.learned_model.tuned_digest``).
     """
     _TUNED[digest] = (start, {name: torch.from_numpy(np.array(value, copy=True)) for name, value in arrays.items()})

@@ -82,7 +82,7 @@ class TunedWeights:
 
     Attributes:
         from_block: the first tuned block (0: the whole network).
-        arrays: ``cnn.backbone.tuned_state`` as name -> float32 array.
+        arrays: ``cnn.backbone.tuned_state`` as name -> array (float32; int64 step counters).
         digest: ``tuned_digest(arrays)`` (computed).
     """
 
