@@ -22,11 +22,11 @@ from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig
 from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
-from cbir.mining import MinedPairs
+from cbir.mining import DEFAULT_MIN_INLIERS, MinedPairs
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 from cnn.options import LOCAL_LAYERS
-from cnn.whitening import PCAWhitening, mutual_nearest_rows
+from cnn.whitening import regional_learned_whitening
 
 
 def parse_args():
@@ -120,21 +120,17 @@ def main():
     print(f"written to {write_result(args.name, chr(10).join(lines))}")
 
 
-def local_learned_whitening(train: list[str], blcf, mined_dir: str, args, population: int = 200_000):
-    """Lw (``PCAWhitening.learn_from_pairs``) of ``train``'s conv features: the matching pairs are the
-    mutually nearest positions of each verified image pair of ``mined_dir`` (images matched to
-    ``train`` by file name), the PCA step runs over ``population`` positions sampled from all."""
-    mined = MinedPairs.load(mined_dir)
+def local_learned_whitening(train: list[str], blcf, mined_dir: str, args):
+    """Lw (``cnn.whitening.regional_learned_whitening``) of ``train``'s conv features: the matching
+    pairs are the mutually nearest positions of each image pair verified with at least mining's
+    default inliers in ``mined_dir`` (images matched to ``train`` by file name), the PCA step runs
+    over 200,000 positions sampled from all."""
+    mined = MinedPairs.load(mined_dir).at_threshold(DEFAULT_MIN_INLIERS)
     features = {os.path.basename(path): f.descriptors for path, f in iter_features(
         train, functools.partial(read_local_features, blcf.build), local_feature_cache(blcf.build, args.cache),
         n_jobs=args.jobs, verbose=False)}
     rows = [features[os.path.basename(path)] for path in mined.images]
-    matched = mutual_nearest_rows(rows, mined.pairs)
-    everything = np.concatenate(rows)
-    sample = np.random.default_rng(0).choice(len(everything), min(population, len(everything)), replace=False)
-    print(f"local Lw: {len(matched):,} mutually nearest positions of {len(mined.pairs):,} verified pairs", flush=True)
-    return PCAWhitening.learn_from_pairs(everything[matched.ravel()], np.arange(2 * len(matched)).reshape(-1, 2),
-                                         blcf.build.local_whitening_dim, population=everything[sample])
+    return regional_learned_whitening(rows, mined.pairs, dim=blcf.build.local_whitening_dim, population=200_000)
 
 
 def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:

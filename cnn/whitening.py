@@ -143,14 +143,23 @@ def mutual_nearest_rows(rows: list[np.ndarray], pairs: np.ndarray) -> np.ndarray
     return np.concatenate(found)
 
 
-def regional_learned_whitening(rows: list[np.ndarray], pairs: np.ndarray, eps: float = 1e-2) -> PCAWhitening:
-    """Lw of R-MAC region vectors (all dimensions kept): the pair differences are those of the
-    mutually nearest regions of each matching image pair, the PCA step runs over every region
-    (``PCAWhitening.learn_from_pairs``).
+def regional_learned_whitening(rows: list[np.ndarray], pairs: np.ndarray, eps: float = 1e-2, dim: int | None = None,
+                                population: int | None = None, seed: int = 0) -> PCAWhitening:
+    """Lw of the regions of images, R-MAC's region vectors or the conv-map positions of local
+    features: the pair differences are those of the mutually nearest regions of each matching
+    image pair, the PCA step runs over every region, or over ``population`` of them sampled with
+    ``seed`` (``PCAWhitening.learn_from_pairs``).
 
     Args:
         rows: per image, (r_i, d) L2-normalised region vectors.
         pairs: (m, 2) matching image numbers.
         eps: eigenvalue floor, as in ``learn_from_pairs``.
+        dim: components kept (default: all d).
+        population: regions the PCA step samples (default: all; bounds memory for local features).
     """
-    return PCAWhitening.learn_from_pairs(np.concatenate(rows), mutual_nearest_rows(rows, pairs), None, eps)
+    regions = np.concatenate(rows)
+    matched = mutual_nearest_rows(rows, pairs)
+    sample = regions if population is None or population >= len(regions) else \
+        regions[np.random.default_rng(seed).choice(len(regions), population, replace=False)]
+    return PCAWhitening.learn_from_pairs(regions[matched.ravel()], np.arange(2 * len(matched)).reshape(-1, 2), dim,
+                                         eps, population=sample)

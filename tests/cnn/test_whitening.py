@@ -103,3 +103,45 @@ def test_learned_whitening_with_few_pairs_stays_finite_and_round_trips(rng):
         PCAWhitening.learn_from_pairs(x, [[0, len(x)]])
     with pytest.raises(ValueError, match="unknown whitening method"):
         PCAWhitening.from_state_dict({**meta, "method": "zca"}, arrays)
+
+
+def test_mutual_nearest_rows_pair_the_same_regions_of_two_views(rng):
+    """Image 1 holds image 0's regions shuffled and slightly perturbed, plus two outliers; image 2
+    is unrelated. The mutual nearest rows of pair (0, 1) are exactly the shuffled correspondences."""
+    from cnn.pooling import l2_normalize
+    from cnn.whitening import mutual_nearest_rows
+    first = l2_normalize(rng.standard_normal((6, 16)))
+    order = rng.permutation(6)
+    second = l2_normalize(np.vstack([first[order] + 0.05 * rng.standard_normal((6, 16)),
+                                     rng.standard_normal((2, 16))]))
+    rows = [first, second, l2_normalize(rng.standard_normal((4, 16)))]
+    found = mutual_nearest_rows(rows, np.array([[0, 1]]))
+    assert sorted(map(tuple, found.tolist())) == sorted((int(order[k]), 6 + k) for k in range(6))
+
+
+def test_regional_learned_whitening_on_a_sample_approaches_the_full_one(rng):
+    """Local features: the PCA step on a sample of the regions, ``dim`` kept. Matching views share
+    their regions up to a strong nuisance direction: after Lw, with the whole population or a 60%
+    sample alike, the same region of two views lies much closer, relative to other regions,
+    than after PCA whitening."""
+    from cnn.pooling import l2_normalize
+    from cnn.whitening import mutual_nearest_rows, regional_learned_whitening
+    base = rng.standard_normal((40, 30, 12))
+    nuisance = np.zeros(12)
+    nuisance[0] = 3.0
+    rows = [l2_normalize(base[i // 2] + rng.standard_normal((30, 1)) * nuisance + 0.1 * rng.standard_normal((30, 12)))
+            for i in range(80)]
+    pairs = np.array([[2 * k, 2 * k + 1] for k in range(40)])
+    assert np.array_equal(regional_learned_whitening(rows, pairs).projection, PCAWhitening.learn_from_pairs(
+        np.concatenate(rows), mutual_nearest_rows(rows, pairs)).projection)  # the closed form, unchanged
+    sampled = regional_learned_whitening(rows, pairs, dim=6, population=1440)
+    assert (sampled.input_dim, sampled.output_dim) == (12, 6)
+
+    def same_over_other(whitening):  # distance of a region to itself in the other view / to other regions
+        first, second = whitening.apply(np.concatenate(rows[0::2])), whitening.apply(np.concatenate(rows[1::2]))
+        other = np.roll(second, 7, axis=0)
+        return np.linalg.norm(first - second, axis=1).mean() / np.linalg.norm(first - other, axis=1).mean()
+
+    pca = same_over_other(PCAWhitening.learn(np.concatenate(rows), dim=6))
+    whole = same_over_other(regional_learned_whitening(rows, pairs, dim=6))
+    assert whole < pca / 2 and abs(same_over_other(sampled) - whole) < 0.2 * whole
