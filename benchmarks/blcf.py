@@ -86,7 +86,8 @@ def main():
              f"scales {', '.join(f'{s:g}' for s in build.conv.scales)}"
              + (f" (the {build.conv.max_features} of largest activation norm kept per image)"
                 if build.conv.max_features else "") + ", "
-             f"PCA-whitened to {build.local_whitening_dim} dims; vocabulary {build.vocabulary.n_words} words "
+             f"{'Lw (mutually nearest positions of verified pairs)' if args.local_lw else 'PCA'}-whitened to "
+             f"{build.local_whitening_dim} dims; vocabulary {build.vocabulary.n_words} words "
              f"({build.vocabulary.branching}^{build.vocabulary.depth}), {blcf.search.query_assignments} words per "
              f"query position; whitening and vocabulary learned on the other dataset.", "",
              "| pipeline | eval set | score | query ms median | query ms p95 | whitening + vocab s | "
