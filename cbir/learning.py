@@ -143,14 +143,14 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..15"
         logger.info("training a %s head%s on %d images, %d verified pairs (%s loss, %d epochs)", config.head, tuned,
                     len(used), len(pairs), config.loss, config.epochs)
-        result = _train(used, [m[0] for m in maps], pairs, components, config, device, os.path.join(out, "checkpoint.pt"),
-                        progress, backbone)
+        result = _train(used, [m[0] for m in maps], pairs, components, config, device,
+                        os.path.join(out, "checkpoint.pt"), progress, backbone)
         state, history = result.head.state_dict(), [dataclasses.asdict(r) for r in result.history]
         scores = {"final_loss": result.history[-1].loss if result.history else None,
                   "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)}
     model = LearnedModel(config.head, backbone.key, backbone_weights_version(backbone.name), state,
-                         dataclasses.asdict(config), data, history, scores, tuned=result and result.tuned,
-                         from_block=config.from_block)
+                         dataclasses.asdict(config), data, history, scores,
+                         tuned=None if result is None else result.tuned, from_block=config.from_block)
     model.save(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")):
         os.unlink(os.path.join(out, "checkpoint.pt"))

@@ -246,7 +246,7 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
         checkpoint: a file to save the state to after every epoch and to resume from when it
             holds a run of the same settings and data (None: no checkpoint).
         progress: progress bar per epoch (None: only on a terminal).
-        on_epoch: called after every epoch with its record and the head.
+        on_epoch: called after every epoch with its record and the head; returning True stops there.
         cpu_threads: torch threads on the CPU while training (restored afterwards; 0: torch's
             setting). 1 by default: on the shared 2-core machine, 2 threads ran the head 3-10x
             slower (spinning OpenMP workers), and a fixed count keeps the sums' order, so runs repeat.
@@ -266,8 +266,8 @@ def train_head(maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray
     from cnn.backbone import _torch_threads
     with _torch_threads(cpu_threads if target.type == "cpu" else 0):
         head = initial_head(maps, bank, pairs, config, whitening).to(target)
-        history = fit(head, bank, pairs, components, config, _run_key(config, maps, pairs, components), checkpoint,
-                      progress, on_epoch)
+        history = fit(head, bank, pairs, components, config, run_key(config, maps, pairs, components),
+                      checkpoint, progress, on_epoch)
     head.to("cpu").eval()
     return TrainingResult(head, history)
 
@@ -380,7 +380,7 @@ def _run_epoch(head: torch.nn.Module, bank: MapBank, optimizer, pairs: np.ndarra
                        count / max(ended - steps_started, 1e-9), None if p is None else p.item())
 
 
-def _run_key(config: TrainingConfig, maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray) -> str:
+def run_key(config: TrainingConfig, maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray) -> str:
     """Identifies a run: the settings (but the epoch count, so a run can be extended) and the data."""
     import hashlib
     digest = hashlib.sha256(repr(dataclasses.replace(config, epochs=0)).encode())

@@ -23,8 +23,8 @@ from torch import nn
 from cnn.backbone import Backbone, _torch_threads, resolve_device, run_from, tuned_prefixes, tuned_state
 from cnn.heads import MapBank, build_head
 from cnn.options import BackboneOptions
-from cnn.training import EpochRecord, TrainingConfig, TrainingResult, _run_key, fit, freeze_batchnorm, \
-    initial_whitening
+from cnn.training import EpochRecord, TrainingConfig, TrainingResult, fit, freeze_batchnorm, initial_whitening, \
+    run_key
 from cnn.whitening import PCAWhitening
 
 logger = logging.getLogger("cbir")
@@ -177,7 +177,7 @@ def train_network(images: list[np.ndarray], pairs: np.ndarray, components: np.nd
         if whitening is None and config.head == "gem-fc":
             whitening = initial_whitening(global_maps(runner, bank), pairs, config)
         model = TunedNetwork(runner, build_head(config.head, 1280, config.p, True, whitening).to(target))
-        history = fit(model, bank, pairs, components, config, _run_key(config, inputs, pairs, components),
+        history = fit(model, bank, pairs, components, config, run_key(config, inputs, pairs, components),
                       checkpoint, progress, on_epoch)
     model.eval()
     return TrainingResult(model.head.to("cpu"), history, tuned_state(net, start))
