@@ -229,7 +229,8 @@ def learned_head(model, pipeline: Pipeline | str):
     pipeline = get_pipeline(pipeline)
     if pipeline.kind != "global" or pipeline.build.learned is None:
         learned = [p.name for p in PIPELINES.values() if p.kind == "global" and p.build.learned]
-        raise BuildError(f"pipeline {pipeline.name!r} uses no trained model; --model is for {', '.join(learned)}")
+        raise BuildError(f"pipeline {pipeline.name!r} uses no trained model; --model is for {', '.join(learned)} "
+                         f"and, with a blcf-lw model, the BLCF pipelines")
     if isinstance(model, (str, os.PathLike)):
         model = LearnedModel.load(os.fspath(model), backbone=pipeline.build.backbone.key)
     head = model if isinstance(model, LearnedHead) else model.inference_head()
@@ -237,6 +238,25 @@ def learned_head(model, pipeline: Pipeline | str):
         raise BuildError(f"pipeline {pipeline.name!r} needs a {pipeline.build.learned} head; the model holds a "
                          f"{head.kind} one")
     return head
+
+
+def conv_whitening(model, pipeline: Pipeline | str) -> PCAWhitening:
+    """The conv-feature whitening of a ``cbir train --head blcf-lw`` model (a model directory or a
+    ``LearnedModel``) for the BLCF ``pipeline``, refused (ModelFormatError, BuildError) when made for
+    other features or holding another head."""
+    from cnn.learned_model import LearnedModel
+    pipeline = get_pipeline(pipeline)
+    conv = pipeline.build.conv
+    if isinstance(model, (str, os.PathLike)):
+        model = LearnedModel.load(os.fspath(model), backbone=conv.backbone.key)
+    if model.head != "blcf-lw":
+        raise BuildError(f"pipeline {pipeline.name!r} takes a blcf-lw model (cbir train --head blcf-lw); the model "
+                         f"holds a {model.head} head")
+    if model.data.get("features") != conv.key:
+        raise BuildError(f"the model's whitening was learned on the conv features {model.data.get('features')!r}; "
+                         f"pipeline {pipeline.name!r} extracts {conv.key!r}: train one for it with cbir train "
+                         f"--head blcf-lw")
+    return model.inference_head().whitening
 
 
 def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,
@@ -284,7 +304,9 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         n_jobs: extraction threads.
         progress: progress bars (None: only on a terminal).
         model: a trained model (directory, ``LearnedModel`` or ``LearnedHead``) for pipelines
-            with a learned head (``gem-ft``); its FC layer is their whitening.
+            with a learned head (``gem-ft``); its FC layer is their whitening. For BLCF pipelines,
+            a ``blcf-lw`` model (directory or ``LearnedModel``): its whitening of the conv features
+            replaces the one learned on ``train_paths``.
 
     Raises:
         BuildError: what is missing (e.g. a Hamming pipeline without training images).
@@ -301,7 +323,7 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
             raise BuildError(f"pipeline {pipeline.name!r} takes its whitening from the trained model (its FC "
                              f"layer, learned by cbir train): give --model, not --whiten-root")
         return empty_index(pipeline, cache_dir=cache_dir, model=model)
-    if model is not None:
+    if model is not None and (pipeline.kind == "global" or pipeline.build.conv is None):
         raise BuildError(f"pipeline {pipeline.name!r} uses no trained model")
     if pipeline.kind == "global":
         if whiten_paths:
@@ -314,8 +336,12 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
                         "whitening ships for it; one learned on the indexed photos themselves hurts)")
         return empty_index(pipeline, whitening=whitening, cache_dir=cache_dir)
     build = pipeline.build
+    whitening = conv_whitening(model, pipeline) if model is not None else None
+    if whitening is not None and whiten_paths:
+        raise BuildError(f"pipeline {pipeline.name!r} takes its descriptor whitening from the trained model: give "
+                         f"--model or --whiten-root, not both")
     if build.local_whitening_dim is not None:
-        if not (whiten_paths or train_paths):
+        if whitening is None and not (whiten_paths or train_paths):
             raise BuildError(f"pipeline {pipeline.name} learns a descriptor whitening: give training images "
                              f"(ideally not the ones indexed)")
         if vocabulary is not None:
@@ -329,8 +355,7 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
     # The training images are extracted once for whatever is learned from them.
     training = local_descriptors(train_paths, pipeline, cache_dir, n_jobs, progress)[0] \
         if vocabulary is None or build.hamming or build.asmk else None
-    whitening = None
-    if build.local_whitening_dim is not None:
+    if build.local_whitening_dim is not None and whitening is None:
         whitening = _local_whitening_from(
             local_descriptors(whiten_paths, pipeline, cache_dir, n_jobs, progress)[0] if whiten_paths else training,
             pipeline)

@@ -284,9 +284,11 @@ def cmd_train(args) -> None:
         speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
         done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
     tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..15"
+    use = f"--method {PIPELINE_OF_HEAD[args.head]} --model {args.out}"
+    if args.head == "blcf-lw":
+        use = f"{use} (or blcf-asmk), and --train-root for the vocabulary and signatures"
     print(f"model {args.out}: {run.model.head} head{tuned}, {done}; trained on {run.model.data['images']} images, "
-          f"{run.model.data['pairs']} verified pairs; use it with --method {PIPELINE_OF_HEAD[args.head]} "
-          f"--model {args.out}")
+          f"{run.model.data['pairs']} verified pairs; use it with {use}")
 
 
 def cmd_remove(args) -> None:
@@ -568,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--depth", type=int, help="vocabulary depth when training (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0, help="vocabulary seed when training")
         p.add_argument("--model", help="trained model directory (cbir train) for pipelines with a learned head "
-                                       "(gem-ft); its FC layer replaces the whitening")
+                                       "(gem-ft); its FC layer replaces the whitening. For blcf-he and blcf-asmk, a "
+                                       "blcf-lw model: its whitening of the conv features replaces the PCA "
+                                       "whitening learned on --train-root")
 
     def search_settings(p):
         g = p.add_argument_group("search options (default: the index's pipeline)")
@@ -618,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vocab)
 
     p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor "
-                                     "(gem-ft, netvlad-ft, rmac-lw)",
+                                     "(gem-ft, netvlad-ft, rmac-lw, blcf-lw)",
                        description="Mine: every image queries the others with sift-he-sv; pairs with enough "
                                    "homography inliers are positives, their connected components the objects. "
                                    "Train (--head gem-fc, for gem-ft): GeM with a learnable p and an FC layer "
@@ -628,14 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with 16 "
                                    "clusters instead of GeM). Or learn (--head rmac-lw, for rmac-lw): a whitening of "
                                    "multi-scale R-MAC regions from the verified pairs, in closed form (the training "
-                                   "options do not apply). Resumable: run the same command again after an "
+                                   "options do not apply); --head blcf-lw the same of BLCF's conv features, for "
+                                   "blcf-he and blcf-asmk. Resumable: run the same command again after an "
                                    "interruption. Train on other photos than the ones you will search.")
     p.add_argument("--images", nargs="+", required=True, help="training image files, folders, or @list.txt")
     p.add_argument("--out", required=True, help="model directory to write (also holds the work of an interrupted run)")
-    p.add_argument("--head", choices=["gem-fc", "netvlad", "rmac-lw"], default="gem-fc",
+    p.add_argument("--head", choices=["gem-fc", "netvlad", "rmac-lw", "blcf-lw"], default="gem-fc",
                    help="what to learn: gem-fc (trained GeM + FC, for --method gem-ft; default), netvlad "
-                        "(trained NetVLAD + FC, for --method netvlad-ft) or rmac-lw "
-                        "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw)")
+                        "(trained NetVLAD + FC, for --method netvlad-ft), rmac-lw "
+                        "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw) or blcf-lw "
+                        "(learned whitening of the conv features of the mutually nearest positions of verified "
+                        "pairs, for --method blcf-he or blcf-asmk)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
     p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")
     p.add_argument("--margin", type=float, help="loss margin (default: 0.85 contrastive, 0.1 triplet)")

@@ -11,6 +11,7 @@ complete, and the mining and checkpoint files are then removed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -25,8 +26,11 @@ from cbir.pipelines import get_pipeline
 
 logger = logging.getLogger("cbir")
 
-#: The pipeline a ``cbir train`` model of each head kind is for (its backbone, scales and pooling).
-PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw", "netvlad": "netvlad-ft"}
+#: The pipeline a ``cbir train`` model of each head kind is for (its backbone, scales and pooling;
+#: ``blcf-lw``: its conv features, the model also serves ``blcf-asmk``, which extracts the same).
+PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw", "netvlad": "netvlad-ft", "blcf-lw": "blcf-he"}
+#: Conv positions the PCA step of a ``blcf-lw`` whitening samples (bounds its memory: ~600 per image).
+LOCAL_LW_POPULATION = 200_000
 #: The pipeline of the trained (torch) head.
 TRAINED_PIPELINE = PIPELINE_OF_HEAD["gem-fc"]
 
@@ -38,8 +42,8 @@ class TrainingRun:
     Attributes:
         model: the saved model.
         mined: the verified pairs it trained on.
-        result: the training history (``cnn.training.TrainingResult``; None for ``rmac-lw``,
-            learned in closed form).
+        result: the training history (``cnn.training.TrainingResult``; None for ``rmac-lw`` and
+            ``blcf-lw``, learned in closed form).
         report: the feature-map extraction of the mined images (skipped files).
     """
 
@@ -70,6 +74,29 @@ def training_maps(paths: Sequence[str], cache_dir: str | None = None, n_jobs: in
     return maps, kept, report
 
 
+def local_training_rows(paths: Sequence[str], cache_dir: str | None = None, n_jobs: int = 1,
+                        progress: bool | None = None, pipeline: str = "blcf-he"
+                        ) -> tuple[list[np.ndarray], list[int], ExtractionReport]:
+    """The conv local features (BLCF) of the usable images of ``paths``, as ``pipeline`` extracts them
+    (from and into the feature cache).
+
+    Returns:
+        (per image, its (n_i, C) float32 L2-normalised descriptors; index in ``paths`` of each image;
+        extraction report).
+    """
+    from cbir.retrieval_index import local_feature_cache, read_local_features
+    build = get_pipeline(pipeline).build
+    report = ExtractionReport()
+    position = {path: i for i, path in enumerate(paths)}
+    rows, kept = [], []
+    for path, features in iter_features(list(paths), functools.partial(read_local_features, build),
+                                        local_feature_cache(build, cache_dir), report, n_jobs=n_jobs,
+                                        verbose=progress):
+        rows.append(features.descriptors)
+        kept.append(position[path])
+    return rows, kept, report
+
+
 def restrict(pairs: np.ndarray, components: np.ndarray, kept: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Pairs and components renumbered to the images ``kept`` (pairs touching others dropped)."""
     new = np.full(len(components), -1, np.int64)
@@ -83,7 +110,8 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
                 device: str = "auto", progress: bool | None = None, mined=None,
                 vocabulary_config=None) -> TrainingRun:
     """Mine ``images`` (``cbir.mining.mine_pairs``), train a head on their cached maps (``rmac-lw``:
-    learn its regional whitening, in closed form), save it to ``out``.
+    learn its regional whitening, in closed form; ``blcf-lw``: the same of the conv local features),
+    save it to ``out``.
 
     Args:
         images: the training photos (never the ones to be evaluated); unusable ones are skipped.
@@ -124,21 +152,29 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         mined.save(pairs_dir)
     logger.info("mined: %s", mined.summary())
     closed_form = config.head in CLOSED_FORM_HEADS
-    pipeline = PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE)
-    maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device, pipeline)
+    pipeline = get_pipeline(PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE))
+    local = pipeline.kind == "local"
+    if local:  # blcf-lw: per image its conv features instead of its maps
+        maps, kept, report = local_training_rows(mined.images, cache_dir, n_jobs, progress, pipeline.name)
+    else:
+        maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device, pipeline.name)
     pairs, components = restrict(mined.pairs, mined.components, kept)
     if len(pairs) < 2 or (not closed_form and len(np.unique(components)) <= config.negatives):
         needed = "" if closed_form else f" to train with {config.negatives} negatives per tuple"
         raise ValueError(f"{out}: {len(pairs)} verified pairs in {len(np.unique(components))} components are too "
                          f"few{needed}; add photos of more objects or places, each from several viewpoints")
     used = [mined.images[i] for i in kept]
-    backbone = get_pipeline(pipeline).build.backbone
+    backbone = pipeline.build.conv.backbone if local else pipeline.build.backbone
     data = {**data_fingerprint(used, pairs, components), "mining": mined.settings}
     if closed_form:
-        logger.info("learning a regional whitening (rmac-lw) from %d verified pairs of %d images", len(pairs),
-                    len(used))
-        result, (state, scores) = None, regional_lw_state(maps, pairs, get_pipeline(pipeline))
-        history = []
+        logger.info("learning a regional whitening (%s) from %d verified pairs of %d images", config.head,
+                    len(pairs), len(used))
+        if local:  # the conv features' key: the model is refused for features extracted otherwise
+            data["features"] = pipeline.build.conv.key
+            state, scores = lw_state(maps, pairs, pipeline.build.local_whitening_dim, LOCAL_LW_POPULATION)
+        else:
+            state, scores = regional_lw_state(maps, pairs, pipeline)
+        result, history = None, []
     else:
         tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..15"
         logger.info("training a %s head%s on %d images, %d verified pairs (%s loss, %d epochs)", config.head, tuned,
@@ -175,22 +211,37 @@ def _train(paths: list[str], maps: list[np.ndarray], pairs: np.ndarray, componen
 
 
 def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline) -> tuple[dict, dict]:
-    """The ``rmac-lw`` model state: the regional learned whitening (``cnn.whitening.regional_learned_whitening``)
-    of the R-MAC regions, at every scale of ``pipeline``, of images whose verified ``pairs`` are given.
+    """The ``rmac-lw`` model state: ``lw_state`` of the R-MAC regions, at every scale of ``pipeline``,
+    of images whose verified ``pairs`` are given (all dimensions kept).
 
     Args:
         maps: per image, its (C, H, W) head maps, one per scale.
         pairs: (m, 2) verified pairs of image numbers.
+    """
+    from cnn.global_descriptors import raw_vectors
+    return lw_state([raw_vectors([m.astype(np.float32) for m in scales], pipeline.build.descriptor) for scales in maps],
+                    pairs)
+
+
+def lw_state(rows: list[np.ndarray], pairs: np.ndarray, dim: int | None = None,
+             population: int | None = None) -> tuple[dict, dict]:
+    """The state of a closed-form model (``rmac-lw``: R-MAC regions; ``blcf-lw``: conv positions): the
+    regional learned whitening (``cnn.whitening.regional_learned_whitening``) of the images' region
+    vectors, from their verified ``pairs``.
+
+    Args:
+        rows: per image, (r_i, C) L2-normalised region vectors.
+        pairs: (m, 2) verified pairs of image numbers.
+        dim: components kept (None: all C).
+        population: regions the PCA step samples (None: all).
 
     Returns:
-        (state: {'mean': (C,), 'projection': (C, C)} float32 tensors, scores: learning facts).
+        (state: {'mean': (C,), 'projection': (C, dim)} float32 tensors, scores: learning facts).
     """
     import torch
 
-    from cnn.global_descriptors import raw_vectors
     from cnn.whitening import regional_learned_whitening
     start = time.perf_counter()
-    rows = [raw_vectors([m.astype(np.float32) for m in scales], pipeline.build.descriptor) for scales in maps]
-    whitening = regional_learned_whitening(rows, pairs)
+    whitening = regional_learned_whitening(rows, pairs, dim=dim, population=population)
     state = {"mean": torch.from_numpy(whitening.mean), "projection": torch.from_numpy(whitening.projection)}
     return state, {"regions": int(sum(len(r) for r in rows)), "training_seconds": round(time.perf_counter() - start, 1)}

@@ -31,7 +31,7 @@ from cnn.whitening import PCAWhitening
 logger = logging.getLogger("cbir")
 
 #: Heads learned in closed form from the mined pairs rather than trained here.
-CLOSED_FORM_HEADS = ("rmac-lw",)
+CLOSED_FORM_HEADS = ("rmac-lw", "blcf-lw")
 #: Version of the checkpoint layout (``save_checkpoint``).
 CHECKPOINT_VERSION = 1
 
@@ -43,8 +43,9 @@ class TrainingConfig:
     Attributes:
         head: ``gem-fc`` (GeM with learnable p, then an affine layer), ``gem`` (p only), ``netvlad``
             (NetVLAD of ``clusters`` clusters initialised by k-means, then an affine layer), or
-            ``rmac-lw`` (R-MAC with a regional learned whitening, learned in closed form by
-            ``cbir.learning.train_model``: no torch training, the other settings do not apply).
+            ``rmac-lw`` (R-MAC with a regional learned whitening) or ``blcf-lw`` (the same whitening of
+            BLCF's conv features), both learned in closed form by ``cbir.learning.train_model``: no
+            torch training, the other settings do not apply.
         init: what the affine layer starts from, learned on the training images:
             ``lw`` (learned whitening from the verified pairs) or ``pca`` (PCA whitening).
         dim: output dimensions of the affine layer.

@@ -147,3 +147,43 @@ def test_rmac_lw_learns_a_regional_whitening_in_closed_form_and_indexes_at_three
     assert loaded.info()["learned_head"] == {"kind": "rmac-lw", "p": None, "dim": 1280, "model_id": model.model_id}
     with pytest.raises(BuildError, match="needs a gem-fc head; the model holds a rmac-lw one"):
         build_index("gem-ft", model=str(tmp_path / "model"))
+
+
+def test_blcf_lw_learns_the_conv_features_whitening_and_blcf_indexes_use_it(training_maps, data_dir, tmp_path):
+    """cbir train --head blcf-lw (its mining replaced by the known UKBench groups): Lw of the mutually
+    nearest conv positions of the pairs, for blcf-he's features. A blcf-he index built with it keeps
+    that whitening (vocabulary and signatures from other images) and ranks each object's views first;
+    other features, pipelines or a second whitening are refused."""
+    from bovw.vocabulary import VocabularyConfig
+    from cbir.learning import train_model
+    from cbir.mining import MinedPairs
+    from cbir.pipelines import get_pipeline
+    _, paths, pairs, labels = training_maps
+    cache, out = str(tmp_path / "cache"), str(tmp_path / "model")
+    mined = MinedPairs(paths, pairs, np.full(len(pairs), 30), np.ones(len(pairs)), labels)
+    run = train_model(paths, out, TrainingConfig(head="blcf-lw"), cache_dir=cache, n_jobs=1, progress=False,
+                      mined=mined)
+    model = LearnedModel.load(out, backbone=BackboneOptions().key)
+    assert run.result is None and model.head == "blcf-lw"
+    assert model.data["features"] == get_pipeline("blcf-he").build.conv.key
+    assert tuple(model.state["projection"].shape) == (672, 256) and model.scores["regions"] > 40 * 500
+    train = [os.path.join(data_dir, "ukbench", f"ukbench{i:05d}.jpg") for i in range(40)]  # other objects
+    shape = VocabularyConfig(branching=16, depth=2)
+    names = [os.path.basename(p) for p in paths]
+
+    def precision(index):
+        index.add_images(paths, names, progress=False)
+        return np.mean([np.mean([labels[names.index(h.name)] == labels[q] for h in index.search(paths[q], top_k=4)])
+                        for q in range(len(paths))])
+
+    learned = build_index("blcf-he", train_paths=train, vocabulary_config=shape, cache_dir=cache, model=out)
+    assert np.array_equal(learned.whitening.projection, model.state["projection"].numpy())
+    assert precision(learned) >= 0.95
+    with pytest.raises(BuildError, match="learned on the conv features .* pipeline 'blcf' extracts"):
+        build_index("blcf", train_paths=train, model=out)
+    with pytest.raises(BuildError, match="not both"):
+        build_index("blcf-asmk", train_paths=train, whiten_paths=train, model=out)
+    with pytest.raises(BuildError, match="uses no trained model"):
+        build_index("sift-he", train_paths=train, model=out)
+    with pytest.raises(BuildError, match="needs a rmac-lw head; the model holds a blcf-lw one"):
+        build_index("rmac-lw", model=out)
