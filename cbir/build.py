@@ -256,7 +256,8 @@ def conv_whitening(model, pipeline: Pipeline | str) -> PCAWhitening:
         raise BuildError(f"the model's whitening was learned on the conv features {model.data.get('features')!r}; "
                          f"pipeline {pipeline.name!r} extracts {conv.key!r}: train one for it with cbir train "
                          f"--head blcf-lw")
-    return model.inference_head().whitening
+    whitening = model.inference_head().whitening
+    return PCAWhitening(whitening.mean, whitening.projection, method="learned")
 
 
 def empty_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = None,

@@ -144,13 +144,12 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         same = set(previous.images) | set(previous.skipped) == set(images) and all(
             previous.settings.get(key) == value for key, value in settings.items())
         if same:
-            logger.info("using the pairs mined before in %s", pairs_dir)
+            logger.info("using the pairs mined before in %s: %s", pairs_dir, previous.summary())
             mined = previous
-    if mined is None:
+    if mined is None:  # mine_pairs logs its summary
         mined = mine_pairs(images, cache_dir=cache_dir, n_jobs=n_jobs, resume=mining_dir, progress=progress,
                            **mining)
         mined.save(pairs_dir)
-    logger.info("mined: %s", mined.summary())
     closed_form = config.head in CLOSED_FORM_HEADS
     pipeline = get_pipeline(PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE))
     local = pipeline.kind == "local"

@@ -367,4 +367,5 @@ class RetrievalIndex(SearchableIndex):
                 "postings": int(inverted.n_postings), "postings_per_word": inverted.n_postings / inverted.n_words,
                 "imbalance_factor": inverted.imbalance_factor,
                 "whitening_dim": self.whitening.output_dim if self.whitening is not None else None,
+                "whitening_method": self.whitening.method if self.whitening is not None else None,
                 "hamming_embedding": self.hamming is not None, "asmk": self.asmk is not None}

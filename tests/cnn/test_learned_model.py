@@ -179,6 +179,8 @@ def test_blcf_lw_learns_the_conv_features_whitening_and_blcf_indexes_use_it(trai
     learned = build_index("blcf-he", train_paths=train, vocabulary_config=shape, cache_dir=cache, model=out)
     assert np.array_equal(learned.whitening.projection, model.state["projection"].numpy())
     assert precision(learned) >= 0.95
+    learned.save(str(tmp_path / "index"))
+    assert load_index(str(tmp_path / "index")).info()["whitening_method"] == "learned"  # cbir info shows it
     with pytest.raises(BuildError, match="learned on the conv features .* pipeline 'blcf' extracts"):
         build_index("blcf", train_paths=train, model=out)
     with pytest.raises(BuildError, match="not both"):
