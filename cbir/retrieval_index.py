@@ -104,9 +104,8 @@ def local_feature_cache(build: LocalBuild, directory: str | None) -> FeatureCach
 
 @dataclasses.dataclass
 class AsmkQuery(LocalQuery):
-    """A query prepared for an ASMK* index: its features (``keypoints``, ``words``: (n, k), and
-    ``signatures``: (n, k) each feature's own signature per word, for spatial verification) and its
-    aggregated signatures.
+    """A query prepared for an ASMK* index: its features (``keypoints``, ``words``: (n, k), for
+    spatial verification) and its aggregated signatures.
 
     Attributes:
         word_ids: (u,) int64 distinct words of the query over all assignments.
@@ -123,10 +122,8 @@ def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, opti
     (``options.verification``).
 
     Verification matches the features the image store keeps (keypoint and word each; postings
-    only hold the aggregates) through shared words where the query feature's own signature and the
-    image's aggregated signature lie within ``options.asmk.verification_threshold`` bits (the
-    query's aggregate, under multiple assignment a blend of several features, filtered worse:
-    Holidays 0.812 against 0.818, ``benchmarks/RESULTS.md``).
+    only hold the aggregates) through shared words whose aggregated signatures in the query and
+    the image lie within ``options.asmk.verification_threshold`` bits.
 
     Args:
         query: the prepared query.
@@ -148,8 +145,9 @@ def rank_asmk(query: AsmkQuery, inverted: InvertedFile, images: ImageStore, opti
     wanted = inverted.n_images if top_k is None else min(top_k, inverted.n_images)
     ranking = shortlist(scores, max(wanted, options.shortlist))
     if options.verification is not None:
+        signatures = query.word_signatures[np.searchsorted(query.word_ids, query.words)]
         ranking = spatial_rerank(query.keypoints, query.words, ranking, images, options.verification, n_jobs,
-                                 query.signatures, config.verification_threshold, inverted)
+                                 signatures, config.verification_threshold, inverted)
     return ranking[:wanted]
 
 
@@ -326,10 +324,8 @@ class RetrievalIndex(SearchableIndex):
         words = self.vocabulary.quantize(descriptors, k=k, beam=self.pipeline.build.beam).astype(np.int32)
         words = words.reshape(len(features), k)
         if self.asmk is not None:
-            centers = self.vocabulary.centers[-1]
-            word_ids, word_signatures = self.asmk.signatures(descriptors, words, centers)
-            return AsmkQuery(features.keypoints, words, self.asmk.feature_signatures(descriptors, words, centers),
-                             word_ids, word_signatures)
+            word_ids, word_signatures = self.asmk.signatures(descriptors, words, self.vocabulary.centers[-1])
+            return AsmkQuery(features.keypoints, words, None, word_ids, word_signatures)
         signatures = None
         if self.hamming is not None:
             signatures = self.hamming.signatures(np.repeat(descriptors, words.shape[1], axis=0),

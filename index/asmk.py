@@ -128,16 +128,6 @@ class AsmkEmbedding:
         unique, residuals = aggregate(descriptors, words, centroids)
         return unique, self.embedding.signatures(residuals, unique)
 
-    def feature_signatures(self, descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-        """(n, k) uint64 signature of each of (n, d) descriptors' own unit residual to each of its
-        (n, k) words, binarised like the aggregates: what verification compares with an image's
-        aggregated signature of the shared word."""
-        words = np.asarray(words, np.int64).reshape(len(descriptors), -1)
-        flat = words.ravel()
-        residuals = unit_residuals(np.repeat(np.asarray(descriptors, np.float32), words.shape[1], axis=0), flat,
-                                   centroids)
-        return self.embedding.signatures(residuals, flat).reshape(words.shape)
-
     def state_dict(self) -> tuple[dict, dict]:
         meta, arrays = self.embedding.state_dict()
         return {"kind": "asmk-embedding", "version": STATE_VERSION, "embedding": meta}, arrays

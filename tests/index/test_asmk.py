@@ -49,23 +49,6 @@ def test_aggregated_signatures_equal_brute_force(rng, learned, k):
     assert np.allclose(np.linalg.norm(residuals, axis=1), 1, atol=1e-5)
 
 
-def test_a_features_own_signature_is_its_words_aggregate_when_alone_and_brute_force_otherwise(rng, learned):
-    """Verification compares each query feature's own signature, per assigned word, with the
-    image's aggregate: it is the aggregate of a one-feature word, and the brute-force binarisation
-    of that feature alone for every word."""
-    centroids, asmk = learned
-    words = rng.integers(0, N_WORDS, (12, 2))
-    descriptors = (centroids[words[:, 0]] + 0.3 * rng.standard_normal((12, DIM))).astype(np.float32)
-    own = asmk.feature_signatures(descriptors, words, centroids)
-    assert own.shape == (12, 2) and own.dtype == np.uint64
-    for i in range(12):
-        expected = brute_force_signatures(asmk.embedding, descriptors[i:i + 1], words[i:i + 1], centroids)
-        assert [int(s) for s in own[i]] == [int(expected[int(w)]) for w in words[i]]
-    alone = [i for i in range(12) if np.sum(words == words[i, 0]) == 1]
-    unique, aggregated = asmk.signatures(descriptors, words, centroids)
-    assert alone and all(own[i, 0] == aggregated[np.searchsorted(unique, words[i, 0])] for i in alone)
-
-
 def test_medians_split_training_residuals_in_half(learned, rng):
     centroids, asmk = learned
     words = rng.integers(0, N_WORDS, 2000)
