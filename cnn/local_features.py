@@ -53,7 +53,7 @@ def conv_local_from_image(image: np.ndarray, options: ConvLocalOptions = ConvLoc
     for scale in options.scales:
         scaled = rescale(image, scale)
         seen = backbone.input_size(*scaled.shape[:2])[0] / height  # network input pixels per image pixel
-        local_map = backbone.feature_maps(scaled, options.layer)["local"]
+        local_map = backbone.feature_maps(scaled, options.layer, local_only=True)["local"]
         features = conv_local_features(local_map, stride / seen, (height, width))
         keypoints.append(features.keypoints)
         descriptors.append(features.descriptors)

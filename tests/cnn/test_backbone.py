@@ -43,6 +43,8 @@ def test_each_local_layer_has_its_channels_and_stride_and_the_head_is_the_global
     for layer, (_, _, stride, channels) in LOCAL_LAYERS.items():
         local = backbone.feature_maps(image, layer)["local"]
         assert local.shape[0] == channels and abs(local.shape[2] - 320 / stride) < 1, layer
+        only = backbone.feature_maps(image, layer, local_only=True)  # the blocks after the layer not run
+        assert list(only) == ["local"] and np.array_equal(only["local"], local), layer
     np.testing.assert_array_equal(backbone.feature_maps(image, "head")["local"], default["global"])
     np.testing.assert_array_equal(backbone.feature_maps(image, "block11-expand")["local"], default["local"])
     # block 15's output feeds the head conv: not ReLU6-bounded, unlike the expansion and head maps
