@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnn.backbone import Backbone, _torch_threads, resolve_device, run_from, tuned_prefixes, tuned_state
+from cnn.backbone import Backbone, _torch_threads, normalize_pixels, resolve_device, run_from, tuned_prefixes, \
+    tuned_state
 from cnn.heads import MapBank, build_head
 from cnn.options import BackboneOptions
 from cnn.training import EpochRecord, TrainingConfig, TrainingResult, fit, freeze_batchnorm, initial_whitening, \
@@ -49,9 +50,7 @@ class StageRunner(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) input of block ``start`` (for 0: (B, 3, H, W) pixel values 0..255, preprocessed here
         as ``Backbone.preprocess``) -> (B, 1280, h', w') float32 'global' map."""
-        x = x.float()
-        if self.start == 0:
-            x = (x - 127.0) / 128.0
+        x = normalize_pixels(x) if self.start == 0 else x.float()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return run_from(self.net, x.contiguous(memory_format=torch.channels_last), self.start).float()
 
@@ -113,7 +112,7 @@ def stage_inputs(net: nn.Module, images: list[np.ndarray], start: int, device: t
     for members in shapes.values():
         for s in range(0, len(members), BATCH):
             rows = members[s:s + BATCH]
-            x = (torch.from_numpy(np.stack([chw[i] for i in rows])).to(device).float() - 127.0) / 128.0
+            x = normalize_pixels(torch.from_numpy(np.stack([chw[i] for i in rows])).to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 maps = run_from(net, x.contiguous(memory_format=torch.channels_last), 0, start)
             for i, m in zip(rows, maps.float().cpu().numpy()):
