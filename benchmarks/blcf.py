@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig
 from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
+from cbir.learning import LOCAL_LW_POPULATION, local_training_rows, restrict
 from cbir.mining import DEFAULT_MIN_INLIERS, MinedPairs
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
@@ -122,16 +122,16 @@ def main():
 
 
 def local_learned_whitening(train: list[str], blcf, mined_dir: str, args):
-    """Lw (``cnn.whitening.regional_learned_whitening``) of ``train``'s conv features: the matching
-    pairs are the mutually nearest positions of each image pair verified with at least mining's
-    default inliers in ``mined_dir`` (images matched to ``train`` by file name), the PCA step runs
-    over 200,000 positions sampled from all."""
+    """``cbir train --head blcf-lw``'s whitening of ``train``'s conv features (``cnn.whitening.
+    regional_learned_whitening`` of the mutually nearest positions of each image pair verified with at
+    least mining's default inliers in ``mined_dir``, images matched to ``train`` by file name)."""
     mined = MinedPairs.load(mined_dir).at_threshold(DEFAULT_MIN_INLIERS)
-    features = {os.path.basename(path): f.descriptors for path, f in iter_features(
-        train, functools.partial(read_local_features, blcf.build), local_feature_cache(blcf.build, args.cache),
-        n_jobs=args.jobs, verbose=False)}
-    rows = [features[os.path.basename(path)] for path in mined.images]
-    return regional_learned_whitening(rows, mined.pairs, dim=blcf.build.local_whitening_dim, population=200_000)
+    by_name = {os.path.basename(path): path for path in train}
+    rows, kept, _ = local_training_rows([by_name[os.path.basename(path)] for path in mined.images], args.cache,
+                                        args.jobs, False, blcf)
+    pairs, _ = restrict(mined.pairs, mined.components, kept)
+    return regional_learned_whitening(rows, pairs, dim=blcf.build.local_whitening_dim,
+                                      population=LOCAL_LW_POPULATION)
 
 
 def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:

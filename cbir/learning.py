@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from bovw.extraction import ExtractionReport, iter_features
-from cbir.pipelines import get_pipeline
+from cbir.pipelines import Pipeline, get_pipeline
 
 logger = logging.getLogger("cbir")
 
@@ -75,7 +75,7 @@ def training_maps(paths: Sequence[str], cache_dir: str | None = None, n_jobs: in
 
 
 def local_training_rows(paths: Sequence[str], cache_dir: str | None = None, n_jobs: int = 1,
-                        progress: bool | None = None, pipeline: str = "blcf-he"
+                        progress: bool | None = None, pipeline: str | Pipeline = "blcf-he"
                         ) -> tuple[list[np.ndarray], list[int], ExtractionReport]:
     """The conv local features (BLCF) of the usable images of ``paths``, as ``pipeline`` extracts them
     (from and into the feature cache).
