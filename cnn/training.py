@@ -169,10 +169,7 @@ def learn_whitening(vectors: np.ndarray, pairs: np.ndarray, config: TrainingConf
     """``config.init``'s whitening of (n, d) vectors to ``config.dim`` dims: ``lw`` from the verified
     ``pairs`` (m, 2) or ``pca``."""
     if config.init == "lw":
-        learn_from_pairs = getattr(PCAWhitening, "learn_from_pairs", None)
-        if learn_from_pairs is None:
-            raise ValueError("learned whitening (init='lw') needs PCAWhitening.learn_from_pairs; use init='pca'")
-        return learn_from_pairs(vectors, np.asarray(pairs), config.dim)
+        return PCAWhitening.learn_from_pairs(vectors, np.asarray(pairs), config.dim)
     return PCAWhitening.learn(vectors, config.dim)
 
 
