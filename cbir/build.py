@@ -252,10 +252,12 @@ def conv_whitening(model, pipeline: Pipeline | str) -> PCAWhitening:
     if model.head != "blcf-lw":
         raise BuildError(f"pipeline {pipeline.name!r} takes a blcf-lw model (cbir train --head blcf-lw); the model "
                          f"holds a {model.head} head")
-    if model.data.get("features") != conv.key:
-        raise BuildError(f"the model's whitening was learned on the conv features {model.data.get('features')!r}; "
-                         f"pipeline {pipeline.name!r} extracts {conv.key!r}: train one for it with cbir train "
-                         f"--head blcf-lw")
+    features = model.data.get("features")
+    if features != conv.key:
+        serves = [p.name for p in PIPELINES.values() if p.kind == "local" and p.build.conv is not None
+                  and p.build.conv.key == features]
+        raise BuildError(f"the model's whitening was learned on the conv features {features!r}, pipeline "
+                         f"{pipeline.name!r} extracts {conv.key!r}; the model serves {', '.join(serves) or 'none'}")
     whitening = model.inference_head().whitening
     return PCAWhitening(whitening.mean, whitening.projection, method="learned")
 
