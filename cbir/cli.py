@@ -100,6 +100,12 @@ def search_options(index, args):
         changes["diffusion"] = dataclasses.replace(changes.get("diffusion", options.diffusion), **diffusion)
     if args.he_threshold is not None:
         changes["hamming"] = dataclasses.replace(options.hamming or HammingConfig(), threshold=args.he_threshold)
+    asmk = {name: value for name, value in (("alpha", args.asmk_alpha), ("threshold", args.asmk_threshold))
+            if value is not None}
+    if asmk:
+        if options.asmk is None:
+            raise UsageError("--asmk-alpha/--asmk-threshold need an ASMK* index (sift-asmk, sift-asmk-sv, blcf-asmk)")
+        changes["asmk"] = dataclasses.replace(options.asmk, **asmk)
     if args.window_search is not None:
         changes["window_search"] = args.window_search
     if args.region_rerank is not None:
@@ -583,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--verify", type=int, metavar="N", help="spatially verify the top N (0: off)")
         g.add_argument("--expand", type=int, metavar="N", help="expand the query with up to N verified results (0: off)")
         g.add_argument("--he-threshold", type=int, help="Hamming distance threshold (of 64 bits)")
+        g.add_argument("--asmk-alpha", type=float, metavar="A",
+                       help="ASMK* selectivity exponent: a shared word adds sign(u)|u|^A (u: signature similarity)")
+        g.add_argument("--asmk-threshold", type=float, metavar="T",
+                       help="ASMK* similarity threshold in [-1, 1]: below it a shared word adds 0 (-1: none)")
         g.add_argument("--window-search", type=int, metavar="N", help="BLCF local search over the top N (0: off)")
         g.add_argument("--region-rerank", type=int, metavar="N", help="R-MAC region re-ranking of the top N (0: off)")
         g.add_argument("--expand-alpha", type=float, metavar="A",

@@ -261,6 +261,11 @@ _REGIONAL_DIFFUSION = DiffusionConfig(k=30, gamma=3.0, alpha=0.8, query_k=3, reg
 _BOW = SearchOptions(query_assignments=3)
 _HE = SearchOptions(query_assignments=3, hamming=HammingConfig())
 _ASMK = SearchOptions(query_assignments=3, asmk=AsmkConfig())
+#: Conv words want no selectivity beyond the threshold: aggregated over ~600 positions of three scales,
+#: their signatures agree in part between views of one object, and alpha 3 discards that (alpha 1:
+#: Holidays-811 0.790 -> 0.831, UKBench-1000 3.848 -> 3.883); single SIFT features need it (alpha 1
+#: lost 0.05 mAP; benchmarks/RESULTS.md, issue 16).
+_BLCF_ASMK = SearchOptions(query_assignments=3, asmk=AsmkConfig(alpha=1.0))
 
 # Single-vector CNN methods keep 512 whitened dimensions: whitening learned on ~1000 images cannot
 # support all 1280 (it fits noise, UKBench N-S fell from 3.93 to 1.8-2.9 with MAC/GeM). R-MAC
@@ -291,8 +296,8 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
              "with Hamming embedding (64 bits of each position's whitened residual, threshold 24, burstiness)",
              BLCF_HE_BUILD, _HE),
     Pipeline("blcf-asmk", "blcf's conv words from image scales 1.414, 1 and 0.707, the 600 of largest activation "
-             "norm, with ASMK* (residuals aggregated per word, 64-bit signatures, alpha 3, tau 0)",
-             BLCF_ASMK_BUILD, _ASMK),
+             "norm, with ASMK* (residuals aggregated per word, 64-bit signatures, alpha 1, tau 0)",
+             BLCF_ASMK_BUILD, _BLCF_ASMK),
     Pipeline("spoc", "EfficientNet-Lite0 head map, sum pooling, L2-PCAw(512)-L2",
              GlobalBuild(descriptor=GlobalDescriptorConfig("spoc", whitening_dim=512))),
     Pipeline("mac", "EfficientNet-Lite0 head map, max pooling, L2-PCAw(512)-L2",

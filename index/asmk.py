@@ -36,7 +36,8 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class AsmkConfig:
-    """Selectivity of the ASMK* kernel (the asmk package's defaults).
+    """Selectivity of the ASMK* kernel (the asmk package's defaults, kept by ``sift-asmk``; ``blcf-asmk``
+    uses alpha 1: its signatures aggregate many conv positions, and partial agreement is evidence).
 
     Attributes:
         alpha: exponent of the selectivity function ``sign(u) |u|^alpha``.

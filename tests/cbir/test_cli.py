@@ -67,10 +67,37 @@ def test_user_mistakes_end_in_one_line_and_an_exit_code(image_folder, tmp_path, 
                                  (["--box", "300,10,20,40"], 1, "is empty"),
                                  (["--top-k", "0"], 2, "--top-k must be at least 1"),
                                  (["--window-search", "10"], 1, "window search needs every conv-map position of one grid"),
+                                 (["--asmk-alpha", "1"], 1, "need an ASMK* index"),
                                  (["--search", "sift-he"], 1, "'sift-he' is built differently")):
         assert main(["query", query, "--index", index, "--cache", ""] + extra) == code
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_asmk_selectivity_is_a_search_option(image_folder, tmp_path, capsys):
+    """--asmk-alpha 1 keeps the ranking's head (the query's own image first) and raises every image's
+    score (u >= u^3 for the similarities u in [0, 1] that pass the threshold); a bad value is refused."""
+    cache = str(tmp_path / "cache")
+    vocab, index = str(tmp_path / "vocab"), str(tmp_path / "index")
+    assert main(["vocab", str(image_folder), "-o", vocab, "--method", "sift-asmk", "--branching", "16",
+                 "--depth", "2", "--cache", cache]) == 0
+    assert main(["index", str(image_folder), "-o", index, "--vocab", vocab, "--method", "sift-asmk",
+                 "--train-root", str(image_folder), "--cache", cache]) == 0
+    capsys.readouterr()
+    scores = {}
+    for alpha in ([], ["--asmk-alpha", "1"]):
+        assert main(["query", str(image_folder / "ukbench00005.jpg"), "--index", index, "--format", "jsonl",
+                     "--top-k", "16", "--cache", cache] + alpha) == 0
+        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert results[0]["name"] == "ukbench00005.jpg"
+        scores[bool(alpha)] = {r["name"]: r["score"] for r in results}
+    assert scores[False].keys() == scores[True].keys()
+    assert all(scores[True][name] >= scores[False][name] - 1e-6 for name in scores[False])
+    assert sum(scores[True][name] > scores[False][name] + 1e-4 for name in scores[False]) >= 8
+    assert main(["query", str(image_folder / "ukbench00005.jpg"), "--index", index, "--asmk-threshold", "2",
+                 "--cache", cache]) == 1
+    err = capsys.readouterr().err
+    assert "ASMK needs alpha > 0, a threshold in [-1, 1]" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
