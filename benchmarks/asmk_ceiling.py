@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 
 from benchmarks.common import DEFAULT_DATA, benchmark_datasets, write_result
-from bovw.hamming import BITS
+from bovw.hamming import BITS, hamming_distance
 from cbir.build import asmk_from, local_descriptors
 from cbir.searchable import load_index
 from index.asmk import aggregate, unit_residuals
@@ -63,13 +63,16 @@ def scores(queries: Aggregates, database: Aggregates, idf: np.ndarray, similarit
     """(n_queries, n_images) normalised kernel values; ``similarity(qi, di)`` gives the (a, b) u of
     query rows qi and database rows di that share one word."""
     out = np.zeros((queries.n_images, database.n_images))
-    order = np.argsort(database.words, kind="stable")
-    sorted_words = database.words[order]
-    for word in np.unique(queries.words):
-        q = np.flatnonzero(queries.words == word)
-        d = order[np.searchsorted(sorted_words, word):np.searchsorted(sorted_words, word, side="right")]
-        if not len(d):
+    q_order, d_order = np.argsort(queries.words, kind="stable"), np.argsort(database.words, kind="stable")
+    q_words, d_words = queries.words[q_order], database.words[d_order]
+    words, q_starts = np.unique(q_words, return_index=True)
+    q_ends = np.r_[q_starts[1:], len(q_words)]
+    d_starts = np.searchsorted(d_words, words)
+    d_ends = np.searchsorted(d_words, words, side="right")
+    for word, qs, qe, ds, de in zip(words, q_starts, q_ends, d_starts, d_ends):
+        if ds == de:
             continue
+        q, d = q_order[qs:qe], d_order[ds:de]
         u = similarity(q, d)
         votes = np.where(u >= tau, np.sign(u) * np.abs(u) ** alpha, 0.0) * idf[word] ** 2
         np.add.at(out, (queries.image[q][:, None], database.image[d][None, :]), votes)
@@ -109,8 +112,7 @@ def main():
     axes = axes[:, ::-1]
 
     def hamming(q, d):
-        xor = query_bits[q][:, None] ^ database_bits[d][None, :]
-        return 1 - 2 * np.unpackbits(xor.view(np.uint8).reshape(xor.shape + (8,)), axis=-1).sum(-1) / BITS
+        return 1 - 2 * hamming_distance(query_bits[q][:, None], database_bits[d][None, :]) / BITS
 
     def projected(rows, dims, int8):
         x = rows @ axes[:, :dims]
