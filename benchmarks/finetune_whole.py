@@ -114,7 +114,8 @@ def on_epoch_saver(args, out: str, log: dict, paths: list[str], pairs, component
 def train(args) -> None:
     """``cnn.tuning.train_network`` on the re-encoded training set, the FC layer starting from Lw of the
     off-the-shelf maps (saved as ``init_head.pt``, the evaluation's baseline head)."""
-    from cnn.backbone import LAST_BLOCK, Backbone, resolve_device
+    from cnn.backbone import Backbone, resolve_device
+    from cnn.options import LAST_BLOCK
     from cnn.tuning import train_network
     out = args.out or os.environ.get("OUT", "/tmp/finetune_out")
     os.makedirs(out, exist_ok=True)
@@ -243,7 +244,7 @@ def evaluate_rmac(args) -> None:
 
 def evaluate(args) -> None:
     from benchmarks.common import write_result
-    from cnn.backbone import LAST_BLOCK
+    from cnn.options import LAST_BLOCK
     from cnn.learned_model import LearnedModel
     from index.datasets import holidays
     dataset = holidays(os.path.join(args.data, "holidays"))

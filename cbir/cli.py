@@ -17,6 +17,7 @@ import sys
 
 from bovw.extraction import ExtractionReport
 from bovw.images import ImageReadError
+from cnn.options import LAST_BLOCK
 from index.persistence import MANIFEST, IndexFormatError, read_manifest
 
 #: ``cbir train``'s learning rates of the head and of tuned backbone blocks (cnn.training.TrainingConfig's
@@ -289,7 +290,7 @@ def cmd_train(args) -> None:
         history = run.result.history
         speed = f", {np.mean([r.tuples_per_s for r in history]):.0f} tuples/s" if history else ""
         done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
-    tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..15"
+    tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..{LAST_BLOCK}"
     use = f"--method {PIPELINE_OF_HEAD[args.head]} --model {args.out}"
     if args.head == "blcf-lw":
         use = f"{use} (or blcf-asmk), and --train-root for the vocabulary and signatures"
@@ -665,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512)")
     p.add_argument("--lr", type=float, default=TRAIN_DEFAULT_LR,
                    help="Adam learning rate of the head (default %(default)g; GeM's p: 10x)")
-    p.add_argument("--from-block", type=int, choices=range(16), metavar="N",
+    p.add_argument("--from-block", type=int, choices=range(LAST_BLOCK + 1), metavar="N",
                    help="also train the backbone's blocks N..15 and its head conv (gem-fc head; BatchNorm frozen): "
                         "the frozen stem and blocks 0..N-1 run once per training image and their output is kept "
                         "in memory. 11: the stride-32 stages (~7 tuples/s on one CPU core), 15: the last block, "

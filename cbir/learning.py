@@ -23,6 +23,7 @@ import numpy as np
 
 from bovw.extraction import ExtractionReport, iter_features
 from cbir.pipelines import Pipeline, get_pipeline
+from cnn.options import LAST_BLOCK
 
 logger = logging.getLogger("cbir")
 
@@ -175,7 +176,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
             state, scores = regional_lw_state(maps, pairs, pipeline)
         result, history = None, []
     else:
-        tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..15"
+        tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..{LAST_BLOCK}"
         logger.info("training a %s head%s on %d images, %d verified pairs (%s loss, %d epochs)", config.head, tuned,
                     len(used), len(pairs), config.loss, config.epochs)
         result = _train(used, [m[0] for m in maps], pairs, components, config, device,

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from cnn.options import DEFAULT_LOCAL_LAYER, LOCAL_LAYERS, BackboneOptions
+from cnn.options import DEFAULT_LOCAL_LAYER, LAST_BLOCK, LOCAL_LAYERS, BackboneOptions
 
 #: oneDNN caches compiled conv primitives per input shape (1024 by default). Photos come in
 #: many sizes, so the default cache grew to ~1.8 GB after ~80 photo shapes (the BLCF build's
@@ -34,8 +34,6 @@ from cnn.options import DEFAULT_LOCAL_LAYER, LOCAL_LAYERS, BackboneOptions
 #: the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
-#: Blocks of Lite0 are ``net._blocks[0..LAST_BLOCK]``.
-LAST_BLOCK = 15
 #: Fine-tuned weights by digest (``register_tuned``): (first tuned block, state_dict).
 _TUNED: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from bovw.images import ImageOptions
 
-#: Channels of each exposed map (BLCF's 'local' map at its default layer).
-CHANNELS = {"local": 672, "global": 1280}
+#: Blocks of EfficientNet-Lite0 are ``net._blocks[0..LAST_BLOCK]`` (``cbir train --from-block``: 0..LAST_BLOCK).
+LAST_BLOCK = 15
 #: Layers of EfficientNet-Lite0 that can give BLCF's local features: (block index, or None for
 #: the head conv; ``expand`` for the block's expansion conv after BN + ReLU6, ``output`` for the
 #: block's output, its projection plus skip; stride in pixels; channels).
@@ -23,6 +23,8 @@ LOCAL_LAYERS = {
     "head": (None, "output", 32, 1280),  # the head conv after BN + ReLU6 (the global map)
 }
 DEFAULT_LOCAL_LAYER = "block11-expand"
+#: Channels of each exposed map (BLCF's 'local' map at its default layer).
+CHANNELS = {"local": LOCAL_LAYERS[DEFAULT_LOCAL_LAYER][3], "global": 1280}
 
 
 def image_scales(scales) -> tuple[float, ...]:

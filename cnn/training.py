@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from cnn.heads import HEAD_KINDS, MapBank, NetVladHead, build_head, gem_exponent
 from cnn.losses import DEFAULT_MARGINS, tuple_loss
+from cnn.options import LAST_BLOCK
 from cnn.tuples import epoch_tuples
 from cnn.whitening import PCAWhitening
 
@@ -101,8 +102,8 @@ class TrainingConfig:
             raise ValueError(f"unknown initialisation {self.init!r}; known: lw, pca")
         if self.epochs < 0 or self.batch < 1 or self.negatives < 1 or self.clusters < 1:
             raise ValueError("epochs must be >= 0, batch, negatives and clusters >= 1")
-        if self.from_block is not None and not (0 <= self.from_block <= 15 and self.head in ("gem-fc", "gem")):
-            raise ValueError(f"from_block must be in 0..15 and the head gem-fc or gem (got {self.from_block} "
+        if self.from_block is not None and not (0 <= self.from_block <= LAST_BLOCK and self.head in ("gem-fc", "gem")):
+            raise ValueError(f"from_block must be in 0..{LAST_BLOCK} and the head gem-fc or gem (got {self.from_block} "
                              f"with {self.head})")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1] (got {self.lr_decay})")
