@@ -161,5 +161,6 @@ def regional_learned_whitening(rows: list[np.ndarray], pairs: np.ndarray, eps: f
     matched = mutual_nearest_rows(rows, pairs)
     sample = regions if population is None or population >= len(regions) else \
         regions[np.random.default_rng(seed).choice(len(regions), population, replace=False)]
+    # learn_from_pairs copies its x to float64: give it the matched rows only (two per match), not every region.
     return PCAWhitening.learn_from_pairs(regions[matched.ravel()], np.arange(2 * len(matched)).reshape(-1, 2), dim,
                                          eps, population=sample)
