@@ -45,6 +45,9 @@ def _local_pipeline(pipeline: Pipeline | str) -> Pipeline:
 #: uniform random sample of this size, drawn while streaming, so memory stays flat as the training
 #: set grows. 1 GiB: 2.1M SIFT descriptors (the benchmark subsets have 1.7M: all kept), 400k BLCF ones.
 MAX_TRAINING_BYTES = 2 ** 30
+#: Model heads that hold a whitening of BLCF's conv features (``cbir train --head``): the closed-form Lw of
+#: the verified pairs' positions, and the same trained further with HOW's loss.
+CONV_WHITENING_HEADS = ("blcf-lw", "blcf-how")
 
 
 class DescriptorSample:
@@ -230,7 +233,7 @@ def learned_head(model, pipeline: Pipeline | str):
     if pipeline.kind != "global" or pipeline.build.learned is None:
         learned = [p.name for p in PIPELINES.values() if p.kind == "global" and p.build.learned]
         raise BuildError(f"pipeline {pipeline.name!r} uses no trained model; --model is for {', '.join(learned)} "
-                         f"and, with a blcf-lw model, the BLCF pipelines")
+                         f"and, with a blcf-lw or blcf-how model, the BLCF pipelines")
     if isinstance(model, (str, os.PathLike)):
         model = LearnedModel.load(os.fspath(model), backbone=pipeline.build.backbone.key)
     head = model if isinstance(model, LearnedHead) else model.inference_head()
@@ -241,7 +244,7 @@ def learned_head(model, pipeline: Pipeline | str):
 
 
 def conv_whitening(model, pipeline: Pipeline | str) -> PCAWhitening:
-    """The conv-feature whitening of a ``cbir train --head blcf-lw`` model (a model directory or a
+    """The conv-feature whitening of a ``cbir train --head blcf-lw`` (or ``blcf-how``) model (a model directory or a
     ``LearnedModel``) for the BLCF ``pipeline``, refused (ModelFormatError, BuildError) when made for
     other features or holding another head."""
     from cnn.learned_model import LearnedModel
@@ -249,9 +252,9 @@ def conv_whitening(model, pipeline: Pipeline | str) -> PCAWhitening:
     conv = pipeline.build.conv
     if isinstance(model, (str, os.PathLike)):
         model = LearnedModel.load(os.fspath(model), backbone=conv.backbone.key)
-    if model.head != "blcf-lw":
-        raise BuildError(f"pipeline {pipeline.name!r} takes a blcf-lw model (cbir train --head blcf-lw); the model "
-                         f"holds a {model.head} head")
+    if model.head not in CONV_WHITENING_HEADS:
+        raise BuildError(f"pipeline {pipeline.name!r} takes a blcf-lw or blcf-how model (cbir train --head blcf-lw "
+                         f"or blcf-how); the model holds a {model.head} head")
     features = model.data.get("features")
     if features != conv.key:
         serves = [p.name for p in PIPELINES.values() if p.kind == "local" and p.build.conv is not None
@@ -308,7 +311,7 @@ def build_index(pipeline: Pipeline | str, vocabulary: VocabularyTree | None = No
         progress: progress bars (None: only on a terminal).
         model: a trained model (directory, ``LearnedModel`` or ``LearnedHead``) for pipelines
             with a learned head (``gem-ft``); its FC layer is their whitening. For BLCF pipelines,
-            a ``blcf-lw`` model (directory or ``LearnedModel``): its whitening of the conv features
+            a ``blcf-lw`` or ``blcf-how`` model (directory or ``LearnedModel``): its whitening of the conv features
             replaces the one learned on ``train_paths``.
 
     Raises:

@@ -24,6 +24,9 @@ from index.persistence import MANIFEST, IndexFormatError, read_manifest
 #: defaults, without importing torch).
 TRAIN_DEFAULT_LR = 1e-4
 TRAIN_DEFAULT_BACKBONE_LR = 1e-5
+#: ``cbir train --head blcf-how``'s learning rate and batch: its affine layer acts on every conv position,
+#: and its loss moves it less per step than a pooled head's (benchmarks/RESULTS.md, issue 16).
+BLCF_HOW_LR, BLCF_HOW_BATCH = 3e-3, 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 logger = logging.getLogger("cbir")
 
@@ -268,7 +271,11 @@ def cmd_train(args) -> None:
                          f"in {' '.join(args.images)}")
     config = TrainingConfig(head=args.head, init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
                             negatives=args.negatives, hard_negatives=not args.random_negatives,
-                            hard_positives=args.hard_positives, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                            hard_positives=args.hard_positives, epochs=args.epochs,
+                            batch=(BLCF_HOW_BATCH if args.head == "blcf-how" else 32) if args.batch is None
+                            else args.batch,
+                            lr=(BLCF_HOW_LR if args.head == "blcf-how" else TRAIN_DEFAULT_LR) if args.lr is None
+                            else args.lr,
                             seed=args.seed, max_tuples=args.max_tuples, from_block=args.from_block,
                             backbone_lr=args.backbone_lr, lr_decay=args.lr_decay)
     vocabulary = None
@@ -292,7 +299,7 @@ def cmd_train(args) -> None:
         done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
     tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..{LAST_BLOCK}"
     use = f"--method {PIPELINE_OF_HEAD[args.head]} --model {args.out}"
-    if args.head == "blcf-lw":
+    if args.head in ("blcf-lw", "blcf-how"):
         use = f"{use} (or blcf-asmk), and --train-root for the vocabulary and signatures"
     print(f"model {args.out}: {run.model.head} head{tuned}, {done}; trained on {run.model.data['images']} images, "
           f"{run.model.data['pairs']} verified pairs; use it with {use}")
@@ -633,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vocab)
 
     p = sub.add_parser("train", help="mine verified pairs in unlabelled photos and train a descriptor "
-                                     "(gem-ft, netvlad-ft, rmac-lw, blcf-lw)",
+                                     "(gem-ft, netvlad-ft, rmac-lw, blcf-lw, blcf-how)",
                        description="Mine: every image queries the others with sift-he-sv; pairs with enough "
                                    "homography inliers are positives, their connected components the objects. "
                                    "Train (--head gem-fc, for gem-ft): GeM with a learnable p and an FC layer "
@@ -644,16 +651,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "clusters instead of GeM). Or learn (--head rmac-lw, for rmac-lw): a whitening of "
                                    "multi-scale R-MAC regions from the verified pairs, in closed form (the training "
                                    "options do not apply); --head blcf-lw the same of BLCF's conv features, for "
-                                   "blcf-he and blcf-asmk. Resumable: run the same command again after an "
+                                   "blcf-he and blcf-asmk; --head blcf-how that whitening trained further (HOW's "
+                                   "training: the sum of an image's whitened positions is its descriptor in the "
+                                   "loss). Resumable: run the same command again after an "
                                    "interruption. Train on other photos than the ones you will search.")
     p.add_argument("--images", nargs="+", required=True, help="training image files, folders, or @list.txt")
     p.add_argument("--out", required=True, help="model directory to write (also holds the work of an interrupted run)")
-    p.add_argument("--head", choices=["gem-fc", "netvlad", "rmac-lw", "blcf-lw"], default="gem-fc",
+    p.add_argument("--head", choices=["gem-fc", "netvlad", "rmac-lw", "blcf-lw", "blcf-how"], default="gem-fc",
                    help="what to learn: gem-fc (trained GeM + FC, for --method gem-ft; default), netvlad "
                         "(trained NetVLAD + FC, for --method netvlad-ft), rmac-lw "
-                        "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw) or blcf-lw "
+                        "(regional learned whitening of multi-scale R-MAC, for --method rmac-lw), blcf-lw "
                         "(learned whitening of the conv features of the mutually nearest positions of verified "
-                        "pairs, for --method blcf-he or blcf-asmk)")
+                        "pairs, for --method blcf-he or blcf-asmk) or blcf-how (that whitening, then trained with "
+                        "the tuple loss on the sum of each image's whitened positions; same methods)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
     p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")
     p.add_argument("--margin", type=float, help="loss margin (default: 0.85 contrastive, 0.1 triplet)")
@@ -663,9 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one tuple per image with its farthest verified partner instead of every pair")
     p.add_argument("--init", choices=["lw", "pca"], default="lw",
                    help="FC initialisation: learned whitening from the pairs (default) or PCA whitening")
-    p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512)")
-    p.add_argument("--lr", type=float, default=TRAIN_DEFAULT_LR,
-                   help="Adam learning rate of the head (default %(default)g; GeM's p: 10x)")
+    p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512; blcf-lw and blcf-how: "
+                                                        "the pipeline's 256)")
+    p.add_argument("--lr", type=float,
+                   help=f"Adam learning rate of the head (default {TRAIN_DEFAULT_LR:g}, blcf-how {BLCF_HOW_LR:g}; "
+                        f"GeM's p: 10x)")
     p.add_argument("--from-block", type=int, choices=range(LAST_BLOCK + 1), metavar="N",
                    help="also train the backbone's blocks N..15 and its head conv (gem-fc head; BatchNorm frozen): "
                         "the frozen stem and blocks 0..N-1 run once per training image and their output is kept "
@@ -676,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate of the backbone blocks trained with --from-block (default %(default)g)")
     p.add_argument("--lr-decay", type=float, default=1.0,
                    help="learning rates multiplied by this after every epoch (default 1: constant)")
-    p.add_argument("--batch", type=int, default=32, help="tuples per step (default 32)")
+    p.add_argument("--batch", type=int, help=f"tuples per step (default 32, blcf-how {BLCF_HOW_BATCH})")
     p.add_argument("--max-tuples", type=int, help="tuples per epoch at most (default: every verified pair, both ways)")
     p.add_argument("--min-inliers", type=int, help="homography inliers that make a positive pair (default: mining's)")
     p.add_argument("--shortlist", type=int, help="candidates verified per image while mining (default: mining's)")

@@ -28,8 +28,9 @@ from cnn.options import LAST_BLOCK
 logger = logging.getLogger("cbir")
 
 #: The pipeline a ``cbir train`` model of each head kind is for (its backbone, scales and pooling;
-#: ``blcf-lw``: its conv features, the model also serves ``blcf-asmk``, which extracts the same).
-PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw", "netvlad": "netvlad-ft", "blcf-lw": "blcf-he"}
+#: ``blcf-lw``, ``blcf-how``: its conv features, the model also serves ``blcf-asmk``, which extracts the same).
+PIPELINE_OF_HEAD = {"gem-fc": "gem-ft", "rmac-lw": "rmac-lw", "netvlad": "netvlad-ft", "blcf-lw": "blcf-he",
+                    "blcf-how": "blcf-he"}
 #: Conv positions the PCA step of a ``blcf-lw`` whitening samples (bounds its memory: ~600 per image).
 LOCAL_LW_POPULATION = 200_000
 #: The pipeline of the trained (torch) head.
@@ -154,7 +155,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
     closed_form = config.head in CLOSED_FORM_HEADS
     pipeline = get_pipeline(PIPELINE_OF_HEAD.get(config.head, TRAINED_PIPELINE))
     local = pipeline.kind == "local"
-    if local:  # blcf-lw: per image its conv features instead of its maps
+    if local:  # blcf-lw, blcf-how: per image its conv features instead of its maps
         maps, kept, report = local_training_rows(mined.images, cache_dir, n_jobs, progress, pipeline.name)
     else:
         maps, kept, report = training_maps(mined.images, cache_dir, n_jobs, progress, device, pipeline.name)
@@ -166,11 +167,12 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
     used = [mined.images[i] for i in kept]
     backbone = pipeline.build.conv.backbone if local else pipeline.build.backbone
     data = {**data_fingerprint(used, pairs, components), "mining": mined.settings}
+    if local:  # the conv features' key: the model is refused for features extracted otherwise
+        data["features"] = pipeline.build.conv.key
     if closed_form:
         logger.info("learning a regional whitening (%s) from %d verified pairs of %d images", config.head,
                     len(pairs), len(used))
-        if local:  # the conv features' key: the model is refused for features extracted otherwise
-            data["features"] = pipeline.build.conv.key
+        if local:
             state, scores = lw_state(maps, pairs, pipeline.build.local_whitening_dim, LOCAL_LW_POPULATION)
         else:
             state, scores = regional_lw_state(maps, pairs, pipeline)
@@ -179,8 +181,8 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         tuned = "" if config.from_block is None else f" and backbone blocks {config.from_block}..{LAST_BLOCK}"
         logger.info("training a %s head%s on %d images, %d verified pairs (%s loss, %d epochs)", config.head, tuned,
                     len(used), len(pairs), config.loss, config.epochs)
-        result = _train(used, [m[0] for m in maps], pairs, components, config, device,
-                        os.path.join(out, "checkpoint.pt"), progress, backbone)
+        result = _train(used, maps, pairs, components, config, device, os.path.join(out, "checkpoint.pt"),
+                        progress, pipeline)
         state, history = result.head.state_dict(), [dataclasses.asdict(r) for r in result.history]
         scores = {"final_loss": result.history[-1].loss if result.history else None,
                   "tuples_seen": result.tuples_seen, "training_seconds": round(result.seconds, 1)}
@@ -194,20 +196,29 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
     return TrainingRun(model, mined, result, report)
 
 
-def _train(paths: list[str], maps: list[np.ndarray], pairs: np.ndarray, components: np.ndarray, config, device: str,
-           checkpoint: str, progress: bool | None, backbone):
-    """The head trained on the cached (C, H, W) ``maps`` of ``paths`` (``cnn.training.train_head``), or with
-    ``config.from_block`` blocks of the ``backbone`` too, on the decoded images (``cnn.tuning.train_network``,
-    the FC layer starting from the same whitening of the cached maps as the head alone)."""
+def _train(paths: list[str], maps: list, pairs: np.ndarray, components: np.ndarray, config, device: str,
+           checkpoint: str, progress: bool | None, pipeline: Pipeline):
+    """The head trained on the cached maps of ``paths`` (``cnn.training.train_head``; ``maps``: per image its
+    (C, H, W) maps of ``pipeline``'s scales, the first one used), or with ``config.from_block`` blocks of the
+    backbone too, on the decoded images (``cnn.tuning.train_network``, the FC layer starting from the same
+    whitening of the cached maps as the head alone). ``blcf-how``: ``maps`` are per image its (n_i, C) conv
+    features, the head the ``blcf-lw`` whitening of them, trained through their sum."""
     from cnn.training import initial_whitening, train_head
+    if config.head == "blcf-how":
+        from cnn.whitening import regional_learned_whitening
+        start = regional_learned_whitening(maps, pairs, dim=pipeline.build.local_whitening_dim,
+                                           population=LOCAL_LW_POPULATION)
+        return train_head([rows.T[:, :, None] for rows in maps], pairs, components, config, device, start,
+                          checkpoint=checkpoint, progress=progress)
+    maps = [m[0] for m in maps]
     if config.from_block is None:
         return train_head(maps, pairs, components, config, device, checkpoint=checkpoint, progress=progress)
     from cnn.feature_maps import FeatureMapExtractor
     from cnn.tuning import train_network
-    decode = FeatureMapExtractor(backbone).image
+    decode = FeatureMapExtractor(pipeline.build.backbone).image
     whitening = initial_whitening(maps, pairs, config) if config.head == "gem-fc" else None
     return train_network([decode(p) for p in paths], pairs, components, config, device, whitening, checkpoint,
-                         progress, options=backbone)
+                         progress, options=pipeline.build.backbone)
 
 
 def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline) -> tuple[dict, dict]:

@@ -4,6 +4,9 @@
 -> L2 -> optional affine layer ``(x - mean) @ projection`` initialised from a whitening
 (PCA or learned whitening, Radenovic et al. 2018's "Lw" FC initialisation) -> L2.
 ``NetVladHead``: NetVLAD (Arandjelovic et al., CVPR 2016) -> the same affine layer -> L2.
+``LocalWhiteningHead``: HOW's training head (Tolias et al., ECCV 2020) for BLCF's conv features: the
+same affine layer on every position, L2, summed over the positions, L2; what it trains is the local
+whitening (``blcf-how``), the sum exists only for the loss.
 Normalisations follow cirtorch: ``x / (||x|| + eps)``.
 
 The affine layer is kept as (mean, projection) rather than (weight, bias): the same
@@ -19,7 +22,7 @@ from torch import nn
 from cnn.whitening import PCAWhitening
 
 #: Head kinds this module can build (saved in a model's manifest).
-HEAD_KINDS = ("gem-fc", "gem", "netvlad")
+HEAD_KINDS = ("gem-fc", "gem", "netvlad", "blcf-how")
 #: NetVLAD's assignment sharpness at initialisation (the paper's alpha).
 NETVLAD_ALPHA = 100.0
 
@@ -162,6 +165,34 @@ class NetVladHead(nn.Module):
         return x if self.projection is None else l2n((x - self.mean) @ self.projection)
 
 
+class LocalWhiteningHead(nn.Module):
+    """A local whitening trained through the image descriptor it pools to (HOW's training).
+
+    Input "maps" are an image's kept conv positions as columns, (B, C, n, 1) (``MapBank`` of
+    ``rows.T[:, :, None]``): each position x -> ``l2((x - mean) @ projection)``, the positions summed,
+    L2. The positions are the ones BLCF keeps (largest activation norm, HOW's attention as a
+    selection); they enter L2-normalised and with equal weight, as the inverted file scores them.
+
+    Args:
+        whitening: the start, mean (C,) and projection (C, k): the closed-form Lw of ``blcf-lw``.
+    """
+
+    kind = "blcf-how"
+
+    def __init__(self, whitening: PCAWhitening):
+        super().__init__()
+        affine_parameters(self, whitening, whitening.input_dim, True)
+
+    @property
+    def output_dim(self) -> int:
+        return self.projection.shape[1]
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, n, 1) positions -> (B, k) unit-norm sums of their whitened, unit-norm vectors."""
+        positions = maps.flatten(2).transpose(1, 2)  # (B, n, C)
+        return l2n(l2n((positions - self.mean) @ self.projection).sum(dim=1))
+
+
 def gem_exponent(module: nn.Module) -> torch.Tensor | None:
     """The GeM exponent p (1,) of a ``GemHead`` (or of the one inside ``module``); None without one."""
     return next((m.pool.p for m in module.modules() if isinstance(m, GemHead)), None)
@@ -170,22 +201,24 @@ def gem_exponent(module: nn.Module) -> torch.Tensor | None:
 def build_head(kind: str, channels: int = 1280, p: float = 3.0, learn_p: bool = True,
                whitening: PCAWhitening | None = None, centroids: np.ndarray | None = None) -> nn.Module:
     """A head of ``kind`` (``gem-fc`` needs ``whitening`` to start from, ``gem`` has none; ``netvlad``
-    needs ``centroids`` (K, C) and a ``whitening`` of K * C dims)."""
+    needs ``centroids`` (K, C) and a ``whitening`` of K * C dims; ``blcf-how`` a whitening of C dims)."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"unknown head {kind!r}; known: {', '.join(HEAD_KINDS)}")
-    if kind in ("gem-fc", "netvlad") and whitening is None:
+    if kind in ("gem-fc", "netvlad", "blcf-how") and whitening is None:
         raise ValueError(f"a {kind} head starts from a whitening (mean, projection)")
     if kind == "netvlad":
         if centroids is None or centroids.shape[1] != channels:
             raise ValueError(f"a netvlad head starts from centroids of {channels} dims")
         return NetVladHead(centroids, whitening)
+    if kind == "blcf-how":
+        return LocalWhiteningHead(whitening)
     return GemHead(channels, p, learn_p, whitening if kind == "gem-fc" else None)
 
 
 def head_from_state(kind: str, state: dict[str, torch.Tensor], channels: int = 1280) -> nn.Module:
     """A head of ``kind`` holding a ``state_dict`` written by its ``state_dict()``."""
     whitening = None
-    if kind in ("gem-fc", "netvlad"):
+    if kind in ("gem-fc", "netvlad", "blcf-how"):
         whitening = PCAWhitening(state["mean"].numpy(), state["projection"].numpy())
     centroids = state["centroids"].numpy() if kind == "netvlad" else None
     p = float(state["pool.p"].reshape(-1)[0]) if "pool.p" in state else 3.0

@@ -47,7 +47,7 @@ HEAD_STATE_VERSION = 1
 TUNED_HEAD_VERSION = 2
 #: Tensors a model's state holds, per head kind.
 STATE_KEYS = {"gem": {"pool.p"}, "gem-fc": {"pool.p", "mean", "projection"}, "rmac-lw": {"mean", "projection"},
-              "blcf-lw": {"mean", "projection"},
+              "blcf-lw": {"mean", "projection"}, "blcf-how": {"mean", "projection"},
               "netvlad": {"centroids", "assign_weight", "assign_bias", "mean", "projection"}}
 #: The NetVLAD layer's arrays (``LearnedHead.vlad``).
 VLAD_KEYS = ("centroids", "assign_weight", "assign_bias")
@@ -109,8 +109,8 @@ class LearnedHead:
     region, then summed and L2; None: L2 only).
 
     Attributes:
-        kind: ``gem-fc``, ``gem``, ``rmac-lw`` or ``netvlad`` (``blcf-lw``: the conv features' Lw of a BLCF
-            index, ``whitening`` only; it describes no image).
+        kind: ``gem-fc``, ``gem``, ``rmac-lw`` or ``netvlad`` (``blcf-lw``, ``blcf-how``: the conv features'
+            whitening of a BLCF index, ``whitening`` only; it describes no image).
         p: the learned GeM exponent (None for ``rmac-lw`` and ``netvlad``).
         whitening: the learned affine layer.
         model_id: the model's fingerprint (first 16 hex digits of its state's SHA-256).
@@ -184,7 +184,7 @@ class LearnedModel:
     """A trained model: its head's state and what it was trained on.
 
     Attributes:
-        head: head kind (``gem-fc``, ``gem``, ``rmac-lw``, ``netvlad``, ``blcf-lw``).
+        head: head kind (``gem-fc``, ``gem``, ``rmac-lw``, ``netvlad``, ``blcf-lw``, ``blcf-how``).
         backbone: ``BackboneOptions.key`` of the maps it was trained on.
         weights_version: version of the backbone-weights package.
         state: the head's ``state_dict`` (name -> torch tensor).

@@ -46,7 +46,10 @@ class TrainingConfig:
             (NetVLAD of ``clusters`` clusters initialised by k-means, then an affine layer), or
             ``rmac-lw`` (R-MAC with a regional learned whitening) or ``blcf-lw`` (the same whitening of
             BLCF's conv features), both learned in closed form by ``cbir.learning.train_model``: no
-            torch training, the other settings do not apply.
+            torch training, the other settings do not apply; or ``blcf-how``: ``blcf-lw``'s whitening
+            trained further through the sum of the whitened positions (``cnn.heads.LocalWhiteningHead``,
+            HOW's training; ``init`` and ``dim`` do not apply: it starts from ``blcf-lw`` at the
+            pipeline's whitening dimensions).
         init: what the affine layer starts from, learned on the training images:
             ``lw`` (learned whitening from the verified pairs) or ``pca`` (PCA whitening).
         dim: output dimensions of the affine layer.
@@ -209,8 +212,13 @@ def initial_head(maps: list[np.ndarray], bank: MapBank, pairs: np.ndarray, confi
                  whitening: PCAWhitening | None = None) -> torch.nn.Module:
     """The head before training: GeM (p = ``config.p``) with ``initial_whitening``, or NetVLAD with
     ``position_centroids`` and a ``span_whitening`` of its VLAD vectors of the ``bank``'s images.
-    ``whitening``: the affine layer's start instead (gem-fc, netvlad)."""
+    ``whitening``: the affine layer's start instead (gem-fc, netvlad; needed by blcf-how)."""
     channels = maps[0].shape[0]
+    if config.head == "blcf-how":
+        if whitening is None:
+            raise ValueError("a blcf-how head starts from the closed-form Lw of its conv features "
+                             "(cbir.learning.train_model learns it)")
+        return build_head("blcf-how", channels, whitening=whitening)
     if config.head == "netvlad":
         centroids = position_centroids(maps, config.clusters, config.seed)
         if whitening is None:
