@@ -20,13 +20,13 @@ from bovw.images import ImageReadError
 from cnn.options import LAST_BLOCK
 from index.persistence import MANIFEST, IndexFormatError, read_manifest
 
-#: ``cbir train``'s learning rates of the head and of tuned backbone blocks (cnn.training.TrainingConfig's
-#: defaults, without importing torch).
-TRAIN_DEFAULT_LR = 1e-4
+#: ``cbir train``'s epochs, batch and learning rate of the head (cnn.training.TrainingConfig's defaults, without
+#: importing torch), and the learning rate of tuned backbone blocks.
+TRAIN_DEFAULTS = {"epochs": 10, "batch": 32, "lr": 1e-4}
 TRAIN_DEFAULT_BACKBONE_LR = 1e-5
-#: ``cbir train --head blcf-how``'s learning rate and batch: its affine layer acts on every conv position,
-#: and its loss moves it less per step than a pooled head's (benchmarks/RESULTS.md, issue 16).
-BLCF_HOW_LR, BLCF_HOW_BATCH = 3e-3, 16
+#: ``--head blcf-how``'s instead: its affine layer acts on every conv position, and the loss of the positions'
+#: sum moves it less per step than a pooled head's (benchmarks/RESULTS.md, issue 16).
+BLCF_HOW_DEFAULTS = {"epochs": 20, "batch": 16, "lr": 3e-3}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 logger = logging.getLogger("cbir")
 
@@ -269,13 +269,11 @@ def cmd_train(args) -> None:
     if len(paths) < 2:
         raise UsageError(f"training needs images of several objects or places; found {len(paths)} image files "
                          f"in {' '.join(args.images)}")
+    defaults = {name: default if getattr(args, name) is None else getattr(args, name)
+                for name, default in (BLCF_HOW_DEFAULTS if args.head == "blcf-how" else TRAIN_DEFAULTS).items()}
     config = TrainingConfig(head=args.head, init=args.init, dim=args.dim, loss=args.loss, margin=args.margin,
                             negatives=args.negatives, hard_negatives=not args.random_negatives,
-                            hard_positives=args.hard_positives, epochs=args.epochs,
-                            batch=(BLCF_HOW_BATCH if args.head == "blcf-how" else 32) if args.batch is None
-                            else args.batch,
-                            lr=(BLCF_HOW_LR if args.head == "blcf-how" else TRAIN_DEFAULT_LR) if args.lr is None
-                            else args.lr,
+                            hard_positives=args.hard_positives, **defaults,
                             seed=args.seed, max_tuples=args.max_tuples, from_block=args.from_block,
                             backbone_lr=args.backbone_lr, lr_decay=args.lr_decay)
     vocabulary = None
@@ -664,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(learned whitening of the conv features of the mutually nearest positions of verified "
                         "pairs, for --method blcf-he or blcf-asmk) or blcf-how (that whitening, then trained with "
                         "the tuple loss on the sum of each image's whitened positions; same methods)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the pairs (default 10; 0: learned whitening only)")
+    p.add_argument("--epochs", type=int, help=f"passes over the pairs (default {TRAIN_DEFAULTS['epochs']}, blcf-how "
+                                              f"{BLCF_HOW_DEFAULTS['epochs']}; 0: learned whitening only)")
     p.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive", help="tuple loss")
     p.add_argument("--margin", type=float, help="loss margin (default: 0.85 contrastive, 0.1 triplet)")
     p.add_argument("--negatives", type=int, default=5, help="hard negatives per tuple (default 5)")
@@ -676,7 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=512, help="descriptor dimensions (default 512; blcf-lw and blcf-how: "
                                                         "the pipeline's 256)")
     p.add_argument("--lr", type=float,
-                   help=f"Adam learning rate of the head (default {TRAIN_DEFAULT_LR:g}, blcf-how {BLCF_HOW_LR:g}; "
+                   help=f"Adam learning rate of the head (default {TRAIN_DEFAULTS['lr']:g}, blcf-how "
+                        f"{BLCF_HOW_DEFAULTS['lr']:g}; "
                         f"GeM's p: 10x)")
     p.add_argument("--from-block", type=int, choices=range(LAST_BLOCK + 1), metavar="N",
                    help="also train the backbone's blocks N..15 and its head conv (gem-fc head; BatchNorm frozen): "
@@ -688,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate of the backbone blocks trained with --from-block (default %(default)g)")
     p.add_argument("--lr-decay", type=float, default=1.0,
                    help="learning rates multiplied by this after every epoch (default 1: constant)")
-    p.add_argument("--batch", type=int, help=f"tuples per step (default 32, blcf-how {BLCF_HOW_BATCH})")
+    p.add_argument("--batch", type=int, help=f"tuples per step (default {TRAIN_DEFAULTS['batch']}, blcf-how "
+                                             f"{BLCF_HOW_DEFAULTS['batch']})")
     p.add_argument("--max-tuples", type=int, help="tuples per epoch at most (default: every verified pair, both ways)")
     p.add_argument("--min-inliers", type=int, help="homography inliers that make a positive pair (default: mining's)")
     p.add_argument("--shortlist", type=int, help="candidates verified per image while mining (default: mining's)")

@@ -64,3 +64,21 @@ def test_too_few_verified_pairs_say_how_many_were_found(tmp_path, capsys, data_d
     err = capsys.readouterr().err
     assert "mining found 0 verified pairs" in err and "Add photos" in err
     assert not os.path.exists(tmp_path / "model" / "manifest.json")
+
+
+def test_each_head_takes_its_own_training_defaults_and_explicit_values_win(training_folder, tmp_path, capsys,
+                                                                          monkeypatch):
+    """blcf-how trains with 20 epochs, batch 16, lr 3e-3 unless told otherwise; the other heads with 10, 32, 1e-4."""
+    import cbir.learning
+    seen = []
+
+    def stop(paths, out, config, *args, **kwargs):
+        seen.append(config)
+        raise ValueError(f"{out}: stopped by the test")
+
+    monkeypatch.setattr(cbir.learning, "train_model", stop)
+    for extra in (["--head", "blcf-how"], ["--head", "blcf-how", "--lr", "1e-3", "--epochs", "5"], []):
+        assert main(["train", "--images", str(training_folder), "--out", str(tmp_path / "m"), *extra]) == 1
+        assert "stopped by the test" in capsys.readouterr().err
+    assert [(c.head, c.epochs, c.batch, c.lr) for c in seen] == [
+        ("blcf-how", 20, 16, 3e-3), ("blcf-how", 5, 16, 1e-3), ("gem-fc", 10, 32, 1e-4)]
