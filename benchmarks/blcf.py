@@ -21,12 +21,11 @@ from bovw.extraction import iter_features
 from bovw.vocabulary import VocabularyConfig
 from cbir.build import asmk_from, hamming_from, learn_local_whitening, local_descriptors, train_vocabulary
 from cbir.evaluate import index_dataset, run_queries
-from cbir.learning import LOCAL_LW_POPULATION, local_training_rows, restrict
+from cbir.learning import conv_lw, local_training_rows, restrict
 from cbir.mining import DEFAULT_MIN_INLIERS, MinedPairs
 from cbir.pipelines import get_pipeline
 from cbir.retrieval_index import RetrievalIndex, local_feature_cache, read_local_features
 from cnn.options import LOCAL_LAYERS
-from cnn.whitening import regional_learned_whitening
 
 
 def parse_args():
@@ -122,16 +121,15 @@ def main():
 
 
 def local_learned_whitening(train: list[str], blcf, mined_dir: str, args):
-    """``cbir train --head blcf-lw``'s whitening of ``train``'s conv features (``cnn.whitening.
-    regional_learned_whitening`` of the mutually nearest positions of each image pair verified with at
+    """``cbir train --head blcf-lw``'s whitening of ``train``'s conv features (``cbir.learning.conv_lw``
+    of the mutually nearest positions of each image pair verified with at
     least mining's default inliers in ``mined_dir``, images matched to ``train`` by file name)."""
     mined = MinedPairs.load(mined_dir).at_threshold(DEFAULT_MIN_INLIERS)
     by_name = {os.path.basename(path): path for path in train}
     rows, kept, _ = local_training_rows([by_name[os.path.basename(path)] for path in mined.images], args.cache,
                                         args.jobs, False, blcf)
     pairs, _ = restrict(mined.pairs, mined.components, kept)
-    return regional_learned_whitening(rows, pairs, dim=blcf.build.local_whitening_dim,
-                                      population=LOCAL_LW_POPULATION)
+    return conv_lw(rows, pairs, blcf)
 
 
 def signatures_learned(train: list[str], blcf, vocabulary, whitening, args) -> dict:

@@ -254,6 +254,7 @@ def _warn_if_model_saw(args, paths: list[str]) -> None:
 
 def cmd_train(args) -> None:
     import numpy as np
+    from cbir.build import CONV_WHITENING_HEADS
     from cbir.learning import PIPELINE_OF_HEAD, train_model
     from cnn.training import TrainingConfig
     complete = os.path.join(args.out, MANIFEST)
@@ -297,7 +298,7 @@ def cmd_train(args) -> None:
         done = f"{len(history)} epochs, {run.result.tuples_seen} tuples{speed}, {run.result.seconds:.0f} s"
     tuned = "" if run.model.tuned is None else f" and backbone blocks {run.model.from_block}..{LAST_BLOCK}"
     use = f"--method {PIPELINE_OF_HEAD[args.head]} --model {args.out}"
-    if args.head in ("blcf-lw", "blcf-how"):
+    if args.head in CONV_WHITENING_HEADS:
         use = f"{use} (or blcf-asmk), and --train-root for the vocabulary and signatures"
     print(f"model {args.out}: {run.model.head} head{tuned}, {done}; trained on {run.model.data['images']} images, "
           f"{run.model.data['pairs']} verified pairs; use it with {use}")

@@ -205,11 +205,8 @@ def _train(paths: list[str], maps: list, pairs: np.ndarray, components: np.ndarr
     features, the head the ``blcf-lw`` whitening of them, trained through their sum."""
     from cnn.training import initial_whitening, train_head
     if config.head == "blcf-how":
-        from cnn.whitening import regional_learned_whitening
-        start = regional_learned_whitening(maps, pairs, dim=pipeline.build.local_whitening_dim,
-                                           population=LOCAL_LW_POPULATION)
-        return train_head([rows.T[:, :, None] for rows in maps], pairs, components, config, device, start,
-                          checkpoint=checkpoint, progress=progress)
+        return train_head([rows.T[:, :, None] for rows in maps], pairs, components, config, device,
+                          conv_lw(maps, pairs, pipeline), checkpoint=checkpoint, progress=progress)
     maps = [m[0] for m in maps]
     if config.from_block is None:
         return train_head(maps, pairs, components, config, device, checkpoint=checkpoint, progress=progress)
@@ -219,6 +216,15 @@ def _train(paths: list[str], maps: list, pairs: np.ndarray, components: np.ndarr
     whitening = initial_whitening(maps, pairs, config) if config.head == "gem-fc" else None
     return train_network([decode(p) for p in paths], pairs, components, config, device, whitening, checkpoint,
                          progress, options=pipeline.build.backbone)
+
+
+def conv_lw(rows: list[np.ndarray], pairs: np.ndarray, pipeline: Pipeline):
+    """``blcf-lw``'s whitening (``cnn.whitening.PCAWhitening``): the regional learned whitening of BLCF's conv
+    features ``rows`` (per image (n_i, C), L2-normalised) from their verified ``pairs``, to ``pipeline``'s
+    whitening dimensions, its PCA step over ``LOCAL_LW_POPULATION`` positions."""
+    from cnn.whitening import regional_learned_whitening
+    return regional_learned_whitening(rows, pairs, dim=pipeline.build.local_whitening_dim,
+                                      population=LOCAL_LW_POPULATION)
 
 
 def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline) -> tuple[dict, dict]:

@@ -214,10 +214,7 @@ def initial_head(maps: list[np.ndarray], bank: MapBank, pairs: np.ndarray, confi
     ``position_centroids`` and a ``span_whitening`` of its VLAD vectors of the ``bank``'s images.
     ``whitening``: the affine layer's start instead (gem-fc, netvlad; needed by blcf-how)."""
     channels = maps[0].shape[0]
-    if config.head == "blcf-how":
-        if whitening is None:
-            raise ValueError("a blcf-how head starts from the closed-form Lw of its conv features "
-                             "(cbir.learning.train_model learns it)")
+    if config.head == "blcf-how":  # its start, blcf-lw's whitening, comes from cbir.learning.train_model
         return build_head("blcf-how", channels, whitening=whitening)
     if config.head == "netvlad":
         centroids = position_centroids(maps, config.clusters, config.seed)
