@@ -71,6 +71,20 @@ def _print_report(report: ExtractionReport) -> None:
     print(report.summary(), file=sys.stderr)
 
 
+def query_rotations(text: str) -> tuple[int, ...]:
+    """``--rotations``: comma-separated angles -> a tuple (UsageError unless distinct angles of 0, 90, 180,
+    270)."""
+    from index.search_options import SearchOptions
+    try:
+        angles = tuple(int(angle) for angle in text.split(","))
+    except ValueError:
+        raise UsageError(f"--rotations: angles are whole degrees separated by commas (got {text!r})") from None
+    try:
+        return SearchOptions(query_rotations=angles).query_rotations
+    except ValueError as exc:
+        raise UsageError(f"--rotations: {exc}") from None
+
+
 def search_options(index, args):
     """The index's search options, with the pipeline given by ``--search`` and each override applied."""
     from bovw.hamming import HammingConfig
@@ -114,6 +128,8 @@ def search_options(index, args):
         changes["window_search"] = args.window_search
     if args.region_rerank is not None:
         changes["region_rerank"] = args.region_rerank
+    if args.rotations is not None:
+        changes["query_rotations"] = query_rotations(args.rotations)
     return index.search_options(dataclasses.replace(options, **changes))
 
 
@@ -331,6 +347,9 @@ def cmd_query(args) -> None:
     index = load_index(args.index, cache_dir=args.cache, verify=args.checksums, mmap=not args.checksums)
     box = parse_box(args.box) if args.box else None
     options = search_options(index, args)
+    turned = options.query_rotations != (0,)
+    if turned and args.draw:
+        raise UsageError("--draw shows the query as given: it does not combine with --rotations")
     queries = expand_images(args.images)
     if not queries:
         raise UsageError(f"no query image files found in {' '.join(args.images)}")
@@ -340,7 +359,8 @@ def cmd_query(args) -> None:
     try:
         for query in queries:
             try:
-                prepared = index.prepare_query(query, box, options)
+                prepared = index.query_views(query, box, options.query_rotations) if turned \
+                    else index.prepare_query(query, box, options)
                 results = index.search(prepared, top_k=args.top_k + int(args.exclude_self), options=options,
                                        n_jobs=args.jobs)
             except ImageReadError as exc:
@@ -602,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ASMK* similarity threshold in [-1, 1]: below it a shared word adds 0 (-1: none)")
         g.add_argument("--window-search", type=int, metavar="N", help="BLCF local search over the top N (0: off)")
         g.add_argument("--region-rerank", type=int, metavar="N", help="R-MAC region re-ranking of the top N (0: off)")
+        g.add_argument("--rotations", metavar="A,B,..",
+                       help="also search the query turned by these angles (degrees counter-clockwise, of 0, 90, "
+                            "180, 270; e.g. 0,90,270 for photos shot sideways), each image scored by its best one")
         g.add_argument("--expand-alpha", type=float, metavar="A",
                        help="query expansion weights: similarity^A (alpha-QE; 0: average)")
         g.add_argument("--diffusion", choices=("off", "global", "regional"),

@@ -59,7 +59,7 @@ def run_queries(index, dataset: Dataset, options=None, progress: bool | None = N
     options = index.search_options(options)
     rankings, times = [], []
     for query in tqdm(dataset.queries, desc=f"{dataset.name} queries", disable=None if progress is None else not progress):
-        features = index.query_features(query.path, query.bbox)
+        features = index.query_views(query.path, query.bbox, options.query_rotations)
         start = time.perf_counter()
         results = index.search(features, options=options)
         times.append((time.perf_counter() - start) * 1e3)

@@ -208,6 +208,9 @@ def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options:
         raise ValueError("ASMK* settings are needed exactly for ASMK* indexes")
     if options.asmk is not None and options.expansion is not None:
         raise ValueError("query expansion is not implemented for ASMK* indexes")
+    if options.verification is not None and options.query_rotations != (0,):
+        raise ValueError("query rotations do not combine with spatial verification (its matches and homography "
+                         "refer to one orientation of the query)")
     if options.window_search and (build.conv is None or not build.conv.one_grid):
         raise ValueError("window search needs every conv-map position of one grid (a single-scale BLCF index "
                          "without attention selection)")

@@ -25,7 +25,7 @@ from bovw.images import ImageOptions, load_image, resize_to_max_side
 from cbir.pipelines import Pipeline, check_search_options, get_pipeline, pipeline_from_format1
 from index.names import ImageNames
 from index.persistence import IndexFormatError, load_arrays, read_manifest, save_arrays
-from index.ranking import RankedImage
+from index.ranking import RankedImage, best_per_image
 from index.results import SearchResult
 from index.rw_lock import ReadWriteLock
 from index.search_options import SearchOptions
@@ -72,6 +72,35 @@ def crop(image: np.ndarray, box) -> np.ndarray:
     if min(part.shape[:2]) < 2:
         raise ValueError(f"box {box!r} keeps less than 2x2 pixels of the {width}x{height} query image")
     return part
+
+
+def rotate_query(image: np.ndarray, box, degrees: int) -> tuple[np.ndarray, tuple | None]:
+    """``image`` (h, w[, 3]) turned counter-clockwise by ``degrees`` (a multiple of 90, as
+    ``np.rot90``), and ``box`` (x0, y0, x1, y1 pixels of ``image``, or None) turned with it."""
+    turns = degrees // 90 % 4
+    rotated = np.ascontiguousarray(np.rot90(image, turns))
+    if box is None:
+        return rotated, None
+    x0, y0, x1, y1 = parse_box(box)
+    height, width = image.shape[:2]
+    for _ in range(turns):  # a quarter turn of a width x height frame: (x, y) -> (y, width - x)
+        x0, y0, x1, y1 = y0, width - x1, y1, width - x0
+        width, height = height, width
+    return rotated, (x0, y0, x1, y1)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryViews:
+    """A query's extracted features at several rotations (``SearchableIndex.query_views``), one
+    per angle; ``search`` takes them as a query, with the same ``query_rotations``.
+
+    Attributes:
+        rotations: angles in degrees, counter-clockwise.
+        features: what ``query_features`` returns for the query turned by each angle.
+    """
+
+    rotations: tuple[int, ...]
+    features: tuple
 
 
 def decode_query(query, color: bool) -> np.ndarray:
@@ -173,6 +202,28 @@ class SearchableIndex:
         """The query's extracted features, before any search option applies; ``search`` takes
         them as a query (evaluation times searches from here)."""
         return self.prepare_query(query, box)
+
+    def query_views(self, query, box=None, rotations: Sequence[int] = (0,)) -> QueryViews:
+        """The query's extracted features (``query_features``) with the image turned by each angle
+        of ``rotations`` (degrees, counter-clockwise; ``box``, in pixels of the image as given,
+        turns with it). Angle 0 is ``query_features(query, box)`` itself.
+
+        Raises:
+            ValueError: an angle not in ``QUERY_ROTATIONS``, or a turned query given as features.
+        """
+        rotations = SearchOptions(query_rotations=tuple(rotations)).query_rotations
+        image, views = None, []
+        for degrees in rotations:
+            if degrees == 0:
+                views.append(self.query_features(query, box))
+                continue
+            if image is None:
+                if not isinstance(query, (str, os.PathLike, np.ndarray)):
+                    raise ValueError("a query's features have one orientation: give its image (a path or an "
+                                     "array) to search it at several rotations")
+                image = decode_query(query, color=True)
+            views.append(self.query_features(*rotate_query(image, box, degrees)))
+        return QueryViews(rotations, tuple(views))
 
     def _is_empty_query(self, prepared) -> bool:
         raise NotImplementedError
@@ -372,7 +423,8 @@ class SearchableIndex:
         """Rank the collection by similarity to ``query``.
 
         Args:
-            query: image path, (h, w[, 3]) uint8 RGB array, or a prepared query (``prepare_query``).
+            query: image path, (h, w[, 3]) uint8 RGB array, a prepared query (``prepare_query``), or
+                the query's views (``query_views``, for options with ``query_rotations``).
             top_k: return only the best ``top_k`` (default: the whole collection).
             box: optional (x0, y0, x1, y1) query region in pixels of the image as given.
             options: search options, or a pipeline name built like this index (default: the pipeline's).
@@ -389,17 +441,31 @@ class SearchableIndex:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1 (got {top_k})")
         options = self.search_options(options)
-        prepared = query if isinstance(query, self.QUERY_TYPE) else self.prepare_query(query, box, options)
+        if isinstance(query, QueryViews) or options.query_rotations != (0,):
+            if isinstance(query, self.QUERY_TYPE):
+                raise ValueError("a prepared query has one orientation: give its image (a path or an array) to "
+                                 "search it at several rotations")
+            views = query if isinstance(query, QueryViews) else self.query_views(query, box, options.query_rotations)
+            if views.rotations != options.query_rotations:
+                raise ValueError(f"the query's views are turned by {views.rotations}, the search options ask for "
+                                 f"{options.query_rotations}")
+            prepared = [view if isinstance(view, self.QUERY_TYPE) else self.prepare_query(view, None, options)
+                        for view in views.features]
+        else:
+            prepared = [query if isinstance(query, self.QUERY_TYPE) else self.prepare_query(query, box, options)]
         if len(self) == 0:
             logger.warning("the index is empty; no results")
             return []
-        if self._is_empty_query(prepared):
+        prepared = [view for view in prepared if not self._is_empty_query(view)]
+        if not prepared:
             logger.warning("%s has no features; no results",
                            f"query {os.fspath(query)}" if isinstance(query, (str, os.PathLike)) else "the query")
             return []
         with self._reading():
+            rankings = [self._rank(view, options, top_k, n_jobs) for view in prepared]
+            ranked = rankings[0] if len(rankings) == 1 else best_per_image(rankings, top_k)
             return [SearchResult(self.names[e.slot], e.score, e.slot, e.inliers, e.homography, e.matches)
-                    for e in self._rank(prepared, options, top_k, n_jobs)]
+                    for e in ranked]
 
     # ---- persistence --------------------------------------------------------------------------
 

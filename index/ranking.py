@@ -130,3 +130,20 @@ def rank_global(descriptor: np.ndarray, rows: np.ndarray, dense: DenseIndex, opt
         scores[head] = region
         order = np.r_[head[rerank], order[options.region_rerank:]]
     return [RankedImage(int(i), float(scores[i])) for i in order[:top_k]]
+
+
+def best_per_image(rankings: list[list[RankedImage]], top_k: int | None = None) -> list[RankedImage]:
+    """One ranking from several of the same collection (one per view of a query, e.g. its
+    rotations): each image once, as its best-scored entry, best first (ties: lower slot first).
+
+    Every ranking must hold the ``top_k`` best images of its view (or all of them): an image
+    among the ``top_k`` best of the maximum is among the ``top_k`` best of the view it scores
+    best in, so the cut is exact.
+    """
+    best: dict[int, RankedImage] = {}
+    for ranking in rankings:
+        for entry in ranking:
+            if entry.slot not in best or entry.score > best[entry.slot].score:
+                best[entry.slot] = entry
+    merged = sorted(best.values(), key=lambda entry: (-entry.score, entry.slot))
+    return merged if top_k is None else merged[:top_k]

@@ -15,6 +15,9 @@ from index.asmk import AsmkConfig
 from index.persistence import dataclass_from_dict
 from index.spatial_verification import ESTIMATORS, VerificationConfig
 
+#: Angles (degrees, counter-clockwise) a query image can be turned by before it is searched.
+QUERY_ROTATIONS = (0, 90, 180, 270)
+
 
 @dataclass(frozen=True)
 class ExpansionConfig:
@@ -149,6 +152,10 @@ class SearchOptions:
         fusion: how a fusion index combines its two rankings (set exactly for fusion indexes,
             and alone).
         asmk: ASMK* selectivity and verification filter; set exactly for indexes built with asmk.
+        query_rotations: search the query image turned by each of these angles (degrees,
+            counter-clockwise, of ``QUERY_ROTATIONS``) and give each image its best score among
+            them (e.g. (0, 90, 270) for photos shot sideways whose orientation was lost: an
+            upright network's conv features are not rotation-invariant). Costs one search per angle.
     """
 
     query_assignments: int = 1
@@ -160,8 +167,14 @@ class SearchOptions:
     diffusion: DiffusionConfig | None = None
     fusion: FusionConfig | None = None
     asmk: AsmkConfig | None = None
+    query_rotations: tuple[int, ...] = (0,)
 
     def __post_init__(self):
+        rotations = tuple(self.query_rotations)
+        if not rotations or len(set(rotations)) < len(rotations) or not set(rotations) <= set(QUERY_ROTATIONS):
+            raise ValueError(f"query rotations are distinct angles of {', '.join(map(str, QUERY_ROTATIONS))} "
+                             f"(got {', '.join(map(str, rotations)) or 'none'})")
+        object.__setattr__(self, "query_rotations", tuple(int(angle) for angle in rotations))
         if self.query_assignments < 1:
             raise ValueError("query_assignments must be at least 1")
         if self.window_search < 0 or self.region_rerank < 0:

@@ -68,6 +68,12 @@ def test_user_mistakes_end_in_one_line_and_an_exit_code(image_folder, tmp_path, 
                                  (["--top-k", "0"], 2, "--top-k must be at least 1"),
                                  (["--window-search", "10"], 1, "window search needs every conv-map position of one grid"),
                                  (["--asmk-alpha", "1"], 1, "need an ASMK* index"),
+                                 (["--rotations", "0,45"], 1, "query rotations are distinct angles of 0, 90"),
+                                 (["--rotations", "0,ninety"], 1, "angles are whole degrees separated by commas"),
+                                 (["--rotations", "0,90", "--verify", "10"], 1,
+                                  "query rotations do not combine with spatial verification"),
+                                 (["--rotations", "0,90", "--draw", str(tmp_path / "q.png")], 1,
+                                  "--draw shows the query as given"),
                                  (["--search", "sift-he"], 1, "'sift-he' is built differently")):
         assert main(["query", query, "--index", index, "--cache", ""] + extra) == code
         err = capsys.readouterr().err
@@ -136,6 +142,9 @@ def test_cnn_pipelines_from_the_command_line(image_folder, data_dir, tmp_path, c
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
                  "--diffusion", "global", "--diffusion-offline", "10", "--cache", cache]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
+    assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--format", "jsonl",
+                 "--rotations", "0,90,270", "--top-k", "4", "--cache", cache]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"].endswith("ukbench00006.jpg")
     assert main(["query", str(image_folder / "ukbench00006.jpg"), "--index", index, "--diffusion", "regional"]) == 1
     assert "regional diffusion needs an index that stores R-MAC regions" in capsys.readouterr().err

@@ -88,3 +88,20 @@ def test_asmk_settings_go_exactly_with_asmk_builds():
     assert SearchOptions.from_dict(options.to_dict()) == options
     old = {k: v for k, v in get_pipeline("sift-he").search.to_dict().items() if k != "asmk"}  # saved before ASMK*
     assert SearchOptions.from_dict(old) == get_pipeline("sift-he").search
+
+
+def test_query_rotations_are_distinct_quarter_turns_and_not_verified():
+    assert SearchOptions(query_rotations=[0, 90, 270]).query_rotations == (0, 90, 270)  # JSON gives lists
+    for bad in ((), (0, 45), (90, 90), (360,)):
+        with pytest.raises(ValueError, match="query rotations are distinct angles of 0, 90, 180, 270"):
+            SearchOptions(query_rotations=bad)
+    sv = get_pipeline("sift-he-sv")
+    with pytest.raises(ValueError, match="query rotations do not combine with spatial verification"):
+        check_search_options(sv.build, dataclasses.replace(sv.search, query_rotations=(0, 90)))
+    check_search_options(get_pipeline("sift-he").build,
+                         dataclasses.replace(get_pipeline("sift-he").search, query_rotations=(0, 90)))
+    with pytest.raises(ValueError, match="a fusion index takes fusion settings only"):
+        check_search_options(get_pipeline("fusion").build,
+                             dataclasses.replace(get_pipeline("fusion").search, query_rotations=(0, 90)))
+    options = dataclasses.replace(get_pipeline("blcf-asmk").search, query_rotations=(0, 90, 270))
+    assert SearchOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options

@@ -93,3 +93,40 @@ def test_multi_scale_words_of_an_image_and_its_half_size_copy_overlap(blcf_parts
     assert np.allclose(features[0].keypoints[coarse, :2], features[1].keypoints[copy, :2] * 2, atol=1)
     assert np.mean(words[0][coarse] == words[1][copy]) > 0.9
     assert shared[(1.0, 0.5)] > shared[(1.0,)] + 0.05
+
+
+def test_queries_shot_sideways_are_found_by_searching_their_rotations(blcf_index, ukbench_subset, tmp_path):
+    """Every UKBench query turned a quarter clockwise: the conv words of an upright network lose
+    the object's other views; searched at 0, 90 and 270 degrees, they come back (the 90-degree
+    view is the photo itself)."""
+    import cv2
+    import dataclasses
+    from cbir.searchable import decode_query
+    queries = []
+    for query in ukbench_subset.queries:
+        path = str(tmp_path / f"{os.path.splitext(query.name)[0]}.png")
+        cv2.imwrite(path, cv2.cvtColor(np.rot90(decode_query(query.path, color=True), 3), cv2.COLOR_RGB2BGR))
+        queries.append(dataclasses.replace(query, path=path))
+    sideways = dataclasses.replace(ukbench_subset, queries=queries)
+    turned = dataclasses.replace(blcf_index.pipeline.search, query_rotations=(0, 90, 270))
+    plain = run_queries(blcf_index, sideways, progress=False).scores["N-S"]
+    searched = run_queries(blcf_index, sideways, turned, progress=False)
+    upright = run_queries(blcf_index, ukbench_subset, progress=False).scores["N-S"]
+    assert searched.scores["N-S"] >= plain + 0.5 and searched.scores["N-S"] >= upright - 0.2
+    assert [ranking[0] for ranking in searched.rankings] == [q.name for q in ukbench_subset.queries]
+
+
+def test_a_query_box_turns_with_the_query(blcf_index, ukbench_subset):
+    """A box on a photo turned sideways, searched at 0, 90 and 270 degrees, scores the box of the
+    upright photo exactly (its 90-degree view is that box, conv positions outside it dropped)."""
+    import dataclasses
+    from cbir.searchable import decode_query, rotate_query
+    photo = decode_query(ukbench_subset.queries[7].path, color=True)
+    box = (40, 30, 250, 200)
+    sideways, sideways_box = rotate_query(photo, box, 270)
+    turned = dataclasses.replace(blcf_index.pipeline.search, query_rotations=(0, 90, 270))
+    upright = blcf_index.search(photo, box=box, top_k=5)
+    found = {r.name: r.score for r in blcf_index.search(sideways, box=sideways_box, options=turned)}
+    assert upright[0].name == ukbench_subset.queries[7].name
+    assert all(found[r.name] >= r.score - 1e-6 for r in upright)
+    assert found[upright[0].name] == pytest.approx(upright[0].score, abs=1e-6)

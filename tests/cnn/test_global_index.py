@@ -91,3 +91,25 @@ def test_diffusion_graph_is_saved_with_the_index_and_rebuilt_after_changes(ukben
     names = [r.name for r in loaded.search(query, top_k=3)]
     assert names[0] == "ukbench00005.jpg" and "ukbench00006.jpg" not in names
     assert loaded.graph.n_images == len(loaded) == len(index) - 1
+
+
+
+def test_a_query_shot_sideways_is_scored_as_itself_when_searched_turned_back(ukbench_subset, map_cache):
+    """A UKBench photo turned a quarter clockwise: its upright descriptor differs (similarity to the
+    photo < 0.97); searched at 0, 90 and 270 degrees, its 90-degree view is the photo itself."""
+    import numpy as np
+    from cbir.searchable import decode_query
+    index = GlobalIndex("spoc", None, map_cache)
+    index_dataset(index, ukbench_subset, progress=False)
+    photo = ukbench_subset.queries[5]
+    sideways = np.rot90(decode_query(photo.path, color=True), 3)
+    plain = {r.name: r.score for r in index.search(sideways)}
+    assert plain[photo.name] < 0.97
+    turned = dataclasses.replace(index.pipeline.search, query_rotations=(0, 90, 270))
+    best = index.search(sideways, top_k=3, options=turned)
+    assert best[0].name == photo.name and best[0].score > 0.999
+    merged = index.search(sideways, options=turned)
+    assert [(r.name, r.score) for r in best] == [(r.name, r.score) for r in merged[:3]]
+    assert all(r.score >= plain[r.name] for r in merged)
+    with pytest.raises(ValueError, match="a prepared query has one orientation"):
+        index.search(index.prepare_query(sideways), options=turned)

@@ -44,3 +44,15 @@ def test_global_ranking_and_region_reranking(rng):
     reranked = rank_global(query, query[None], dense, SearchOptions(region_rerank=2), top_k=3)
     assert [e.slot for e in reranked] == [1, 0, 2]  # only the top 2 are re-ranked: slot 3 stays last
     assert reranked[0].score == 1.0 and reranked[1].score == 0.0
+
+
+def test_best_per_image_keeps_each_images_best_view_and_cuts_exactly(rng):
+    """Merging the rankings of a query's views: each image once with its best score, and the
+    top k of the merge equals the top k of the merged full rankings."""
+    from index.ranking import best_per_image, shortlist
+    scores = rng.random((3, 50)).astype(np.float32)
+    full = best_per_image([shortlist(view, 50) for view in scores])
+    assert [e.slot for e in full] == list(np.argsort(-scores.max(axis=0), kind="stable"))
+    assert np.allclose([e.score for e in full], np.sort(scores.max(axis=0))[::-1])
+    cut = best_per_image([shortlist(view, 7) for view in scores], top_k=7)
+    assert [(e.slot, e.score) for e in cut] == [(e.slot, e.score) for e in full[:7]]
