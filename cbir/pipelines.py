@@ -172,6 +172,8 @@ class Pipeline:
 def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options: SearchOptions) -> None:
     """ValueError naming the first option an index built with ``build`` cannot apply."""
     if isinstance(build, FusionBuild):
+        if options.query_rotations != (0,):
+            raise ValueError("query rotations are not implemented for fusion indexes")
         if options.fusion is None or dataclasses.replace(options, fusion=None) != SearchOptions():
             raise ValueError("a fusion index takes fusion settings only (its parts are searched with the "
                              "pipelines they name)")
@@ -194,6 +196,9 @@ def check_search_options(build: LocalBuild | GlobalBuild | FusionBuild, options:
             raise ValueError("region re-ranking needs an index that stores R-MAC regions (built as rmac-rr)")
         if options.diffusion is not None and options.diffusion.regional and not build.regions:
             raise ValueError("regional diffusion needs an index that stores R-MAC regions (built as rmac-rr)")
+        if options.query_rotations != (0,) and (options.region_rerank or options.diffusion is not None):
+            raise ValueError("query rotations keep each image's best score over the turned queries: they do not "
+                             "combine with region re-ranking or diffusion, whose rankings are not ordered by one score")
         return
     if options.region_rerank:
         raise ValueError("region re-ranking needs an R-MAC index; this one holds local features")

@@ -77,6 +77,8 @@ def crop(image: np.ndarray, box) -> np.ndarray:
 def rotate_query(image: np.ndarray, box, degrees: int) -> tuple[np.ndarray, tuple | None]:
     """``image`` (h, w[, 3]) turned counter-clockwise by ``degrees`` (a multiple of 90, as
     ``np.rot90``), and ``box`` (x0, y0, x1, y1 pixels of ``image``, or None) turned with it."""
+    if degrees % 90:
+        raise ValueError(f"a query turns by quarter turns only (got {degrees} degrees)")
     turns = degrees // 90 % 4
     rotated = np.ascontiguousarray(np.rot90(image, turns))
     if box is None:
@@ -221,7 +223,9 @@ class SearchableIndex:
                 if not isinstance(query, (str, os.PathLike, np.ndarray)):
                     raise ValueError("a query's features have one orientation: give its image (a path or an "
                                      "array) to search it at several rotations")
-                image = decode_query(query, color=True)
+                # without a box, turn the image down-scaled as extracted (not the full-size one); a box is
+                # in pixels of the image as given
+                image = decode_query(query, color=True) if box is not None else self.query_image(query, color=True)
             views.append(self.query_features(*rotate_query(image, box, degrees)))
         return QueryViews(rotations, tuple(views))
 
@@ -445,6 +449,8 @@ class SearchableIndex:
             if isinstance(query, self.QUERY_TYPE):
                 raise ValueError("a prepared query has one orientation: give its image (a path or an array) to "
                                  "search it at several rotations")
+            if isinstance(query, QueryViews) and box is not None:
+                raise ValueError("give the box to query_views: the views are already extracted")
             views = query if isinstance(query, QueryViews) else self.query_views(query, box, options.query_rotations)
             if views.rotations != options.query_rotations:
                 raise ValueError(f"the query's views are turned by {views.rotations}, the search options ask for "

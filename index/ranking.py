@@ -136,9 +136,10 @@ def best_per_image(rankings: list[list[RankedImage]], top_k: int | None = None) 
     """One ranking from several of the same collection (one per view of a query, e.g. its
     rotations): each image once, as its best-scored entry, best first (ties: lower slot first).
 
-    Every ranking must hold the ``top_k`` best images of its view (or all of them): an image
-    among the ``top_k`` best of the maximum is among the ``top_k`` best of the view it scores
-    best in, so the cut is exact.
+    Every ranking must be ordered by score and hold the ``top_k`` best images of its view (or
+    all of them): an image among the ``top_k`` best of the maximum is among the ``top_k`` best
+    of the view it scores best in, so the cut is exact. (Region re-ranking and diffusion order
+    their rankings otherwise: ``check_search_options`` refuses rotations with them.)
     """
     best: dict[int, RankedImage] = {}
     for ranking in rankings:

@@ -136,11 +136,16 @@ def load_served(directories: list[str], benchmarks: list[Dataset], cache_dir: st
 
     Raises:
         index.persistence.IndexFormatError: naming the index that cannot be loaded.
+        ValueError: an index's saved search options turn the query (the page shows one orientation).
     """
     served: dict[str, ServedIndex] = {}
     used: set[str] = set()
     for directory in directories:
         index = load_index(directory, cache_dir=cache_dir, verify=verify, mmap=not verify)
+        if index.pipeline.search.query_rotations != (0,):
+            raise ValueError(f"{directory}: its saved search options turn the query "
+                             f"{index.pipeline.search.query_rotations}; the page shows one orientation of a query: "
+                             f"save the index without query_rotations")
         base = os.path.basename(os.path.normpath(directory)) or "index"
         key, n = base, 2
         while key in served:

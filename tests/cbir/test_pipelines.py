@@ -100,8 +100,16 @@ def test_query_rotations_are_distinct_quarter_turns_and_not_verified():
         check_search_options(sv.build, dataclasses.replace(sv.search, query_rotations=(0, 90)))
     check_search_options(get_pipeline("sift-he").build,
                          dataclasses.replace(get_pipeline("sift-he").search, query_rotations=(0, 90)))
-    with pytest.raises(ValueError, match="a fusion index takes fusion settings only"):
+    with pytest.raises(ValueError, match="query rotations are not implemented for fusion indexes"):
         check_search_options(get_pipeline("fusion").build,
                              dataclasses.replace(get_pipeline("fusion").search, query_rotations=(0, 90)))
     options = dataclasses.replace(get_pipeline("blcf-asmk").search, query_rotations=(0, 90, 270))
     assert SearchOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+
+
+def test_rotations_are_refused_where_rankings_are_not_ordered_by_one_score():
+    for name, setting in (("rmac-rr", {"region_rerank": 100}), ("rmac-diffusion", {})):
+        pipeline = get_pipeline(name)
+        options = dataclasses.replace(pipeline.search, query_rotations=(0, 90), **setting)
+        with pytest.raises(ValueError, match="do not combine with region re-ranking or diffusion"):
+            check_search_options(pipeline.build, options)

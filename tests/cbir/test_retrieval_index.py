@@ -150,6 +150,20 @@ def test_info_reports_bytes_per_image(built_index):
     assert per_feature["images.words"] == 2  # 1000 words fit uint16
 
 
+def test_a_box_turns_with_its_query_image(ukbench_subset):
+    """rotate_query turns counter-clockwise (the top-right pixel comes to the top left at 90 degrees)
+    and its box holds the turned crop of the box, for each quarter turn; other angles are refused."""
+    from cbir.searchable import crop, decode_query, rotate_query
+    image = decode_query(ukbench_subset.queries[3].path, color=True)
+    box = (37, 20, 251, 171)
+    for degrees in (90, 180, 270):
+        turned, turned_box = rotate_query(image, box, degrees)
+        assert np.array_equal(crop(turned, turned_box), np.rot90(crop(image, box), degrees // 90))
+    assert np.array_equal(rotate_query(image, None, 90)[0][0, 0], image[0, -1])
+    with pytest.raises(ValueError, match="quarter turns only"):
+        rotate_query(image, box, 45)
+
+
 def test_query_crop_keeps_the_object(built_index, ukbench_subset):
     query = ukbench_subset.queries[8]
     results = built_index.search(query.path, top_k=3, box=(40, 30, 280, 210))

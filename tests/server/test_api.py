@@ -293,3 +293,15 @@ def test_a_sharded_index_shows_the_matches_of_the_merged_one(client, served_dirs
                  "--search", "sift-sv", "--draw", str(drawn), "--cache", feature_cache_dir]) == 0
     assert Image.open(drawn).size[0] > 300
     capsys.readouterr()
+
+
+def test_an_index_saved_to_turn_its_queries_is_refused_by_name(served_dirs, feature_cache_dir, tmp_path):
+    """The page shows and explains one orientation of a query: an index whose saved search options
+    turn it (possible from Python) is refused when served, naming it, instead of failing per query."""
+    import dataclasses
+    index = load_index(served_dirs[RMAC], cache_dir=feature_cache_dir)
+    index.pipeline = dataclasses.replace(index.pipeline, search=dataclasses.replace(
+        index.pipeline.search, query_rotations=(0, 90, 270)))
+    index.save(str(tmp_path / "turned"))
+    with pytest.raises(ValueError, match="turned: its saved search options turn the query"):
+        load_served([str(tmp_path / "turned")], [], feature_cache_dir)
