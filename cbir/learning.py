@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -173,7 +173,7 @@ def train_model(images: Sequence[str], out: str, config=None, min_inliers: int |
         logger.info("learning a regional whitening (%s) from %d verified pairs of %d images", config.head,
                     len(pairs), len(used))
         if local:
-            state, scores = lw_state(maps, pairs, pipeline.build.local_whitening_dim, LOCAL_LW_POPULATION)
+            state, scores = lw_state(maps, pairs, functools.partial(conv_lw, pipeline=pipeline))
         else:
             state, scores = regional_lw_state(maps, pairs, pipeline)
         result, history = None, []
@@ -240,17 +240,15 @@ def regional_lw_state(maps: list[list[np.ndarray]], pairs: np.ndarray, pipeline)
                     pairs)
 
 
-def lw_state(rows: list[np.ndarray], pairs: np.ndarray, dim: int | None = None,
-             population: int | None = None) -> tuple[dict, dict]:
+def lw_state(rows: list[np.ndarray], pairs: np.ndarray, learn: Callable | None = None) -> tuple[dict, dict]:
     """The state of a closed-form model (``rmac-lw``: R-MAC regions; ``blcf-lw``: conv positions): the
-    regional learned whitening (``cnn.whitening.regional_learned_whitening``) of the images' region
-    vectors, from their verified ``pairs``.
+    regional learned whitening of the images' region vectors, from their verified ``pairs``.
 
     Args:
         rows: per image, (r_i, C) L2-normalised region vectors.
         pairs: (m, 2) verified pairs of image numbers.
-        dim: components kept (None: all C).
-        population: regions the PCA step samples (None: all).
+        learn: ``(rows, pairs) -> PCAWhitening`` (``blcf-lw``: ``conv_lw``); None:
+            ``cnn.whitening.regional_learned_whitening`` keeping all C dimensions.
 
     Returns:
         (state: {'mean': (C,), 'projection': (C, dim)} float32 tensors, scores: learning facts).
@@ -259,6 +257,6 @@ def lw_state(rows: list[np.ndarray], pairs: np.ndarray, dim: int | None = None,
 
     from cnn.whitening import regional_learned_whitening
     start = time.perf_counter()
-    whitening = regional_learned_whitening(rows, pairs, dim=dim, population=population)
+    whitening = (learn or regional_learned_whitening)(rows, pairs)
     state = {"mean": torch.from_numpy(whitening.mean), "projection": torch.from_numpy(whitening.projection)}
     return state, {"regions": int(sum(len(r) for r in rows)), "training_seconds": round(time.perf_counter() - start, 1)}
